@@ -1,0 +1,19 @@
+//! Gantry's build engine.
+//!
+//! This crate owns everything needed to run one build: the pipeline model (`pipeline`: parse →
+//! validate → plan), where code comes from (`source`), the machines a build runs on (`provider`),
+//! how commands and files reach them (`transport`), and the executor that drives
+//! provision → push → setup → stages → teardown while emitting [`event::BuildEvent`]s.
+//!
+//! It must not know about HTTP, SQL or the dashboard: the server persists and shows the events,
+//! `gantry run` prints them.
+
+pub mod event;
+pub mod executor;
+pub mod pipeline;
+pub mod provider;
+pub mod source;
+pub mod transport;
+
+pub use event::{BuildEvent, BuildStatus, StepId, StepKind, StepStatus};
+pub use executor::{execute, BuildInfo, BuildPlan, BuildResult};

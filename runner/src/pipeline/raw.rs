@@ -1,0 +1,1 @@
+//! Serde types that mirror `.gantry.yml` as written. Owned by the pipeline helper.

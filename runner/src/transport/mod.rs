@@ -1,0 +1,159 @@
+//! How commands and files reach a host. A transport is handed out by a provider for one host and
+//! is the only way the executor touches that host.
+//!
+//! Paths given to a transport are relative to the host's home directory (`~`); a transport never
+//! lets them escape it. Output is delivered line by line through [`LineSplitter`], so every
+//! transport caps and decodes output the same way.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Stream;
+
+/// Longest line kept whole; longer lines are cut into several.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("i/o error during {op}: {source}")]
+    Io { op: String, source: std::io::Error },
+    #[error("connection to host lost: {0}")]
+    ConnectionLost(String),
+    #[error("path {0:?} leaves the host's home directory")]
+    PathEscapes(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One command to run on a host.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// A shell script, run as `sh -e -c SCRIPT`.
+    pub script: String,
+    /// Working directory relative to the host's home (`""` is the home itself).
+    pub cwd: String,
+    /// Added to the host's base environment (HOME, PATH, USER, LANG, ...).
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// The script ended with this exit code (128 + signal number when killed by a signal).
+    Exited(i32),
+    /// The timeout elapsed; everything the script started in its process group was killed.
+    TimedOut,
+    /// The cancellation token fired; same clean-up as a timeout.
+    Cancelled,
+}
+
+/// One decoded output line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stream: Stream,
+    pub text: String,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Run a script, sending each output line to `output` as it is produced, until it exits, its
+    /// timeout elapses or `cancel` fires.
+    async fn exec(
+        &self,
+        request: &ExecRequest,
+        output: &mpsc::Sender<OutputLine>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, TransportError>;
+
+    /// Unpack a tar archive into `dest` (relative to home; created if missing).
+    async fn upload_tar(&self, dest: &str, archive: Vec<u8>) -> Result<(), TransportError>;
+
+    /// Write one file (parents created), replacing any previous one.
+    async fn write_file(&self, path: &str, contents: Vec<u8>) -> Result<(), TransportError>;
+
+    /// Read a file if it exists, at most `max_bytes` of it.
+    async fn read_file(&self, path: &str, max_bytes: usize) -> Result<Option<Vec<u8>>, TransportError>;
+}
+
+/// Cuts a byte stream into lines: splits on `\n`, drops a trailing `\r`, cuts lines longer than
+/// [`MAX_LINE_BYTES`], replaces invalid UTF-8 and control characters other than tab so binary
+/// output is stored safely.
+pub struct LineSplitter {
+    stream: Stream,
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn new(stream: Stream) -> LineSplitter {
+        LineSplitter { stream, pending: Vec::new() }
+    }
+
+    /// Feed bytes; returns the complete lines they finish.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<OutputLine> {
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                lines.push(self.take());
+            } else {
+                self.pending.push(b);
+                if self.pending.len() >= MAX_LINE_BYTES {
+                    lines.push(self.take());
+                }
+            }
+        }
+        lines
+    }
+
+    /// The unterminated rest, if any, at end of stream.
+    pub fn finish(&mut self) -> Option<OutputLine> {
+        (!self.pending.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> OutputLine {
+        let mut bytes = std::mem::take(&mut self.pending);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let text = String::from_utf8_lossy(&bytes)
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
+            .collect();
+        OutputLine { stream: self.stream, text }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_and_keeps_the_unterminated_rest() {
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let lines = s.push(b"one\r\ntw");
+        assert_eq!(lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["one"]);
+        assert!(s.push(b"o").is_empty());
+        assert_eq!(s.finish().unwrap().text, "two");
+        assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn binary_output_becomes_replacement_characters() {
+        let mut s = LineSplitter::new(Stream::Stderr);
+        let lines = s.push(b"a\x00b\xff\x1b[0m\tc\n");
+        assert_eq!(lines[0].text, "a\u{FFFD}b\u{FFFD}\u{FFFD}[0m\tc");
+    }
+
+    #[test]
+    fn overlong_lines_are_cut() {
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let lines = s.push(&vec![b'x'; MAX_LINE_BYTES * 2 + 5]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(s.finish().unwrap().text.len(), 5);
+    }
+}

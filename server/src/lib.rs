@@ -1,0 +1,1 @@
+//! The Gantry server. Owned by the server helper.
