@@ -1,0 +1,290 @@
+//! Whole builds through the server: two hosts talking to each other, failures, broken pipeline
+//! files, timeouts, superseded builds, and nothing left behind afterwards.
+
+use crate::helpers::*;
+
+/// `db` serves a file on its own address from a background process its setup leaves running;
+/// `web` receives the code and a rendered config naming `db`'s address, and fetches from `db`.
+const TWO_HOSTS: &str = r#"version: 1
+hosts:
+  db:
+    setup:
+      - mkdir -p www && cp data/seed.txt www/
+      - cd www && nohup python3 -m http.server --bind "$GANTRY_HOST_ADDR" 8000 >../http.log 2>&1 &
+  web:
+    setup: echo "web setup sees $GANTRY_HOST_DB"
+push:
+  code:
+    to: [web]
+  data:
+    - from: ci/seed.txt
+      to: db
+  config:
+    - template: ci/app.env.j2
+      to: web:src/app.env
+env:
+  APP_ENV: test
+stages:
+  - name: check-env
+    host: web
+    run: |
+      cat app.env
+      test "$GANTRY_HOST" = web
+      test "$GANTRY_HOST_ADDR" = "$GANTRY_HOST_WEB"
+      test "$GANTRY_BRANCH" = main
+      test "$APP_ENV" = test
+      test -x ci/tool.sh
+  - name: fetch-from-db
+    host: web
+    needs: [check-env]
+    run: |
+      . ./app.env
+      python3 - "$DB" <<'PY'
+      import sys, time, urllib.request
+      deadline = time.monotonic() + 30
+      while True:
+          try:
+              print(urllib.request.urlopen(f"http://{sys.argv[1]}:8000/seed.txt", timeout=5).read().decode().strip())
+              break
+          except OSError:
+              if time.monotonic() > deadline:
+                  raise
+              time.sleep(0.05)
+      PY
+  - name: web-listens-too
+    host: web
+    needs: [check-env]
+    run: |
+      python3 -c 'import socket, os; s = socket.socket(); s.bind((os.environ["GANTRY_HOST_ADDR"], 8000)); print("bound", s.getsockname())'
+"#;
+
+fn two_host_repo() -> (TestRepo, String) {
+    let repo = TestRepo::new();
+    let sha = repo.commit(
+        "main",
+        &[
+            (".gantry.yml", TWO_HOSTS),
+            ("ci/seed.txt", "hello from the db host"),
+            ("ci/app.env.j2", "DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nCOMMIT={{ build.commit }}\n"),
+            ("ci/tool.sh", "#!/bin/sh\necho tool\n"),
+        ],
+    );
+    (repo, sha)
+}
+
+#[tokio::test]
+async fn a_pushed_two_host_pipeline_passes_and_leaves_nothing_behind() {
+    let (repo, sha) = two_host_repo();
+    let app = spawn_app(&[RepoConfig::new("shop", &repo)]).await;
+
+    let (status, body) = app.github_push("shop", "refs/heads/main", &sha).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["build"].as_i64().unwrap();
+    let build = app.wait_for_build(id).await;
+
+    assert_eq!(build["status"], "passed", "{build:#}\n{}", app.log(id, None).await);
+    assert_eq!(build["commit"], sha.as_str());
+    assert_eq!(build["branch"], "main");
+    assert_eq!(build["trigger"], "push");
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(!build[field].is_null(), "{field} missing: {build:#}");
+    }
+
+    let kinds: Vec<(String, String)> = build["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["kind"].as_str().unwrap().to_string(), s["name"].as_str().unwrap().to_string()))
+        .collect();
+    for (kind, name) in [
+        ("provision", "provision:db"),
+        ("provision", "provision:web"),
+        ("push", "push:db"),
+        ("push", "push:web"),
+        ("setup", "setup:db"),
+        ("setup", "setup:web"),
+        ("stage", "check-env"),
+        ("stage", "fetch-from-db"),
+        ("stage", "web-listens-too"),
+        ("teardown", "teardown:db"),
+        ("teardown", "teardown:web"),
+    ] {
+        assert!(kinds.contains(&(kind.to_string(), name.to_string())), "{name} missing from {kinds:?}");
+    }
+    for (name, status) in step_statuses(&build) {
+        assert_eq!(status, "passed", "step {name}");
+    }
+    let fetch = step(&build, "fetch-from-db");
+    assert_eq!(fetch["exit_code"], 0);
+    assert_eq!(fetch["host"], "web");
+    assert!(fetch["duration_ms"].as_i64().is_some());
+
+    let hosts = build["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2);
+    let addresses: Vec<&str> = hosts.iter().map(|h| h["address"].as_str().unwrap()).collect();
+    assert_ne!(addresses[0], addresses[1]);
+    for host in hosts {
+        assert_eq!(host["provider"], "local");
+        assert_ne!(host["address"], "127.0.0.1");
+        assert!(host["address"].as_str().unwrap().starts_with("127."));
+    }
+    let db_address = hosts.iter().find(|h| h["role"] == "db").unwrap()["address"].as_str().unwrap();
+
+    let env_log = app.log(id, Some("check-env")).await;
+    assert!(env_log.contains(&format!("DB={db_address}")), "{env_log}");
+    assert!(env_log.contains(&format!("COMMIT={sha}")), "{env_log}");
+    assert!(app.log(id, Some("fetch-from-db")).await.contains("hello from the db host"));
+    assert!(app.log(id, Some("setup:web")).await.contains(&format!("web setup sees {db_address}")));
+
+    // The http.server the db setup left running is gone, and so are the directories.
+    app.assert_hosts_gone().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_stage_skips_its_dependents_and_fails_the_build() {
+    let repo = TestRepo::new();
+    repo.commit(
+        "main",
+        &[(
+            ".gantry.yml",
+            "version: 1\nhosts:\n  app: {}\nstages:\n  - name: lint\n    host: app\n    run: echo linting\n  \
+             - name: unit\n    host: app\n    run: |\n      echo about to fail >&2\n      exit 3\n  \
+             - name: deploy\n    host: app\n    needs: [unit]\n    run: echo never\n",
+        )],
+    );
+    let app = spawn_app(&[RepoConfig::new("r", &repo)]).await;
+    let id = app.trigger("r", "main").await;
+    let build = app.wait_for_build(id).await;
+
+    assert_eq!(build["status"], "failed");
+    assert_eq!(step(&build, "lint")["status"], "passed");
+    assert_eq!(step(&build, "unit")["status"], "failed");
+    assert_eq!(step(&build, "unit")["exit_code"], 3);
+    assert_eq!(step(&build, "deploy")["status"], "skipped");
+    assert_eq!(step(&build, "teardown:app")["status"], "passed");
+    assert!(app.log(id, Some("unit")).await.contains("about to fail"));
+    assert!(!app.log(id, None).await.contains("never"));
+    app.assert_hosts_gone().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_pipeline_file_errors_the_build_with_every_location_and_provisions_nothing() {
+    let repo = TestRepo::new();
+    repo.commit(
+        "main",
+        &[(
+            ".gantry.yml",
+            "version: 1\nhosts:\n  web: {}\nstages:\n  - name: unit\n    host: dbb\n    run: true\n    colour: red\n",
+        )],
+    );
+    let app = spawn_app(&[RepoConfig::new("r", &repo)]).await;
+    let id = app.trigger("r", "main").await;
+    let build = app.wait_for_build(id).await;
+
+    assert_eq!(build["status"], "errored");
+    let error = build["error"].as_str().unwrap();
+    assert!(error.contains(".gantry.yml:6:11"), "undeclared host not located: {error}");
+    assert!(error.contains(".gantry.yml:8:5"), "unknown key not located: {error}");
+    assert!(build["hosts"].as_array().unwrap().is_empty(), "{build:#}");
+    assert!(app.host_dirs().is_empty());
+
+    let (status, page) = app.get_text(&format!("/builds/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(".gantry.yml:6:11"), "the build page shows the diagnostics");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stage_over_its_timeout_is_stopped_and_its_processes_killed() {
+    let repo = TestRepo::new();
+    repo.commit(
+        "main",
+        &[(
+            ".gantry.yml",
+            "version: 1\nhosts:\n  app: {}\nstages:\n  - name: slow\n    host: app\n    timeout: 1s\n    \
+             run: |\n      echo started\n      sleep 600\n",
+        )],
+    );
+    let app = spawn_app(&[RepoConfig::new("r", &repo)]).await;
+    let id = app.trigger("r", "main").await;
+    let build = app.wait_for_build(id).await;
+
+    assert_eq!(build["status"], "failed");
+    assert_eq!(step(&build, "slow")["status"], "timed_out");
+    assert!(app.log(id, Some("slow")).await.contains("started"));
+    app.assert_hosts_gone().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_push_cancels_the_running_build_of_the_same_branch() {
+    let repo = TestRepo::new();
+    let slow = "version: 1\nhosts:\n  app: {}\nstages:\n  - name: wait\n    host: app\n    run: sleep 600\n";
+    let first = repo.commit("main", &[(".gantry.yml", slow)]);
+    let app = spawn_app(&[RepoConfig::new("r", &repo)]).await;
+
+    let (_, body) = app.github_push("r", "refs/heads/main", &first).await;
+    let old = body["build"].as_i64().unwrap();
+    app.wait_build_until(old, BUILD_DEADLINE, "started its stage", |b| {
+        b["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "wait" && s["status"] == "running"))
+    })
+    .await;
+
+    let second = repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("echo second"))]);
+    let (status, body) = app.github_push("r", "refs/heads/main", &second).await;
+    assert_eq!(status, 202);
+    let new = body["build"].as_i64().unwrap();
+
+    let old_build = app.wait_for_build(old).await;
+    assert_eq!(old_build["status"], "cancelled");
+    assert_eq!(step(&old_build, "wait")["status"], "cancelled");
+    assert_eq!(step(&old_build, "teardown:app")["status"], "passed");
+    let new_build = app.wait_for_build(new).await;
+    assert_eq!(new_build["status"], "passed");
+    app.assert_hosts_gone().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_supersede_both_builds_of_a_branch_run() {
+    let repo = TestRepo::new();
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("echo hi"))]);
+    let mut config = RepoConfig::new("r", &repo);
+    config.cancel_superseded = false;
+    let app = spawn_app_with(&[config], 1).await;
+    let first = app.trigger("r", "main").await;
+    let second = app.trigger("r", "main").await;
+    assert_eq!(app.wait_for_build(first).await["status"], "passed");
+    assert_eq!(app.wait_for_build(second).await["status"], "passed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn flooding_and_binary_output_are_stored_safely_and_capped() {
+    let repo = TestRepo::new();
+    repo.commit(
+        "main",
+        &[(
+            ".gantry.yml",
+            &one_stage_pipeline("printf 'bin\\000\\377\\033[31m<b>x</b>\\n'; yes flood | head -n 200000"),
+        )],
+    );
+    let app = spawn_app(&[RepoConfig::new("r", &repo)]).await;
+    let id = app.trigger("r", "main").await;
+    let build = app.wait_for_build(id).await;
+    assert_eq!(build["status"], "passed");
+
+    let log = app.log(id, Some("only")).await;
+    assert!(log.lines().count() < 200_000, "the log is capped");
+    assert!(log.contains("truncated"), "a visible truncation notice");
+    assert!(log.lines().next().unwrap().starts_with("bin"), "{}", log.lines().next().unwrap());
+    assert!(!log.contains('\0'));
+
+    let (status, page) = app.get_text(&format!("/builds/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("<b>x</b>"), "log text is escaped on the page");
+    assert!(page.contains("&lt;b&gt;x&lt;/b&gt;"));
+    app.stop().await;
+}

@@ -1,0 +1,417 @@
+//! What every end-to-end test needs: a git repository to push to, a running server, signed
+//! webhook deliveries, and ways to wait for a build and to look for leftover host processes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tempfile::TempDir;
+
+/// How long a build may take before a test gives up on it. Generous: CI machines are slow and
+/// shared, and the demo starts PostgreSQL.
+pub const BUILD_DEADLINE: Duration = Duration::from_secs(180);
+
+/// How long to wait for something the server does in the background (a poll, a cancellation).
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often a test re-reads the API while it waits.
+pub const POLL_EVERY: Duration = Duration::from_millis(25);
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+
+/// A git repository on disk with a `main` branch, the way a forge's would be.
+pub struct TestRepo {
+    dir: TempDir,
+    repo: git2::Repository,
+}
+
+impl TestRepo {
+    pub fn new() -> TestRepo {
+        let dir = TempDir::new().unwrap();
+        let repo = git2::Repository::init_opts(
+            dir.path(),
+            git2::RepositoryInitOptions::new().initial_head("main"),
+        )
+        .unwrap();
+        TestRepo { dir, repo }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `files` into the tree of `branch` (on top of its current tree) and commit them.
+    /// Returns the commit's full sha.
+    pub fn commit(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        let parent = self
+            .repo
+            .find_branch(branch, git2::BranchType::Local)
+            .ok()
+            .map(|b| b.get().peel_to_commit().unwrap())
+            .or_else(|| self.repo.head().ok().map(|h| h.peel_to_commit().unwrap()));
+        let mut index = git2::Index::new().unwrap();
+        if let Some(parent) = &parent {
+            index.read_tree(&parent.tree().unwrap()).unwrap();
+        }
+        for (path, contents) in files {
+            let blob = self.repo.blob(contents.as_bytes()).unwrap();
+            let mode = if path.ends_with(".sh") { 0o100755 } else { 0o100644 };
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode,
+                uid: 0,
+                gid: 0,
+                file_size: contents.len() as u32,
+                id: blob,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry).unwrap();
+        }
+        let tree = self.repo.find_tree(index.write_tree_to(&self.repo).unwrap()).unwrap();
+        let sig = git2::Signature::now("Test", "test@gantry.invalid").unwrap();
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = self
+            .repo
+            .commit(Some(&format!("refs/heads/{branch}")), &sig, &sig, "test commit", &tree, &parents)
+            .unwrap();
+        oid.to_string()
+    }
+
+    /// Commit every file below `dir` (as the demo's files are laid out) onto `branch`.
+    pub fn commit_dir(&self, branch: &str, dir: &Path) -> String {
+        let mut files = Vec::new();
+        collect_files(dir, dir, &mut files);
+        let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        self.commit(branch, &refs)
+    }
+
+    pub fn tag(&self, name: &str, sha: &str) {
+        let object = self.repo.revparse_single(sha).unwrap();
+        self.repo.tag_lightweight(name, &object, false).unwrap();
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            out.push((rel, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+}
+
+/// The path of a file shipped in the repository (fixtures, the demo).
+pub fn workspace_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A distinct /24 of 127.0.0.0/8 for each app this test process starts, so concurrently running
+/// tests never lease the same host address.
+pub fn next_address_range() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // 127.70.x.0 – 127.79.x.0: away from the default 127.0.10.0/24 and the runner's tests.
+    format!("127.{}.{}.0/24", 70 + (std::process::id() % 10), n % 250 + 1)
+}
+
+/// One `[[repo]]` of the server's configuration.
+pub struct RepoConfig {
+    pub name: String,
+    pub url: PathBuf,
+    pub poll_interval: Option<&'static str>,
+    pub cancel_superseded: bool,
+}
+
+impl RepoConfig {
+    pub fn new(name: &str, repo: &TestRepo) -> RepoConfig {
+        RepoConfig {
+            name: name.to_string(),
+            url: repo.path().to_path_buf(),
+            poll_interval: None,
+            cancel_superseded: true,
+        }
+    }
+}
+
+/// The configuration file text for a server with `repos` in `data_dir`.
+pub fn config_toml(data_dir: &Path, repos: &[RepoConfig], max_concurrent_builds: usize) -> String {
+    let mut toml = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nmax_concurrent_builds = {max_concurrent_builds}\n\n\
+         [provider.local]\naddresses = \"{}\"\n",
+        data_dir.to_str().unwrap(),
+        next_address_range(),
+    );
+    for repo in repos {
+        toml.push_str(&format!(
+            "\n[[repo]]\nname = \"{}\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = {}\n",
+            repo.name,
+            repo.url.to_str().unwrap(),
+            repo.cancel_superseded,
+        ));
+        if let Some(interval) = repo.poll_interval {
+            toml.push_str(&format!("poll_interval = \"{interval}\"\n"));
+        }
+    }
+    toml
+}
+
+/// A server running in this test process.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub data_dir: TempDir,
+    shutdown: Option<gantry::ShutdownHandle>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app(repos: &[RepoConfig]) -> TestApp {
+    spawn_app_with(repos, 4).await
+}
+
+pub async fn spawn_app_with(repos: &[RepoConfig], max_concurrent_builds: usize) -> TestApp {
+    let data_dir = TempDir::new().unwrap();
+    let config = gantry::config::Config::from_toml_str(&config_toml(
+        data_dir.path(),
+        repos,
+        max_concurrent_builds,
+    ))
+    .expect("test configuration parses");
+    let app = gantry::Application::build(config).await.expect("server starts");
+    let address = app.address();
+    let shutdown = app.shutdown_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        data_dir,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Queue a manual build of `branch` and return its id.
+    pub async fn trigger(&self, repo: &str, branch: &str) -> i64 {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/repos/{repo}/builds")))
+            .json(&json!({ "branch": branch }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+    }
+
+    pub async fn build(&self, id: i64) -> Value {
+        self.get_json(&format!("/api/builds/{id}")).await
+    }
+
+    pub async fn builds(&self, repo: &str) -> Vec<Value> {
+        self.get_json(&format!("/api/repos/{repo}/builds?limit=100"))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Poll the API until `check` accepts the build, or fail after `deadline`.
+    pub async fn wait_build_until(
+        &self,
+        id: i64,
+        deadline: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let build = self.build(id).await;
+            if check(&build) {
+                return build;
+            }
+            assert!(start.elapsed() < deadline, "build {id} never {what}: {build:#}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// Wait for the build to reach a final status and return it.
+    pub async fn wait_for_build(&self, id: i64) -> Value {
+        self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
+    }
+
+    pub async fn log(&self, id: i64, stage: Option<&str>) -> String {
+        let path = match stage {
+            Some(stage) => format!("/api/builds/{id}/log?stage={stage}"),
+            None => format!("/api/builds/{id}/log"),
+        };
+        let (status, body) = self.get_text(&path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Deliver a webhook with the given headers and body.
+    pub async fn deliver(&self, repo: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url(&format!("/hooks/{repo}")))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Deliver GitHub's published push payload, pointed at `sha` on `git_ref`.
+    pub async fn github_push(&self, repo: &str, git_ref: &str, sha: &str) -> (u16, Value) {
+        let body = push_payload("github-push.json", git_ref, sha);
+        let headers = github_headers("push", &body, &unique_delivery());
+        self.deliver(repo, &headers, body).await
+    }
+
+    /// Every host directory left under the data directory.
+    pub fn host_dirs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.data_dir.path().join("hosts")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Processes started by this app's hosts that are still alive.
+    pub fn host_processes(&self) -> Vec<String> {
+        host_processes_under(&self.data_dir.path().join("hosts"))
+    }
+
+    /// Wait until this app's hosts have no process left and no directory, or fail.
+    pub async fn assert_hosts_gone(&self) {
+        let start = Instant::now();
+        loop {
+            let (procs, dirs) = (self.host_processes(), self.host_dirs());
+            if procs.is_empty() && dirs.is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < EVENT_DEADLINE, "left behind: processes {procs:?}, dirs {dirs:?}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.take().unwrap().shutdown();
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+pub fn is_final(status: &Value) -> bool {
+    !matches!(status.as_str(), Some("queued" | "provisioning" | "running"))
+}
+
+/// `name → status` for a build's steps.
+pub fn step_statuses(build: &Value) -> BTreeMap<String, String> {
+    build["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+pub fn step<'a>(build: &'a Value, name: &str) -> &'a Value {
+    build["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {build:#}"))
+}
+
+/// Live processes (zombies excluded) whose environment has a `HOME` below `hosts_dir`: every host
+/// step starts with its host directory as `HOME`, and its children inherit it.
+pub fn host_processes_under(hosts_dir: &Path) -> Vec<String> {
+    let prefix = format!("HOME={}/", hosts_dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if zombie {
+            continue;
+        }
+        if environ.split(|&b| b == 0).any(|var| var.starts_with(prefix.as_bytes())) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{pid}: {}", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
+
+pub fn unique_delivery() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("delivery-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A published forge payload from `tests/fixtures/webhooks/`, with its ref and head commit
+/// replaced by ours (the fixtures name commits of other repositories).
+pub fn push_payload(fixture: &str, git_ref: &str, sha: &str) -> Vec<u8> {
+    let path = workspace_path(&format!("tests/fixtures/webhooks/{fixture}"));
+    let mut payload: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    payload["ref"] = json!(git_ref);
+    payload["after"] = json!(sha);
+    if payload.get("checkout_sha").is_some() {
+        payload["checkout_sha"] = json!(sha);
+    }
+    serde_json::to_vec(&payload).unwrap()
+}
+
+pub fn hmac_hex(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+pub fn github_headers(event: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-GitHub-Event", event.to_string()),
+        ("X-GitHub-Delivery", delivery.to_string()),
+        ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(body))),
+    ]
+}
+
+/// A pipeline file of one host and one stage running `script`.
+pub fn one_stage_pipeline(script: &str) -> String {
+    format!("version: 1\nhosts:\n  app: {{}}\nstages:\n  - name: only\n    host: app\n    run: {script:?}\n")
+}
