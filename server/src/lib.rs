@@ -1,1 +1,4 @@
-//! The Gantry server. Owned by the server helper.
+//! The Gantry server.
+
+pub mod config;
+pub mod store;

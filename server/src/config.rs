@@ -1,0 +1,552 @@
+//! The server's configuration: `gantry.toml`, then command-line flags and `GANTRY_*` environment
+//! variables on top, checked once at start-up.
+//!
+//! This module owns the typed [`Config`] and its validation. Parsing denies unknown keys, so a
+//! typo stops start-up with the key's name instead of being ignored. Webhook secrets are
+//! [`SecretString`]s: they are never printed, logged or `Debug`-formatted. Nothing here opens a
+//! socket, a database or a repository.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where the server listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+/// The data directory when nothing says otherwise, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "gantry-data";
+
+/// How many builds run at once when nothing says otherwise.
+pub const DEFAULT_MAX_CONCURRENT_BUILDS: usize = 4;
+
+/// The range local hosts take their addresses from when nothing says otherwise.
+pub const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.10.0/24";
+
+/// The unprivileged user host steps run as when the server runs as root.
+pub const DEFAULT_LOCAL_RUN_AS: &str = "gantry-host";
+
+/// The configuration file `gantry serve` reads when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "gantry.toml";
+
+/// A repository name may be at most this long (it appears in URLs and file names).
+pub const MAX_REPO_NAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole server configuration. Constructible in code (tests) with [`Config::from_toml_str`]
+/// or field by field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_max_concurrent_builds")]
+    pub max_concurrent_builds: usize,
+    #[serde(default, rename = "repo")]
+    pub repos: Vec<RepoConfig>,
+    #[serde(default)]
+    pub provider: ProvidersConfig,
+}
+
+/// One `[[repo]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// URL-safe and unique: it names the repo in URLs, the database and the mirror's directory.
+    pub name: String,
+    /// Anything git2 can fetch, a local path included. Builds only ever fetch from here.
+    pub url: String,
+    /// The webhook secret (HMAC key for GitHub and Gitea, token for GitLab).
+    pub secret: SecretString,
+    /// When set, the repo is also polled for new commits this often.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// Whether a new build of a branch cancels the older queued or running builds of that branch.
+    #[serde(default = "default_cancel_superseded")]
+    pub cancel_superseded: bool,
+}
+
+impl RepoConfig {
+    /// A repo on the local provider, with the defaults of the file format.
+    pub fn new(name: &str, url: &str, secret: &str) -> RepoConfig {
+        RepoConfig {
+            name: name.to_string(),
+            url: url.to_string(),
+            secret: SecretString::from(secret),
+            poll_interval: None,
+            provider: ProviderKind::Local,
+            cancel_superseded: default_cancel_superseded(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Local,
+    Ssh,
+    Ec2,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Ssh => "ssh",
+            ProviderKind::Ec2 => "ec2",
+        }
+    }
+}
+
+/// The `[provider.*]` sections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    #[serde(default)]
+    pub local: LocalProviderConfig,
+    /// Parsed so the file format is stable; this build cannot use it yet.
+    pub ssh: Option<SshProviderConfig>,
+    /// Parsed so the file format is stable; this build cannot use it yet.
+    pub ec2: Option<Ec2ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProviderConfig {
+    /// Hosts get their addresses from here; never 127.0.0.1.
+    #[serde(default = "default_local_addresses")]
+    pub addresses: IpNet,
+    /// When the server runs as root: the user host steps run as.
+    #[serde(default = "default_local_run_as")]
+    pub run_as: String,
+}
+
+impl Default for LocalProviderConfig {
+    fn default() -> LocalProviderConfig {
+        LocalProviderConfig { addresses: default_local_addresses(), run_as: default_local_run_as() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshProviderConfig {
+    #[serde(default, rename = "machine")]
+    pub machines: Vec<SshMachineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshMachineConfig {
+    pub address: IpAddr,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: String,
+    pub key_file: PathBuf,
+    pub host_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2ProviderConfig {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub connect: Ec2Connect,
+    pub ssh_user: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    pub allow_ssh_from: Option<IpNet>,
+    pub server_id: String,
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sizes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ec2Connect {
+    #[default]
+    Private,
+    Public,
+}
+
+/// Command-line flags (each with its `GANTRY_*` variable) that override the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// The configuration file (default: ./gantry.toml when it exists).
+    #[arg(long, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on.
+    #[arg(long, env = "GANTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database, mirrors and host directories live here.
+    #[arg(long, env = "GANTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How many builds may run at once.
+    #[arg(long, env = "GANTRY_MAX_CONCURRENT_BUILDS")]
+    pub max_concurrent_builds: Option<usize>,
+    /// The range local hosts take their addresses from (within 127.0.0.0/8).
+    #[arg(long, env = "GANTRY_LOCAL_ADDRESSES")]
+    pub local_addresses: Option<IpNet>,
+    /// The user host steps run as when the server runs as root.
+    #[arg(long, env = "GANTRY_LOCAL_RUN_AS")]
+    pub local_run_as: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            max_concurrent_builds: default_max_concurrent_builds(),
+            repos: Vec::new(),
+            provider: ProvidersConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse a configuration file's text. The result is not yet validated; [`Config::validate`]
+    /// runs when the application is built.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text, "configuration")
+    }
+
+    /// Read the file named by `overrides` (or `gantry.toml` when present), apply the overrides
+    /// and validate the result.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => read_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Let flags and environment variables win over the file.
+    pub fn apply(&mut self, overrides: &Overrides) {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(data_dir) = &overrides.data_dir {
+            self.data_dir = data_dir.clone();
+        }
+        if let Some(max) = overrides.max_concurrent_builds {
+            self.max_concurrent_builds = max;
+        }
+        if let Some(addresses) = overrides.local_addresses {
+            self.provider.local.addresses = addresses;
+        }
+        if let Some(run_as) = &overrides.local_run_as {
+            self.provider.local.run_as = run_as.clone();
+        }
+    }
+
+    /// Check what the types cannot: names, uniqueness, ranges, and that every repo's provider is
+    /// available in this build. Reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.max_concurrent_builds == 0 {
+            problems.push("max_concurrent_builds must be at least 1".to_string());
+        }
+        let mut names = HashSet::new();
+        for repo in &self.repos {
+            if let Err(problem) = check_repo_name(&repo.name) {
+                problems.push(format!("repo {:?}: {problem}", repo.name));
+            }
+            if !names.insert(repo.name.as_str()) {
+                problems.push(format!("repo {:?} is declared twice; names must be unique", repo.name));
+            }
+            if repo.url.trim().is_empty() {
+                problems.push(format!("repo {:?}: url is empty", repo.name));
+            }
+            if repo.poll_interval == Some(Duration::ZERO) {
+                problems.push(format!("repo {:?}: poll_interval must be longer than zero", repo.name));
+            }
+            if repo.provider != ProviderKind::Local {
+                problems.push(format!(
+                    "repo {:?}: provider {:?} is not available in this build yet; use \"local\"",
+                    repo.name,
+                    repo.provider.as_str()
+                ));
+            }
+        }
+        let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("a valid prefix length");
+        match self.provider.local.addresses {
+            IpNet::V4(net) if loopback.contains(&net) && net.hosts().any(|a| a != Ipv4Addr::LOCALHOST) => {}
+            other => problems.push(format!(
+                "provider.local.addresses = {other:?}: must be a range within 127.0.0.0/8 with an \
+                 address other than 127.0.0.1"
+            )),
+        }
+        if self.provider.local.run_as.trim().is_empty() {
+            problems.push("provider.local.run_as is empty".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
+        self.repos.iter().find(|r| r.name == name)
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("gantry.db")
+    }
+}
+
+/// A repo name is URL-safe: ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.
+pub fn check_repo_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".to_string());
+    }
+    if name.len() > MAX_REPO_NAME_LEN {
+        return Err(format!("the name is longer than {MAX_REPO_NAME_LEN} characters"));
+    }
+    if name.starts_with('.') {
+        return Err("the name may not start with '.'".to_string());
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        Some(c) => Err(format!("{c:?} is not allowed; use letters, digits, '-', '_' and '.'")),
+        None => Ok(()),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text, &path.display().to_string())
+}
+
+fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn default_max_concurrent_builds() -> usize {
+    DEFAULT_MAX_CONCURRENT_BUILDS
+}
+
+fn default_cancel_superseded() -> bool {
+    true
+}
+
+fn default_local_addresses() -> IpNet {
+    DEFAULT_LOCAL_ADDRESSES.parse().expect("the default address range parses")
+}
+
+fn default_local_run_as() -> String {
+    DEFAULT_LOCAL_RUN_AS.to_string()
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let config = Config::from_toml_str("").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("gantry-data"));
+        assert_eq!(config.max_concurrent_builds, 4);
+        assert!(config.repos.is_empty());
+        assert_eq!(config.provider.local.addresses, "127.0.10.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(config.provider.local.run_as, "gantry-host");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_contract_example_parses_with_repo_defaults() {
+        let config = Config::from_toml_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/var/lib/gantry"
+            max_concurrent_builds = 2
+
+            [[repo]]
+            name = "acme"
+            url = "https://git.example.com/acme/shop.git"
+            secret = "s3cret"
+            poll_interval = "60s"
+
+            [[repo]]
+            name = "other.repo_2"
+            url = "/srv/git/other"
+            secret = "x"
+            cancel_superseded = false
+
+            [provider.local]
+            addresses = "127.0.20.0/24"
+            run_as = "ci"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.repos.len(), 2);
+        let acme = config.repo("acme").unwrap();
+        assert_eq!(acme.poll_interval, Some(Duration::from_secs(60)));
+        assert_eq!(acme.provider, ProviderKind::Local);
+        assert!(acme.cancel_superseded);
+        assert_eq!(acme.secret.expose_secret(), "s3cret");
+        let other = config.repo("other.repo_2").unwrap();
+        assert_eq!(other.poll_interval, None);
+        assert!(!other.cancel_superseded);
+        assert_eq!(config.provider.local.run_as, "ci");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_in_the_error() {
+        let err = Config::from_toml_str("listen = \"127.0.0.1:1\"\nmax_builds = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_builds"), "{err}");
+        let err = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"s\"\nbranch = \"main\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("branch"), "{err}");
+        let err = Config::from_toml_str("[provider.local]\nrun_as = \"x\"\nsubnet = \"10.0.0.0/8\"\n").unwrap_err();
+        assert!(err.to_string().contains("subnet"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let config = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"hunter2\"\n").unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn ssh_and_ec2_parse_but_are_refused_at_start() {
+        let config = Config::from_toml_str(
+            r#"
+            [[repo]]
+            name = "a"
+            url = "/x"
+            secret = "s"
+            provider = "ec2"
+
+            [[provider.ssh.machine]]
+            address = "192.0.2.10"
+            user = "ci"
+            key_file = "/etc/gantry/ci_ed25519"
+            host_key = "ssh-ed25519 AAAA"
+
+            [provider.ec2]
+            region = "eu-west-1"
+            ssh_user = "admin"
+            server_id = "gantry-1"
+            images = { debian-12 = "ami-1" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.provider.ssh.as_ref().unwrap().machines[0].port, 22);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("not available in this build yet"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_duplicates_and_ranges_are_all_reported() {
+        let config = Config::from_toml_str(
+            r#"
+            max_concurrent_builds = 0
+            [[repo]]
+            name = "a/b"
+            url = "/x"
+            secret = "s"
+            [[repo]]
+            name = "dup"
+            url = "/x"
+            secret = "s"
+            [[repo]]
+            name = "dup"
+            url = "/y"
+            secret = "s"
+            [provider.local]
+            addresses = "10.0.0.0/24"
+            "#,
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        for expected in ["max_concurrent_builds", "\"a/b\"", "declared twice", "127.0.0.0/8"] {
+            assert!(err.contains(expected), "{expected} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut config = Config::from_toml_str("listen = \"127.0.0.1:1\"\nmax_concurrent_builds = 9\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "gantry",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/tmp/elsewhere",
+            "--max-concurrent-builds",
+            "2",
+            "--local-addresses",
+            "127.0.42.0/28",
+        ])
+        .unwrap();
+        config.apply(&cli.overrides);
+        assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/elsewhere"));
+        assert_eq!(config.max_concurrent_builds, 2);
+        assert_eq!(config.provider.local.addresses, "127.0.42.0/28".parse::<IpNet>().unwrap());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn load_reads_the_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, "max_concurrent_builds = 7\n").unwrap();
+        let overrides = Overrides { config: Some(path), ..Overrides::default() };
+        assert_eq!(Config::load(&overrides).unwrap().max_concurrent_builds, 7);
+        let missing = Overrides { config: Some(dir.path().join("nope.toml")), ..Overrides::default() };
+        assert!(matches!(Config::load(&missing), Err(ConfigError::Read { .. })));
+    }
+}

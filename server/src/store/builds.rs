@@ -1,0 +1,455 @@
+//! The `builds` table: the durable queue (`status = 'queued'`) and every build's history.
+//!
+//! Claiming is one statement (`UPDATE … WHERE id = (SELECT …) RETURNING …`), so two schedulers
+//! could never claim one build; superseding and finishing only ever move a build forward to a
+//! final status. Deciding *when* to do these things is the scheduler's job, not this file's.
+
+use gantry_runner::BuildStatus;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{now_ms, parse_column, Result, Store};
+
+/// A build's id: the primary key, unique across repos (URLs use it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuildId(pub i64);
+
+impl std::fmt::Display for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What asked for a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Push,
+    Poll,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Push => "push",
+            Trigger::Poll => "poll",
+            Trigger::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Some(match s {
+            "push" => Trigger::Push,
+            "poll" => Trigger::Poll,
+            "manual" => Trigger::Manual,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether a build's `branch` column names a branch or a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Branch,
+    Tag,
+}
+
+impl RefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Branch => "branch",
+            RefKind::Tag => "tag",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefKind> {
+        Some(match s {
+            "branch" => RefKind::Branch,
+            "tag" => RefKind::Tag,
+            _ => return None,
+        })
+    }
+}
+
+/// A build to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBuild {
+    pub repo: String,
+    /// The full sha.
+    pub commit: String,
+    /// The branch, or the tag when `ref_kind` is `Tag`.
+    pub branch: String,
+    pub ref_kind: RefKind,
+    pub trigger: Trigger,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRow {
+    pub id: BuildId,
+    pub repo: String,
+    pub number: i64,
+    pub commit: String,
+    pub branch: String,
+    pub ref_kind: RefKind,
+    pub trigger: Trigger,
+    pub status: BuildStatus,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// The columns [`build_from_row`] reads, for every query returning builds.
+macro_rules! build_columns {
+    () => {
+        "id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, started_at, \
+         finished_at, error"
+    };
+}
+
+fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
+    Ok(BuildRow {
+        id: BuildId(row.try_get("id")?),
+        repo: row.try_get("repo")?,
+        number: row.try_get("number")?,
+        commit: row.try_get("commit_sha")?,
+        branch: row.try_get("branch")?,
+        ref_kind: parse_column("builds.ref_kind", row.try_get("ref_kind")?, RefKind::parse)?,
+        trigger: parse_column("builds.trigger", row.try_get("trigger")?, Trigger::parse)?,
+        status: parse_column("builds.status", row.try_get("status")?, BuildStatus::parse)?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+    })
+}
+
+fn builds_from_rows(rows: &[SqliteRow]) -> Result<Vec<BuildRow>> {
+    rows.iter().map(build_from_row).collect()
+}
+
+/// Queue a build; its number is the repo's next one.
+pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild) -> Result<BuildRow> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at) \
+         VALUES (?1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = ?1), ?2, ?3, ?4, ?5, \
+         'queued', ?6) RETURNING ",
+        build_columns!()
+    ))
+    .bind(&new.repo)
+    .bind(&new.commit)
+    .bind(&new.branch)
+    .bind(new.ref_kind.as_str())
+    .bind(new.trigger.as_str())
+    .bind(now_ms())
+    .fetch_one(conn)
+    .await?;
+    build_from_row(&row)
+}
+
+/// Cancel the queued builds of the same repo and ref that are older than `newer`.
+pub async fn supersede_queued(conn: &mut SqliteConnection, newer: &BuildRow) -> Result<Vec<BuildId>> {
+    let rows = sqlx::query(
+        "UPDATE builds SET status = 'cancelled', finished_at = ?1, error = ?2 \
+         WHERE repo = ?3 AND branch = ?4 AND ref_kind = ?5 AND status = 'queued' AND id < ?6 \
+         RETURNING id",
+    )
+    .bind(now_ms())
+    .bind(format!("superseded by build {}", newer.number))
+    .bind(&newer.repo)
+    .bind(&newer.branch)
+    .bind(newer.ref_kind.as_str())
+    .bind(newer.id.0)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect()
+}
+
+/// Move a build to a final status (if it is not final yet) and mark its unfinished steps
+/// cancelled. Returns whether the build changed.
+pub async fn finish(
+    conn: &mut SqliteConnection,
+    id: BuildId,
+    status: BuildStatus,
+    error: Option<&str>,
+) -> Result<bool> {
+    debug_assert!(status.is_final(), "finish with {status:?}");
+    let now = now_ms();
+    let changed = sqlx::query(
+        "UPDATE builds SET status = ?1, error = COALESCE(?2, error), finished_at = ?3 \
+         WHERE id = ?4 AND status IN ('queued', 'provisioning', 'running')",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(now)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        > 0;
+    super::steps::cancel_unfinished(conn, id, now).await?;
+    Ok(changed)
+}
+
+impl Store {
+    /// Queue a build on its own (no supersede, no delivery).
+    pub async fn insert_build(&self, new: &NewBuild) -> Result<BuildRow> {
+        let mut conn = self.writer().acquire().await?;
+        insert(&mut conn, new).await
+    }
+
+    /// Claim the oldest queued build: it becomes `provisioning` with `started_at` set, in one
+    /// statement.
+    pub async fn claim_next_build(&self) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(concat!(
+            "UPDATE builds SET status = 'provisioning', started_at = ?1 \
+             WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1) \
+             RETURNING ",
+            build_columns!()
+        ))
+        .bind(now_ms())
+        .fetch_optional(self.writer())
+        .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// The build reached its setup and stages.
+    pub async fn set_build_running(&self, id: BuildId) -> Result<()> {
+        sqlx::query("UPDATE builds SET status = 'running' WHERE id = ? AND status = 'provisioning'")
+            .bind(id.0)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// See [`finish`].
+    pub async fn finish_build(&self, id: BuildId, status: BuildStatus, error: Option<&str>) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let changed = finish(&mut tx, id, status, error).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Cancel a build that is still queued. Returns whether it was.
+    pub async fn cancel_queued_build(&self, id: BuildId, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ? AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(reason)
+        .bind(id.0)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// After a crash: every build the dead server was running becomes `interrupted`, and its
+    /// unfinished steps `cancelled`. Returns those builds.
+    pub async fn interrupt_unfinished_builds(&self) -> Result<Vec<BuildId>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE builds SET status = 'interrupted', finished_at = ?, \
+             error = COALESCE(error, 'the server stopped while this build ran') \
+             WHERE status IN ('provisioning', 'running') RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect::<Result<Vec<_>>>()?;
+        let now = now_ms();
+        for id in &ids {
+            super::steps::cancel_unfinished(&mut tx, *id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn build(&self, id: BuildId) -> Result<Option<BuildRow>> {
+        let row = sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE id = ?"))
+            .bind(id.0)
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(build_from_row).transpose()
+    }
+
+    /// A repo's builds, newest first.
+    pub async fn builds_of_repo(&self, repo: &str, limit: u32) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            build_columns!(),
+            " FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(repo)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        builds_from_rows(&rows)
+    }
+
+    pub async fn last_build_of_repo(&self, repo: &str) -> Result<Option<BuildRow>> {
+        Ok(self.builds_of_repo(repo, 1).await?.pop())
+    }
+
+    /// Builds still queued or running, oldest first.
+    pub async fn live_builds(&self) -> Result<Vec<BuildRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            build_columns!(),
+            " FROM builds WHERE status IN ('queued', 'provisioning', 'running') ORDER BY id"
+        ))
+        .fetch_all(self.reader())
+        .await?;
+        builds_from_rows(&rows)
+    }
+
+    /// Whether any build of `commit` on this ref exists already (the poller skips those a
+    /// webhook queued first).
+    pub async fn has_build_of(&self, repo: &str, branch: &str, commit: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND commit_sha = ? LIMIT 1")
+                .bind(repo)
+                .bind(branch)
+                .bind(commit)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(found.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing;
+    use super::*;
+
+    fn new_build(branch: &str, commit: char) -> NewBuild {
+        NewBuild {
+            repo: "acme".to_string(),
+            commit: commit.to_string().repeat(40),
+            branch: branch.to_string(),
+            ref_kind: RefKind::Branch,
+            trigger: Trigger::Manual,
+        }
+    }
+
+    #[tokio::test]
+    async fn numbers_count_per_repo() {
+        let (store, _dir) = testing::store_with_repo().await;
+        store.upsert_repo("other", "/x").await.unwrap();
+        let a = store.insert_build(&new_build("main", 'a')).await.unwrap();
+        let b = store.insert_build(&new_build("main", 'b')).await.unwrap();
+        let other = store.insert_build(&NewBuild { repo: "other".into(), ..new_build("main", 'c') }).await.unwrap();
+        assert_eq!((a.number, b.number, other.number), (1, 2, 1));
+        assert_eq!(a.status, BuildStatus::Queued);
+        assert!(b.id > a.id);
+    }
+
+    #[tokio::test]
+    async fn a_build_of_an_unknown_repo_is_refused() {
+        let (store, _dir) = testing::store().await;
+        assert!(store.insert_build(&new_build("main", 'a')).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn claim_takes_the_oldest_queued_build_once() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let first = store.insert_build(&new_build("main", 'a')).await.unwrap();
+        let second = store.insert_build(&new_build("dev", 'b')).await.unwrap();
+        let claimed = store.claim_next_build().await.unwrap().unwrap();
+        assert_eq!(claimed.id, first.id);
+        assert_eq!(claimed.status, BuildStatus::Provisioning);
+        assert!(claimed.started_at.is_some());
+        assert_eq!(store.claim_next_build().await.unwrap().unwrap().id, second.id);
+        assert!(store.claim_next_build().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_never_hand_out_a_build_twice() {
+        let (store, _dir) = testing::store_with_repo().await;
+        for i in 0..20 {
+            store.insert_build(&new_build("main", char::from(b'a' + i))).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(build) = store.claim_next_build().await.unwrap() {
+                    got.push(build.id);
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort();
+        let before = all.len();
+        all.dedup();
+        assert_eq!((before, all.len()), (20, 20));
+    }
+
+    #[tokio::test]
+    async fn supersede_cancels_only_older_queued_builds_of_the_same_ref() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let old_main = store.insert_build(&new_build("main", 'a')).await.unwrap();
+        let dev = store.insert_build(&new_build("dev", 'b')).await.unwrap();
+        let tag = store
+            .insert_build(&NewBuild { ref_kind: RefKind::Tag, ..new_build("main", 'c') })
+            .await
+            .unwrap();
+        let newest = store.insert_build(&new_build("main", 'd')).await.unwrap();
+        let mut conn = store.writer().acquire().await.unwrap();
+        let cancelled = supersede_queued(&mut conn, &newest).await.unwrap();
+        drop(conn);
+        assert_eq!(cancelled, vec![old_main.id]);
+        let old = store.build(old_main.id).await.unwrap().unwrap();
+        assert_eq!(old.status, BuildStatus::Cancelled);
+        assert_eq!(old.error.as_deref(), Some("superseded by build 4"));
+        assert!(old.finished_at.is_some());
+        for id in [dev.id, tag.id, newest.id] {
+            assert_eq!(store.build(id).await.unwrap().unwrap().status, BuildStatus::Queued);
+        }
+    }
+
+    #[tokio::test]
+    async fn finish_is_final_once() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let build = store.insert_build(&new_build("main", 'a')).await.unwrap();
+        store.claim_next_build().await.unwrap();
+        store.set_build_running(build.id).await.unwrap();
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().status, BuildStatus::Running);
+        assert!(store.finish_build(build.id, BuildStatus::Failed, None).await.unwrap());
+        assert!(!store.finish_build(build.id, BuildStatus::Passed, Some("late")).await.unwrap());
+        let row = store.build(build.id).await.unwrap().unwrap();
+        assert_eq!(row.status, BuildStatus::Failed);
+        assert_eq!(row.error, None);
+    }
+
+    #[tokio::test]
+    async fn a_restart_interrupts_what_was_running_and_keeps_the_queue() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let running = store.insert_build(&new_build("main", 'a')).await.unwrap();
+        let queued = store.insert_build(&new_build("dev", 'b')).await.unwrap();
+        store.claim_next_build().await.unwrap();
+        assert_eq!(store.interrupt_unfinished_builds().await.unwrap(), vec![running.id]);
+        assert_eq!(store.build(running.id).await.unwrap().unwrap().status, BuildStatus::Interrupted);
+        assert_eq!(store.build(queued.id).await.unwrap().unwrap().status, BuildStatus::Queued);
+        assert_eq!(store.live_builds().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_is_newest_first_and_lookups_by_commit_work() {
+        let (store, _dir) = testing::store_with_repo().await;
+        for c in ['a', 'b', 'c'] {
+            store.insert_build(&new_build("main", c)).await.unwrap();
+        }
+        let history = store.builds_of_repo("acme", 2).await.unwrap();
+        assert_eq!(history.iter().map(|b| b.number).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(store.last_build_of_repo("acme").await.unwrap().unwrap().number, 3);
+        assert!(store.has_build_of("acme", "main", &"b".repeat(40)).await.unwrap());
+        assert!(!store.has_build_of("acme", "dev", &"b".repeat(40)).await.unwrap());
+        assert!(store.cancel_queued_build(history[0].id, "cancelled by a user").await.unwrap());
+        assert!(!store.cancel_queued_build(history[0].id, "again").await.unwrap());
+    }
+}

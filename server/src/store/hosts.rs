@@ -1,0 +1,223 @@
+//! The `hosts` table: every host a build asked for, from before the provider creates it until it
+//! is torn down.
+//!
+//! A row is written in state `requested` *before* the provider is asked for the host; it becomes
+//! `provisioned` with its address, then `torn_down` or `teardown_failed`. Any row not `torn_down`
+//! after a crash is a host to reap.
+
+use std::net::IpAddr;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{now_ms, parse_column, parse_from_str, BuildId, Result, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    Requested,
+    Provisioned,
+    TornDown,
+    TeardownFailed,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Requested => "requested",
+            HostState::Provisioned => "provisioned",
+            HostState::TornDown => "torn_down",
+            HostState::TeardownFailed => "teardown_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HostState> {
+        Some(match s {
+            "requested" => HostState::Requested,
+            "provisioned" => HostState::Provisioned,
+            "torn_down" => HostState::TornDown,
+            "teardown_failed" => HostState::TeardownFailed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRow {
+    pub build_id: BuildId,
+    pub role: String,
+    /// The durable identity handed to the provider, e.g. `b42-web`.
+    pub host_id: String,
+    pub provider: String,
+    pub provider_id: Option<String>,
+    pub address: Option<IpAddr>,
+    pub state: HostState,
+    pub requested_at: i64,
+    pub provisioned_at: Option<i64>,
+    pub torn_down_at: Option<i64>,
+    pub provision_ms: Option<i64>,
+    pub teardown_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+macro_rules! host_columns {
+    () => {
+        "build_id, role, host_id, provider, provider_id, address, state, requested_at, provisioned_at, \
+         torn_down_at, provision_ms, teardown_ms, error"
+    };
+}
+
+fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
+    let address: Option<String> = row.try_get("address")?;
+    Ok(HostRow {
+        build_id: BuildId(row.try_get("build_id")?),
+        role: row.try_get("role")?,
+        host_id: row.try_get("host_id")?,
+        provider: row.try_get("provider")?,
+        provider_id: row.try_get("provider_id")?,
+        address: address.map(|a| parse_from_str("hosts.address", a)).transpose()?,
+        state: parse_column("hosts.state", row.try_get("state")?, HostState::parse)?,
+        requested_at: row.try_get("requested_at")?,
+        provisioned_at: row.try_get("provisioned_at")?,
+        torn_down_at: row.try_get("torn_down_at")?,
+        provision_ms: row.try_get("provision_ms")?,
+        teardown_ms: row.try_get("teardown_ms")?,
+        error: row.try_get("error")?,
+    })
+}
+
+/// Record a host that is about to be requested from `provider`.
+pub async fn insert_requested(
+    conn: &mut SqliteConnection,
+    build: BuildId,
+    role: &str,
+    host_id: &str,
+    provider: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) VALUES (?, ?, ?, ?, 'requested', ?)",
+    )
+    .bind(build.0)
+    .bind(role)
+    .bind(host_id)
+    .bind(provider)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The provider created the host. `provision_ms` is how long that took, when known.
+pub async fn mark_provisioned(
+    conn: &mut SqliteConnection,
+    build: BuildId,
+    role: &str,
+    address: IpAddr,
+    provider_id: &str,
+    at: i64,
+    provision_ms: Option<i64>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, provisioned_at = ?, provision_ms = ? \
+         WHERE build_id = ? AND role = ?",
+    )
+    .bind(address.to_string())
+    .bind(provider_id)
+    .bind(at)
+    .bind(provision_ms)
+    .bind(build.0)
+    .bind(role)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later.
+pub async fn mark_torn_down(
+    conn: &mut SqliteConnection,
+    host_id: &str,
+    error: Option<&str>,
+    at: i64,
+    teardown_ms: Option<i64>,
+) -> Result<()> {
+    let state = if error.is_some() { HostState::TeardownFailed } else { HostState::TornDown };
+    sqlx::query("UPDATE hosts SET state = ?, error = ?, torn_down_at = ?, teardown_ms = ? WHERE host_id = ?")
+        .bind(state.as_str())
+        .bind(error)
+        .bind(at)
+        .bind(teardown_ms)
+        .bind(host_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn hosts_of_build(&self, build: BuildId) -> Result<Vec<HostRow>> {
+        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE build_id = ? ORDER BY id"))
+            .bind(build.0)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// Every host not known to be gone: what a restarted server must reap.
+    pub async fn hosts_not_torn_down(&self) -> Result<Vec<HostRow>> {
+        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE state <> 'torn_down' ORDER BY id"))
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// See [`mark_torn_down`].
+    pub async fn set_host_torn_down(&self, host_id: &str, error: Option<&str>, teardown_ms: Option<i64>) -> Result<()> {
+        let mut conn = self.writer().acquire().await?;
+        mark_torn_down(&mut conn, host_id, error, now_ms(), teardown_ms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_is_recorded_before_it_exists_and_reaped_until_gone() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let build = store
+            .insert_build(&NewBuild {
+                repo: "acme".into(),
+                commit: "a".repeat(40),
+                branch: "main".into(),
+                ref_kind: RefKind::Branch,
+                trigger: Trigger::Push,
+            })
+            .await
+            .unwrap();
+        let host_id = format!("b{}-web", build.id);
+        let mut tx = store.begin().await.unwrap();
+        insert_requested(&mut tx, build.id, "web", &host_id, "local").await.unwrap();
+        insert_requested(&mut tx, build.id, "db", &format!("b{}-db", build.id), "local").await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.hosts_not_torn_down().await.unwrap().len(), 2);
+
+        let mut conn = store.writer().acquire().await.unwrap();
+        let address: IpAddr = "127.0.10.7".parse().unwrap();
+        mark_provisioned(&mut conn, build.id, "web", address, "/data/hosts/b1-web", 5, Some(3)).await.unwrap();
+        drop(conn);
+        store.set_host_torn_down(&format!("b{}-db", build.id), Some("kill failed"), None).await.unwrap();
+
+        let hosts = store.hosts_of_build(build.id).await.unwrap();
+        assert_eq!(hosts[0].state, HostState::Provisioned);
+        assert_eq!(hosts[0].address, Some(address));
+        assert_eq!(hosts[0].provision_ms, Some(3));
+        assert_eq!(hosts[1].state, HostState::TeardownFailed);
+        assert_eq!(store.hosts_not_torn_down().await.unwrap().len(), 2);
+
+        store.set_host_torn_down(&host_id, None, Some(12)).await.unwrap();
+        let left = store.hosts_not_torn_down().await.unwrap();
+        assert_eq!(left.iter().map(|h| h.role.as_str()).collect::<Vec<_>>(), ["db"]);
+        let mut conn = store.writer().acquire().await.unwrap();
+        // A role is requested once per build.
+        assert!(insert_requested(&mut conn, build.id, "web", "b-other", "local").await.is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Gantry's durable state in SQLite: repos, builds, steps, hosts, log lines, reports, webhook
+//! deliveries and the poller's branch heads.
+//!
+//! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
+//! functions taking a connection (so callers can compose them in one transaction) and methods on
+//! the thin [`Store`] handle for single operations. Queries are checked at run time
+//! (`sqlx::query`), so building Gantry needs no database. Timestamps are unix milliseconds.
+//!
+//! The store holds two pools on one WAL database: a writer pool of exactly one connection, so
+//! writers queue in-process instead of sleeping in SQLite's busy handler (latency matters: a
+//! webhook's build should start within milliseconds), and a reader pool, since WAL readers never
+//! block the writer. Nothing here knows about HTTP, git or the runner's execution.
+
+pub mod builds;
+pub mod deliveries;
+pub mod hosts;
+pub mod logs;
+pub mod reports;
+pub mod repos;
+pub mod steps;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+pub use builds::{BuildId, BuildRow, NewBuild, RefKind, Trigger};
+pub use hosts::{HostRow, HostState};
+pub use logs::LogLine;
+pub use reports::ReportRow;
+pub use repos::RepoRow;
+pub use steps::StepRow;
+
+/// How long a connection waits for a lock held by another connection before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections serve reads (pages, the API) concurrently.
+pub const MAX_READ_CONNECTIONS: u32 = 8;
+
+/// How long a caller waits for a free connection before the store reports an error.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The migrations in `migrations/`, embedded at compile time and applied by [`Store::open`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database's directory {path}: {source}")]
+    Directory { path: String, source: std::io::Error },
+    /// A row holds a value this version of Gantry does not know (e.g. an unknown status).
+    #[error("unexpected value in column {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The handle every part of the server uses to reach the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl Store {
+    /// Open (creating if missing) the database at `path`, in WAL mode with foreign keys on, and
+    /// apply every pending migration.
+    pub async fn open(path: &Path) -> Result<Store> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StoreError::Directory { path: parent.display().to_string(), source })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL is durable across application crashes; only a power loss can
+            // lose the last commits, and a build is re-runnable.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(MAX_READ_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Store { reader, writer })
+    }
+
+    /// A write transaction. Keep it short: every other writer waits for it.
+    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin().await?)
+    }
+
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Close both pools, waiting for queries in flight.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+/// A point in time as unix milliseconds (0 for times before 1970).
+pub fn to_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Parse a status-like column through the type's own `parse`.
+fn parse_column<T>(column: &'static str, value: String, parse: impl Fn(&str) -> Option<T>) -> Result<T> {
+    parse(&value).ok_or(StoreError::Corrupt { column, value })
+}
+
+/// Parse a column whose type implements `FromStr`.
+fn parse_from_str<T: FromStr>(column: &'static str, value: String) -> Result<T> {
+    value.parse().map_err(|_| StoreError::Corrupt { column, value })
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh store in its own temporary directory; keep the directory alive with the store.
+    pub async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("gantry.db")).await.unwrap();
+        (store, dir)
+    }
+
+    /// A store with one repo named `acme`.
+    pub async fn store_with_repo() -> (Store, tempfile::TempDir) {
+        let (store, dir) = store().await;
+        store.upsert_repo("acme", "/srv/acme.git").await.unwrap();
+        (store, dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_creates_a_wal_database_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/gantry.db");
+        let store = Store::open(&path).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(store.reader()).await.unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(store.writer()).await.unwrap();
+        assert_eq!(fk, 1);
+        store.close().await;
+        // Opening again applies no migration twice.
+        Store::open(&path).await.unwrap();
+    }
+}

@@ -1,0 +1,137 @@
+//! The `repos` and `branch_heads` tables: which repositories the server knows, the last fetch
+//! error shown on a repo's page, and the branch heads the poller saw last.
+//!
+//! The configuration is the source of truth for which repos exist; rows are upserted at start-up
+//! and never deleted, so the history of a repo removed from the configuration stays readable.
+
+use std::collections::BTreeMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{now_ms, Result, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoRow {
+    pub name: String,
+    pub url: String,
+    pub last_error: Option<String>,
+    pub last_polled_at: Option<i64>,
+}
+
+fn repo_from_row(row: &SqliteRow) -> Result<RepoRow> {
+    Ok(RepoRow {
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        last_error: row.try_get("last_error")?,
+        last_polled_at: row.try_get("last_polled_at")?,
+    })
+}
+
+/// Replace a repo's recorded branch heads with `heads` (branch → commit sha).
+pub async fn replace_heads(conn: &mut SqliteConnection, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
+    sqlx::query("DELETE FROM branch_heads WHERE repo = ?").bind(repo).execute(&mut *conn).await?;
+    for (branch, sha) in heads {
+        sqlx::query("INSERT INTO branch_heads (repo, branch, commit_sha) VALUES (?, ?, ?)")
+            .bind(repo)
+            .bind(branch)
+            .bind(sha)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Record a configured repo, or update its URL.
+    pub async fn upsert_repo(&self, name: &str, url: &str) -> Result<()> {
+        sqlx::query("INSERT INTO repos (name, url) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET url = excluded.url")
+            .bind(name)
+            .bind(url)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn repo(&self, name: &str) -> Result<Option<RepoRow>> {
+        let row = sqlx::query("SELECT name, url, last_error, last_polled_at FROM repos WHERE name = ?")
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(repo_from_row).transpose()
+    }
+
+    /// Record the outcome of a fetch: `Some(error)` is shown on the repo's page until a later
+    /// fetch succeeds (`None`).
+    pub async fn set_repo_error(&self, name: &str, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE repos SET last_error = ? WHERE name = ?")
+            .bind(error)
+            .bind(name)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_repo_polled(&self, name: &str) -> Result<()> {
+        sqlx::query("UPDATE repos SET last_polled_at = ? WHERE name = ?")
+            .bind(now_ms())
+            .bind(name)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// The branch heads the poller recorded last; empty before the first poll.
+    pub async fn branch_heads(&self, repo: &str) -> Result<BTreeMap<String, String>> {
+        let rows = sqlx::query("SELECT branch, commit_sha FROM branch_heads WHERE repo = ?")
+            .bind(repo)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("branch")?, r.try_get("commit_sha")?))).collect()
+    }
+
+    /// Whether the poller has recorded heads for this repo at least once.
+    pub async fn has_polled(&self, repo: &str) -> Result<bool> {
+        Ok(self.repo(repo).await?.is_some_and(|r| r.last_polled_at.is_some()))
+    }
+
+    pub async fn set_branch_heads(&self, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        replace_heads(&mut tx, repo, heads).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing;
+    use super::*;
+
+    #[tokio::test]
+    async fn upsert_updates_the_url_and_errors_come_and_go() {
+        let (store, _dir) = testing::store_with_repo().await;
+        store.upsert_repo("acme", "/srv/new.git").await.unwrap();
+        store.set_repo_error("acme", Some("unreachable")).await.unwrap();
+        let repo = store.repo("acme").await.unwrap().unwrap();
+        assert_eq!(repo.url, "/srv/new.git");
+        assert_eq!(repo.last_error.as_deref(), Some("unreachable"));
+        store.set_repo_error("acme", None).await.unwrap();
+        assert_eq!(store.repo("acme").await.unwrap().unwrap().last_error, None);
+        assert!(store.repo("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn branch_heads_are_replaced_whole() {
+        let (store, _dir) = testing::store_with_repo().await;
+        assert!(!store.has_polled("acme").await.unwrap());
+        let first = BTreeMap::from([("main".to_string(), "a".repeat(40)), ("dev".to_string(), "b".repeat(40))]);
+        store.set_branch_heads("acme", &first).await.unwrap();
+        store.set_repo_polled("acme").await.unwrap();
+        assert!(store.has_polled("acme").await.unwrap());
+        assert_eq!(store.branch_heads("acme").await.unwrap(), first);
+        let second = BTreeMap::from([("main".to_string(), "c".repeat(40))]);
+        store.set_branch_heads("acme", &second).await.unwrap();
+        assert_eq!(store.branch_heads("acme").await.unwrap(), second);
+    }
+}

@@ -1,0 +1,190 @@
+//! The `steps` table: the entries of a build's plan (provision, push, setup, stages, teardown)
+//! with their status, exit code and times, as the executor reported them.
+
+use gantry_runner::{StepId, StepKind, StepStatus};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{parse_column, BuildId, Result, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub build_id: BuildId,
+    pub idx: i64,
+    pub kind: StepKind,
+    pub name: String,
+    pub host: String,
+    pub status: StepStatus,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl StepRow {
+    /// How long the step ran, once it has finished.
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some(self.finished_at? - self.started_at?)
+    }
+}
+
+macro_rules! step_columns {
+    () => {
+        "build_id, idx, kind, name, host, status, exit_code, started_at, finished_at"
+    };
+}
+
+fn step_from_row(row: &SqliteRow) -> Result<StepRow> {
+    Ok(StepRow {
+        build_id: BuildId(row.try_get("build_id")?),
+        idx: row.try_get("idx")?,
+        kind: parse_column("steps.kind", row.try_get("kind")?, StepKind::parse)?,
+        name: row.try_get("name")?,
+        host: row.try_get("host")?,
+        status: parse_column("steps.status", row.try_get("status")?, StepStatus::parse)?,
+        exit_code: row.try_get("exit_code")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Record the plan: one pending step per entry, indexed in plan order.
+pub async fn insert_planned(conn: &mut SqliteConnection, build: BuildId, steps: &[StepId]) -> Result<()> {
+    for (idx, step) in steps.iter().enumerate() {
+        sqlx::query("INSERT INTO steps (build_id, idx, kind, name, host, status) VALUES (?, ?, ?, ?, ?, 'pending')")
+            .bind(build.0)
+            .bind(idx as i64)
+            .bind(step.kind.as_str())
+            .bind(&step.name)
+            .bind(&step.host)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn start(conn: &mut SqliteConnection, build: BuildId, idx: usize, at: i64) -> Result<()> {
+    sqlx::query("UPDATE steps SET status = 'running', started_at = ? WHERE build_id = ? AND idx = ?")
+        .bind(at)
+        .bind(build.0)
+        .bind(idx as i64)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn finish(
+    conn: &mut SqliteConnection,
+    build: BuildId,
+    idx: usize,
+    status: StepStatus,
+    exit_code: Option<i32>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE steps SET status = ?, exit_code = ?, finished_at = ?, started_at = COALESCE(started_at, ?) \
+         WHERE build_id = ? AND idx = ?",
+    )
+    .bind(status.as_str())
+    .bind(exit_code)
+    .bind(at)
+    .bind(at)
+    .bind(build.0)
+    .bind(idx as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Steps still pending or running when their build ended become `cancelled`.
+pub async fn cancel_unfinished(conn: &mut SqliteConnection, build: BuildId, at: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE steps SET status = 'cancelled', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE ? END \
+         WHERE build_id = ? AND status IN ('pending', 'running')",
+    )
+    .bind(at)
+    .bind(build.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A build's steps in plan order.
+    pub async fn steps(&self, build: BuildId) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = ? ORDER BY idx"))
+            .bind(build.0)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+
+    /// The steps of a repo's newest `limit` builds (for the repo page's stage grid).
+    pub async fn steps_of_recent_builds(&self, repo: &str, limit: u32) -> Result<Vec<StepRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            step_columns!(),
+            " FROM steps WHERE build_id IN (SELECT id FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?) \
+             ORDER BY build_id DESC, idx"
+        ))
+        .bind(repo)
+        .bind(limit)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+
+    pub async fn step_by_name(&self, build: BuildId, name: &str) -> Result<Option<StepRow>> {
+        let row = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = ? AND name = ?"))
+            .bind(build.0)
+            .bind(name)
+            .fetch_optional(self.reader())
+            .await?;
+        row.as_ref().map(step_from_row).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plan_is_recorded_and_updated_in_order() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let build = store
+            .insert_build(&NewBuild {
+                repo: "acme".into(),
+                commit: "a".repeat(40),
+                branch: "main".into(),
+                ref_kind: RefKind::Branch,
+                trigger: Trigger::Push,
+            })
+            .await
+            .unwrap();
+        let plan = vec![
+            StepId::host_step(StepKind::Provision, "web"),
+            StepId { kind: StepKind::Stage, name: "unit".into(), host: "web".into() },
+            StepId { kind: StepKind::Stage, name: "lint".into(), host: "web".into() },
+        ];
+        let mut tx = store.begin().await.unwrap();
+        insert_planned(&mut tx, build.id, &plan).await.unwrap();
+        start(&mut tx, build.id, 1, 1_000).await.unwrap();
+        finish(&mut tx, build.id, 1, StepStatus::Failed, Some(3), 1_250).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let steps = store.steps(build.id).await.unwrap();
+        assert_eq!(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["provision:web", "unit", "lint"]);
+        assert_eq!(steps[1].status, StepStatus::Failed);
+        assert_eq!(steps[1].exit_code, Some(3));
+        assert_eq!(steps[1].duration_ms(), Some(250));
+        assert_eq!(steps[0].status, StepStatus::Pending);
+
+        store.finish_build(build.id, gantry_runner::BuildStatus::Failed, None).await.unwrap();
+        let steps = store.steps(build.id).await.unwrap();
+        assert_eq!(steps[0].status, StepStatus::Cancelled);
+        assert_eq!(steps[1].status, StepStatus::Failed);
+        assert_eq!(store.step_by_name(build.id, "lint").await.unwrap().unwrap().idx, 2);
+        assert!(store.step_by_name(build.id, "nope").await.unwrap().is_none());
+        assert_eq!(store.steps_of_recent_builds("acme", 5).await.unwrap().len(), 3);
+    }
+}
