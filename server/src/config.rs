@@ -25,7 +25,7 @@ pub const DEFAULT_DATA_DIR: &str = "gantry-data";
 pub const DEFAULT_MAX_CONCURRENT_BUILDS: usize = 4;
 
 /// The range local hosts take their addresses from when nothing says otherwise.
-pub const DEFAULT_LOCAL_ADDRESSES: &str = "127.0.10.0/24";
+pub const DEFAULT_LOCAL_ADDRESSES: &str = gantry_runner::provider::local::DEFAULT_ADDRESSES;
 
 /// The unprivileged user host steps run as when the server runs as root.
 pub const DEFAULT_LOCAL_RUN_AS: &str = "gantry-host";
@@ -132,8 +132,9 @@ pub struct ProvidersConfig {
 #[serde(deny_unknown_fields)]
 pub struct LocalProviderConfig {
     /// Hosts get their addresses from here; never 127.0.0.1.
+    /// Checked by the provider: within 127.0.0.0/8, never handing out 127.0.0.1.
     #[serde(default = "default_local_addresses")]
-    pub addresses: IpNet,
+    pub addresses: Ipv4Net,
     /// When the server runs as root: the user host steps run as.
     #[serde(default = "default_local_run_as")]
     pub run_as: String,
@@ -207,7 +208,7 @@ pub struct Overrides {
     pub max_concurrent_builds: Option<usize>,
     /// The range local hosts take their addresses from (within 127.0.0.0/8).
     #[arg(long, env = "GANTRY_LOCAL_ADDRESSES")]
-    pub local_addresses: Option<IpNet>,
+    pub local_addresses: Option<Ipv4Net>,
     /// The user host steps run as when the server runs as root.
     #[arg(long, env = "GANTRY_LOCAL_RUN_AS")]
     pub local_run_as: Option<String>,
@@ -293,14 +294,7 @@ impl Config {
                 ));
             }
         }
-        let loopback = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("a valid prefix length");
-        match self.provider.local.addresses {
-            IpNet::V4(net) if loopback.contains(&net) && net.hosts().any(|a| a != Ipv4Addr::LOCALHOST) => {}
-            other => problems.push(format!(
-                "provider.local.addresses = {other:?}: must be a range within 127.0.0.0/8 with an \
-                 address other than 127.0.0.1"
-            )),
-        }
+        // The local provider checks its address range itself when it is created.
         if self.provider.local.run_as.trim().is_empty() {
             problems.push("provider.local.run_as is empty".to_string());
         }
@@ -364,7 +358,7 @@ fn default_cancel_superseded() -> bool {
     true
 }
 
-fn default_local_addresses() -> IpNet {
+fn default_local_addresses() -> Ipv4Net {
     DEFAULT_LOCAL_ADDRESSES.parse().expect("the default address range parses")
 }
 
@@ -396,7 +390,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("gantry-data"));
         assert_eq!(config.max_concurrent_builds, 4);
         assert!(config.repos.is_empty());
-        assert_eq!(config.provider.local.addresses, "127.0.10.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(config.provider.local.addresses, "127.0.10.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(config.provider.local.run_as, "gantry-host");
         config.validate().unwrap();
     }
@@ -505,13 +499,11 @@ mod tests {
             name = "dup"
             url = "/y"
             secret = "s"
-            [provider.local]
-            addresses = "10.0.0.0/24"
             "#,
         )
         .unwrap();
         let err = config.validate().unwrap_err().to_string();
-        for expected in ["max_concurrent_builds", "\"a/b\"", "declared twice", "127.0.0.0/8"] {
+        for expected in ["max_concurrent_builds", "\"a/b\"", "declared twice"] {
             assert!(err.contains(expected), "{expected} missing from {err}");
         }
     }
@@ -535,7 +527,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/tmp/elsewhere"));
         assert_eq!(config.max_concurrent_builds, 2);
-        assert_eq!(config.provider.local.addresses, "127.0.42.0/28".parse::<IpNet>().unwrap());
+        assert_eq!(config.provider.local.addresses, "127.0.42.0/28".parse::<Ipv4Net>().unwrap());
         config.validate().unwrap();
     }
 

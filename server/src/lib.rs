@@ -1,4 +1,5 @@
 //! The Gantry server.
 
 pub mod config;
+pub mod git;
 pub mod store;

@@ -1,0 +1,329 @@
+//! Local bare mirrors of the configured repositories, under `data_dir/repos/<name>.git`.
+//!
+//! This module owns fetching (always from the URL in the server's configuration, never from a URL
+//! in a webhook payload), finding commits and branch heads, and reading a file at a commit. git2
+//! is blocking, so every operation runs on a blocking thread; fetches of one repo are serialized
+//! by a lock per repo. It records nothing in the database: callers decide what a fetch error
+//! means (a repo page's `last_error`, an errored build).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_runner::source::{GitCommitSource, Source};
+use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+
+/// The refspecs of a mirror: every branch and every tag, force-updated.
+const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// A fetch still transferring after this long is aborted.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How many times a fetch asks for credentials before giving up (libgit2 asks again after each
+/// rejected one).
+const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
+
+/// libgit2's connect timeout for remote fetches, set once by [`set_network_timeouts`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// libgit2's timeout for a stalled read or write on a remote, set once by
+/// [`set_network_timeouts`].
+pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("fetching {url} failed: {message}")]
+    Fetch { url: String, message: String },
+    #[error("commit {commit} is not in {url}")]
+    CommitNotFound { commit: String, url: String },
+    #[error("{what:?} is not a commit id")]
+    BadCommitId { what: String },
+    #[error("git error in the mirror of {repo}: {source}")]
+    Mirror { repo: String, source: git2::Error },
+    #[error("reading {path} at {commit}: {message}")]
+    Read { commit: String, path: String, message: String },
+    #[error("a git task failed: {0}")]
+    Task(String),
+}
+
+/// Set libgit2's process-wide network timeouts.
+///
+/// # Safety
+/// libgit2 keeps these in unsynchronized globals: call this before any other thread exists (at
+/// the top of `main`, before the async runtime starts).
+pub unsafe fn set_network_timeouts() -> Result<(), git2::Error> {
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the caller guarantees no other thread is running.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(millis(CONNECT_TIMEOUT))?;
+        git2::opts::set_server_timeout_in_milliseconds(millis(NETWORK_TIMEOUT))?;
+    }
+    Ok(())
+}
+
+/// Every mirror of this server.
+#[derive(Debug)]
+pub struct Mirrors {
+    root: PathBuf,
+    /// One lock per repo, so two fetches of one repo never run at once.
+    fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Mirrors {
+    /// Mirrors live in `root` (`data_dir/repos`), created on first use.
+    pub fn new(root: PathBuf) -> Mirrors {
+        Mirrors { root, fetch_locks: Mutex::new(HashMap::new()) }
+    }
+
+    /// The bare repository of `repo`.
+    pub fn path(&self, repo: &str) -> PathBuf {
+        self.root.join(format!("{repo}.git"))
+    }
+
+    fn fetch_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.fetch_locks.lock().expect("fetch lock table poisoned");
+        Arc::clone(locks.entry(repo.to_string()).or_default())
+    }
+
+    /// Fetch every branch and tag of `url` into `repo`'s mirror, pruning what the remote deleted.
+    pub async fn fetch(&self, repo: &str, url: &str) -> Result<(), GitError> {
+        let lock = self.fetch_lock(repo);
+        let _guard = lock.lock().await;
+        let (path, url) = (self.path(repo), url.to_string());
+        blocking(move || fetch_blocking(&path, &url)).await
+    }
+
+    /// Make sure `commit` (a full sha, or an abbreviation the mirror can resolve) is in the
+    /// mirror, fetching only when it is missing. Returns its full id.
+    pub async fn ensure_commit(&self, repo: &str, url: &str, commit: &str) -> Result<Oid, GitError> {
+        if let Some(oid) = self.find_commit(repo, commit).await? {
+            return Ok(oid);
+        }
+        let lock = self.fetch_lock(repo);
+        let _guard = lock.lock().await;
+        // Another task may have fetched it while this one waited for the lock.
+        if let Some(oid) = self.find_commit(repo, commit).await? {
+            return Ok(oid);
+        }
+        let (path, fetch_url) = (self.path(repo), url.to_string());
+        blocking(move || fetch_blocking(&path, &fetch_url)).await?;
+        self.find_commit(repo, commit)
+            .await?
+            .ok_or_else(|| GitError::CommitNotFound { commit: commit.to_string(), url: url.to_string() })
+    }
+
+    /// The commit `spec` names in the mirror, if it is there.
+    async fn find_commit(&self, repo: &str, spec: &str) -> Result<Option<Oid>, GitError> {
+        if spec.is_empty() || spec.len() > 40 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(GitError::BadCommitId { what: spec.to_string() });
+        }
+        let (path, repo, spec) = (self.path(repo), repo.to_string(), spec.to_string());
+        blocking(move || {
+            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
+            let object = match mirror.revparse_single(&spec) {
+                Ok(object) => object,
+                Err(e) if matches!(e.code(), git2::ErrorCode::NotFound | git2::ErrorCode::Ambiguous) => {
+                    return Ok(None)
+                }
+                Err(source) => return Err(GitError::Mirror { repo, source }),
+            };
+            Ok(object.peel_to_commit().ok().map(|c| c.id()))
+        })
+        .await
+    }
+
+    /// The commit `branch` points at in the mirror (as of the last fetch).
+    pub async fn resolve_branch(&self, repo: &str, branch: &str) -> Result<Option<Oid>, GitError> {
+        self.resolve_ref(repo, format!("refs/heads/{branch}")).await
+    }
+
+    /// The commit `tag` points at in the mirror (annotated tags are peeled).
+    pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Oid>, GitError> {
+        self.resolve_ref(repo, format!("refs/tags/{tag}")).await
+    }
+
+    async fn resolve_ref(&self, repo: &str, name: String) -> Result<Option<Oid>, GitError> {
+        let (path, repo) = (self.path(repo), repo.to_string());
+        blocking(move || {
+            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
+            let reference = match mirror.find_reference(&name) {
+                Ok(reference) => reference,
+                Err(e) if matches!(e.code(), git2::ErrorCode::NotFound | git2::ErrorCode::InvalidSpec) => {
+                    return Ok(None)
+                }
+                Err(source) => return Err(GitError::Mirror { repo, source }),
+            };
+            Ok(reference.peel_to_commit().ok().map(|c| c.id()))
+        })
+        .await
+    }
+
+    /// Every branch of the mirror and the commit it points at.
+    pub async fn branch_heads(&self, repo: &str) -> Result<BTreeMap<String, String>, GitError> {
+        let (path, repo) = (self.path(repo), repo.to_string());
+        blocking(move || {
+            let Some(mirror) = open(&path, &repo)? else { return Ok(BTreeMap::new()) };
+            let mirror_err = |source| GitError::Mirror { repo: repo.clone(), source };
+            let mut heads = BTreeMap::new();
+            for reference in mirror.references_glob("refs/heads/*").map_err(mirror_err)? {
+                let reference = reference.map_err(mirror_err)?;
+                let (Ok(name), Ok(commit)) = (reference.shorthand(), reference.peel_to_commit()) else {
+                    continue;
+                };
+                heads.insert(name.to_string(), commit.id().to_string());
+            }
+            Ok(heads)
+        })
+        .await
+    }
+
+    /// The tree of `commit` as a runner [`Source`].
+    pub fn source(&self, repo: &str, commit: Oid) -> GitCommitSource {
+        GitCommitSource { repo_path: self.path(repo), commit, label: repo.to_string() }
+    }
+
+    /// The contents of `path` at `commit`, `None` when the commit has no such file.
+    pub async fn read_file_at(&self, repo: &str, commit: Oid, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        let source = self.source(repo, commit);
+        let path = path.to_string();
+        blocking(move || {
+            source.read_file(&path).map_err(|e| GitError::Read {
+                commit: commit.to_string(),
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        })
+        .await
+    }
+}
+
+/// Run a blocking git operation off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| GitError::Task(e.to_string()))?
+}
+
+/// Open a mirror, `None` when it was never fetched.
+fn open(path: &Path, repo: &str) -> Result<Option<Repository>, GitError> {
+    match Repository::open_bare(path) {
+        Ok(mirror) => Ok(Some(mirror)),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(source) => Err(GitError::Mirror { repo: repo.to_string(), source }),
+    }
+}
+
+fn fetch_blocking(path: &Path, url: &str) -> Result<(), GitError> {
+    let fetch_err = |e: git2::Error| GitError::Fetch { url: url.to_string(), message: e.message().to_string() };
+    let mirror = match Repository::open_bare(path) {
+        Ok(mirror) => mirror,
+        Err(_) => Repository::init_bare(path).map_err(fetch_err)?,
+    };
+    let mut remote = mirror.remote_anonymous(url).map_err(fetch_err)?;
+    let started = Instant::now();
+    let mut callbacks = RemoteCallbacks::new();
+    // Returning false from the progress callback aborts a transfer that takes too long.
+    callbacks.transfer_progress(move |_| started.elapsed() < FETCH_TIMEOUT);
+    let mut attempts = 0;
+    callbacks.credentials(move |url, username, allowed| {
+        attempts += 1;
+        if attempts > MAX_CREDENTIAL_ATTEMPTS {
+            return Err(git2::Error::from_str("no credentials were accepted"));
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            return Cred::ssh_key_from_agent(username.unwrap_or("git"));
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            let config = git2::Config::open_default()?;
+            return Cred::credential_helper(&config, url, username);
+        }
+        Cred::default()
+    });
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks).prune(FetchPrune::On).download_tags(AutotagOption::None);
+    remote.fetch(&MIRROR_REFSPECS, Some(&mut options), None).map_err(fetch_err)?;
+    tracing::debug!(%url, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    /// Commit `files` on top of `branch` (creating it) in the non-bare repo at `dir`; returns the
+    /// commit's sha.
+    pub fn commit(dir: &Path, branch: &str, files: &[(&str, &str)]) -> String {
+        let repo = git2::Repository::open(dir)
+            .or_else(|_| git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main")))
+            .unwrap();
+        let parent = repo.find_branch(branch, git2::BranchType::Local).ok().map(|b| b.get().peel_to_commit().unwrap());
+        let mut builder = repo.treebuilder(parent.as_ref().map(|p| p.tree().unwrap()).as_ref()).unwrap();
+        for (path, contents) in files {
+            assert!(!path.contains('/'), "test commits hold top-level files only");
+            let blob = repo.blob(contents.as_bytes()).unwrap();
+            builder.insert(path, blob, 0o100644).unwrap();
+        }
+        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("Test", "test@gantry.invalid").unwrap();
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(Some(&format!("refs/heads/{branch}")), &sig, &sig, "test", &tree, &parents).unwrap().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_mirror_follows_branches_tags_and_deletions() {
+        let upstream = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let url = upstream.path().to_str().unwrap();
+        let first = testing::commit(upstream.path(), "main", &[(".gantry.yml", "version: 1\n")]);
+        let dev = testing::commit(upstream.path(), "dev", &[("x", "1")]);
+        let mirrors = Mirrors::new(data.path().join("repos"));
+
+        assert_eq!(mirrors.resolve_branch("acme", "main").await.unwrap(), None);
+        assert!(mirrors.branch_heads("acme").await.unwrap().is_empty());
+        let oid = mirrors.ensure_commit("acme", url, &first).await.unwrap();
+        assert_eq!(oid.to_string(), first);
+        assert_eq!(mirrors.resolve_branch("acme", "main").await.unwrap(), Some(oid));
+        assert_eq!(
+            mirrors.read_file_at("acme", oid, ".gantry.yml").await.unwrap().as_deref(),
+            Some(&b"version: 1\n"[..])
+        );
+        assert_eq!(mirrors.read_file_at("acme", oid, "missing").await.unwrap(), None);
+        // An abbreviation of a fetched commit resolves without fetching.
+        assert_eq!(mirrors.ensure_commit("acme", "/nonexistent", &first[..10]).await.unwrap(), oid);
+
+        let upstream_repo = git2::Repository::open(upstream.path()).unwrap();
+        upstream_repo.tag_lightweight("v1", &upstream_repo.revparse_single(&first).unwrap(), false).unwrap();
+        upstream_repo.find_branch("dev", git2::BranchType::Local).unwrap().delete().unwrap();
+        let second = testing::commit(upstream.path(), "main", &[("y", "2")]);
+        mirrors.fetch("acme", url).await.unwrap();
+        let heads = mirrors.branch_heads("acme").await.unwrap();
+        assert_eq!(heads, BTreeMap::from([("main".to_string(), second.clone())]));
+        assert_eq!(mirrors.resolve_tag("acme", "v1").await.unwrap(), Some(oid));
+        // The deleted branch's commit stays readable: a queued build of it can still run.
+        assert!(mirrors.ensure_commit("acme", url, &dev).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unreachable_urls_and_unknown_commits_are_errors() {
+        let data = tempfile::tempdir().unwrap();
+        let mirrors = Mirrors::new(data.path().join("repos"));
+        let missing = data.path().join("no-such-repo");
+        let err = mirrors.fetch("acme", missing.to_str().unwrap()).await.unwrap_err();
+        assert!(matches!(err, GitError::Fetch { .. }), "{err}");
+        assert!(err.to_string().contains("no-such-repo"), "{err}");
+
+        let upstream = tempfile::tempdir().unwrap();
+        testing::commit(upstream.path(), "main", &[("a", "1")]);
+        let url = upstream.path().to_str().unwrap();
+        let err = mirrors.ensure_commit("acme", url, &"0123456789".repeat(4)).await.unwrap_err();
+        assert!(matches!(err, GitError::CommitNotFound { .. }), "{err}");
+        let err = mirrors.ensure_commit("acme", url, "main; rm -rf /").await.unwrap_err();
+        assert!(matches!(err, GitError::BadCommitId { .. }), "{err}");
+    }
+}
