@@ -3,6 +3,7 @@
 //! included) on the local provider. One test binary for the whole suite, so it links once.
 
 mod api;
+mod browser;
 mod builds;
 mod crash;
 mod demo;

@@ -1,0 +1,308 @@
+//! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`.
+//!
+//! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
+//! local git repository, and measures, for a one-host one-step pipeline:
+//!
+//! 1. latency from sending a signed GitHub push webhook to the step's first command running
+//!    (the step writes a line into a FIFO this program reads), over `--builds` builds, one at a
+//!    time; and, in the same run, the floor of that work done with plain tools: a fresh
+//!    directory, `git archive COMMIT | tar -x`, `sh -c STEP`;
+//! 2. trivial builds completed per second, `--builds` queued at once through the API;
+//! 3. the server's resident memory idle and while `--concurrent` builds run at once.
+//!
+//! Medians and ratios are what to compare: the machine is shared and noisy.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "bench-secret";
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+const BUILD_DEADLINE: Duration = Duration::from_secs(300);
+const POLL_EVERY: Duration = Duration::from_millis(5);
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+struct Args {
+    builds: usize,
+    concurrent: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { builds: 200, concurrent: 50 };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--builds" => args.builds = it.next().and_then(|v| v.parse().ok()).expect("--builds N"),
+            "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
+            // cargo bench passes --bench; anything else is a mistake worth stopping on.
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn pipeline(step: &str) -> String {
+    format!("version: 1\nhosts:\n  app: {{}}\npush:\n  code:\n    to: [app]\nstages:\n  - name: step\n    host: app\n    run: {step:?}\n")
+}
+
+/// A repository whose `main` writes to the FIFO, `trivial` runs `true`, `hold` sleeps a while.
+fn make_repo(dir: &Path, fifo: &Path) -> (PathBuf, String) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    // A small but real tree to push: 50 files.
+    for i in 0..50 {
+        std::fs::write(repo.join(format!("file{i}.txt")), format!("file {i}\n").repeat(20)).unwrap();
+    }
+    let commit = |branch: &str, step: &str| {
+        git(&repo, &["checkout", "-q", "-B", branch]);
+        std::fs::write(repo.join(".gantry.yml"), pipeline(step)).unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["-c", "user.name=b", "-c", "user.email=b@b.invalid", "commit", "-q", "-m", branch]);
+        git(&repo, &["rev-parse", "HEAD"])
+    };
+    let sha = commit("main", &format!("echo x > {}", fifo.display()));
+    commit("trivial", "true");
+    commit("hold", "sleep 2");
+    git(&repo, &["checkout", "-q", "main"]);
+    (repo, sha)
+}
+
+/// Lines written into the FIFO arrive here with the instant they were read.
+fn fifo_reader(fifo: &Path) -> std::sync::mpsc::Receiver<Instant> {
+    // Opened read-write so the reader never sees end-of-file between writers.
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(fifo).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(file).lines() {
+            if line.is_err() || tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(dir: &Path, repo: &Path, max_concurrent: usize) -> Server {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let data = dir.join(format!("data-{max_concurrent}"));
+        let config = dir.join(format!("gantry-{max_concurrent}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\ndata_dir = {:?}\nmax_concurrent_builds = {max_concurrent}\n\
+                 [provider.local]\naddresses = \"127.90.0.0/22\"\n\
+                 [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n",
+                data.to_str().unwrap(),
+                repo.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, base: format!("http://{listen}"), client: reqwest::Client::new() };
+        let start = Instant::now();
+        while server.client.get(format!("{}/api/repos", server.base)).send().await.is_err() {
+            assert!(start.elapsed() < READY_DEADLINE, "gantry did not start");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        server
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    async fn push(&self, sha: &str, delivery: usize) -> i64 {
+        let body = serde_json::to_vec(&json!({
+            "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha, "deleted": false,
+            "repository": { "full_name": "bench/bench", "clone_url": "https://example.invalid/x.git" },
+        }))
+        .unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(&body);
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let response = self
+            .client
+            .post(format!("{}/hooks/bench", self.base))
+            .header("content-type", "application/json")
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", format!("bench-{delivery}"))
+            .header("X-Hub-Signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+    }
+
+    async fn trigger(&self, branch: &str) -> i64 {
+        let response = self
+            .client
+            .post(format!("{}/api/repos/bench/builds", self.base))
+            .json(&json!({ "branch": branch }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+    }
+
+    async fn status(&self, id: i64) -> String {
+        let build: Value =
+            self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap();
+        build["status"].as_str().unwrap().to_string()
+    }
+
+    async fn wait_all(&self, ids: &[i64], mut on_poll: impl FnMut()) {
+        let start = Instant::now();
+        for &id in ids {
+            loop {
+                let status = self.status(id).await;
+                if !matches!(status.as_str(), "queued" | "provisioning" | "running") {
+                    assert_eq!(status, "passed", "build {id}");
+                    break;
+                }
+                assert!(start.elapsed() < BUILD_DEADLINE, "builds did not finish");
+                on_poll();
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The same work with plain tools: a fresh directory, `git archive | tar -x`, `sh -c STEP`.
+fn floor_once(repo: &Path, sha: &str, work: &Path, i: usize, fifo: &Path, rx: &std::sync::mpsc::Receiver<Instant>) -> Duration {
+    let start = Instant::now();
+    let dir = work.join(format!("floor-{i}"));
+    std::fs::create_dir(&dir).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!(
+        "git -C '{}' archive {sha} | tar -x -C '{}'",
+        repo.display(),
+        dir.display()
+    )));
+    run(Command::new("sh").arg("-c").arg(format!("echo x > {}", fifo.display())).current_dir(&dir));
+    let at = rx.recv().unwrap();
+    at - start
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let dir = tempfile::TempDir::new().unwrap();
+    // Host steps may run as an unprivileged user: let them reach the FIFO.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fifo = dir.path().join("started");
+    run(Command::new("mkfifo").arg("-m").arg("666").arg(&fifo));
+    let rx = fifo_reader(&fifo);
+    let (repo, sha) = make_repo(dir.path(), &fifo);
+
+    // 1. Latency, webhook → first command of the step, one build at a time.
+    let server = Server::start(dir.path(), &repo, 4).await;
+    let idle_rss = server.rss_kib();
+    let mut latencies = Vec::with_capacity(args.builds);
+    let mut floors = Vec::with_capacity(args.builds);
+    let work = dir.path().join("floor");
+    std::fs::create_dir(&work).unwrap();
+    for i in 0..args.builds {
+        let start = Instant::now();
+        let id = server.push(&sha, i).await;
+        let at = rx.recv_timeout(BUILD_DEADLINE).expect("the step never ran");
+        latencies.push(at - start);
+        server.wait_all(&[id], || {}).await;
+        // Interleaved with the builds so both see the same machine.
+        floors.push(floor_once(&repo, &sha, &work, i, &fifo, &rx));
+    }
+    latencies.sort();
+    floors.sort();
+    let idle_after_rss = server.rss_kib();
+
+    // 2. Throughput: every build queued at once.
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(args.builds);
+    for _ in 0..args.builds {
+        ids.push(server.trigger("trivial").await);
+    }
+    server.wait_all(&ids, || {}).await;
+    let throughput = args.builds as f64 / start.elapsed().as_secs_f64();
+    drop(server);
+
+    // 3. Memory while `concurrent` builds run at once.
+    let server = Server::start(dir.path(), &repo, args.concurrent).await;
+    let mut ids = Vec::with_capacity(args.concurrent);
+    for _ in 0..args.concurrent {
+        ids.push(server.trigger("hold").await);
+    }
+    let mut peak_rss = server.rss_kib();
+    let mut last_sample = Instant::now();
+    let pid = server.child.id();
+    server
+        .wait_all(&ids, || {
+            if last_sample.elapsed() >= RSS_SAMPLE_EVERY {
+                last_sample = Instant::now();
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kib) = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()) {
+                        peak_rss = peak_rss.max(kib);
+                    }
+                }
+            }
+        })
+        .await;
+
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (f50, f99) = (percentile(&floors, 0.5), percentile(&floors, 0.99));
+    println!("| measure ({} builds) | Gantry | plain tools | ratio |", args.builds);
+    println!("|---|---|---|---|");
+    println!("| webhook → step running, p50 | {} | {} | {:.2}× |", ms(p50), ms(f50), p50.as_secs_f64() / f50.as_secs_f64());
+    println!("| webhook → step running, p99 | {} | {} | {:.2}× |", ms(p99), ms(f99), p99.as_secs_f64() / f99.as_secs_f64());
+    println!("| trivial builds per second | {throughput:.1} | | |");
+    println!("| server RSS idle (start / after the latency run) | {:.1} / {:.1} MiB | | |", idle_rss as f64 / 1024.0, idle_after_rss as f64 / 1024.0);
+    println!("| server RSS peak, {} concurrent builds | {:.1} MiB | | |", args.concurrent, peak_rss as f64 / 1024.0);
+}
