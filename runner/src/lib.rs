@@ -11,6 +11,7 @@
 pub mod event;
 pub mod executor;
 pub mod pipeline;
+pub mod process;
 pub mod provider;
 pub mod source;
 pub mod transport;

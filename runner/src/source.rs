@@ -2,10 +2,29 @@
 //! directory (`gantry run`). The executor reads the pipeline's templates through it and packs the
 //! code and data it pushes into tar archives.
 //!
-//! Sources are synchronous (git2 is); callers run them on a blocking thread.
+//! Sources are synchronous (git2 is); callers run them on a blocking thread. A source only ever
+//! reads: it never writes into the repository or the directory it serves, and it never lets a
+//! path (`..`, an absolute path, `.git`) reach outside the tree it describes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of an executable file in an archive (git's `100755`).
+const EXECUTABLE_MODE: u32 = 0o755;
+/// Mode of a regular file in an archive (git's `100644`).
+const REGULAR_MODE: u32 = 0o644;
+/// Mode of a directory in an archive.
+const DIR_MODE: u32 = 0o755;
+/// Mode of a symlink entry (ignored on unpacking, but tar wants one).
+const SYMLINK_MODE: u32 = 0o777;
+/// Git's file mode for executable blobs.
+const GIT_EXECUTABLE_FILEMODE: i32 = 0o100755;
+/// Git's file mode for symlinks.
+const GIT_SYMLINK_FILEMODE: i32 = 0o120000;
+/// The directory a work tree's git metadata lives in; never part of a source.
+const GIT_DIR_NAME: &str = ".git";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -51,4 +70,330 @@ pub struct GitCommitSource {
 /// A directory on this machine, as `gantry run` uses it. `.git` is never archived.
 pub struct WorkDirSource {
     pub root: PathBuf,
+}
+
+/// Split a repository-relative path into its components, refusing anything that could leave the
+/// tree (absolute paths, `..`) or enter git's own metadata. `""`, `"."` and a trailing `/` all
+/// mean the root. Returns `None` for a refused path, which callers report as "not found".
+fn components(path: &str) -> Option<Vec<&str>> {
+    if path.starts_with('/') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => continue,
+            ".." | GIT_DIR_NAME => return None,
+            other => parts.push(other),
+        }
+    }
+    Some(parts)
+}
+
+/// The archive name of `path`'s entries: `prefix` joined with the path's last component.
+fn entry_root(prefix: &str, parts: &[&str]) -> PathBuf {
+    let mut root = PathBuf::from(prefix.trim_matches('/'));
+    if let Some(last) = parts.last() {
+        root.push(last);
+    }
+    root
+}
+
+fn tar_io(what: &str, source: std::io::Error) -> SourceError {
+    SourceError::Io { path: PathBuf::from(what), source }
+}
+
+fn dir_header(mtime: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(DIR_MODE);
+    header.set_size(0);
+    header.set_mtime(mtime);
+    header
+}
+
+fn append_dir(builder: &mut tar::Builder<&mut dyn Write>, name: &Path, mtime: u64) -> Result<(), SourceError> {
+    if name.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let mut header = dir_header(mtime);
+    builder.append_data(&mut header, name, std::io::empty()).map_err(|e| tar_io(&name.to_string_lossy(), e))
+}
+
+fn append_file(
+    builder: &mut tar::Builder<&mut dyn Write>,
+    name: &Path,
+    mode: u32,
+    mtime: u64,
+    data: &[u8],
+) -> Result<(), SourceError> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(mode);
+    header.set_size(data.len() as u64);
+    header.set_mtime(mtime);
+    builder.append_data(&mut header, name, data).map_err(|e| tar_io(&name.to_string_lossy(), e))
+}
+
+fn append_symlink(
+    builder: &mut tar::Builder<&mut dyn Write>,
+    name: &Path,
+    target: &Path,
+    mtime: u64,
+) -> Result<(), SourceError> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_mode(SYMLINK_MODE);
+    header.set_size(0);
+    header.set_mtime(mtime);
+    builder.append_link(&mut header, name, target).map_err(|e| tar_io(&name.to_string_lossy(), e))
+}
+
+impl GitCommitSource {
+    fn git_err(&self, what: impl Into<String>) -> impl FnOnce(git2::Error) -> SourceError {
+        let what = what.into();
+        move |source| SourceError::Git { what, source }
+    }
+
+    /// Opens the repository afresh: `git2::Repository` is not `Sync`, and opening is cheap next to
+    /// what a caller does with the tree.
+    fn open(&self) -> Result<git2::Repository, SourceError> {
+        git2::Repository::open(&self.repo_path).map_err(self.git_err(self.repo_path.display().to_string()))
+    }
+
+    fn commit_tree<'r>(&self, repo: &'r git2::Repository) -> Result<(git2::Tree<'r>, u64), SourceError> {
+        let what = format!("commit {} of {}", self.commit, self.label);
+        let commit = repo.find_commit(self.commit).map_err(self.git_err(what.clone()))?;
+        let mtime = u64::try_from(commit.time().seconds()).unwrap_or(0);
+        Ok((commit.tree().map_err(self.git_err(what))?, mtime))
+    }
+
+    /// The tree entry at `parts`, `None` when there is none. The root itself has no entry.
+    fn entry(&self, tree: &git2::Tree<'_>, parts: &[&str]) -> Result<Option<git2::TreeEntry<'static>>, SourceError> {
+        let path: PathBuf = parts.iter().collect();
+        match tree.get_path(&path) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(SourceError::Git { what: format!("{} in {}", path.display(), self.describe()), source: e }),
+        }
+    }
+
+    fn append_tree(
+        &self,
+        repo: &git2::Repository,
+        tree: &git2::Tree<'_>,
+        name: &Path,
+        mtime: u64,
+        builder: &mut tar::Builder<&mut dyn Write>,
+    ) -> Result<(), SourceError> {
+        append_dir(builder, name, mtime)?;
+        for entry in tree.iter() {
+            let child = name.join(std::ffi::OsStr::from_bytes(entry.name_bytes()));
+            self.append_entry(repo, &entry, &child, mtime, builder)?;
+        }
+        Ok(())
+    }
+
+    fn append_entry(
+        &self,
+        repo: &git2::Repository,
+        entry: &git2::TreeEntry<'_>,
+        name: &Path,
+        mtime: u64,
+        builder: &mut tar::Builder<&mut dyn Write>,
+    ) -> Result<(), SourceError> {
+        let what = || format!("{} in {}", name.display(), self.describe());
+        match entry.kind() {
+            Some(git2::ObjectType::Tree) => {
+                let tree = repo.find_tree(entry.id()).map_err(self.git_err(what()))?;
+                self.append_tree(repo, &tree, name, mtime, builder)
+            }
+            Some(git2::ObjectType::Blob) => {
+                let blob = repo.find_blob(entry.id()).map_err(self.git_err(what()))?;
+                match entry.filemode() {
+                    GIT_SYMLINK_FILEMODE => {
+                        let target = Path::new(std::ffi::OsStr::from_bytes(blob.content()));
+                        append_symlink(builder, name, target, mtime)
+                    }
+                    GIT_EXECUTABLE_FILEMODE => append_file(builder, name, EXECUTABLE_MODE, mtime, blob.content()),
+                    _ => append_file(builder, name, REGULAR_MODE, mtime, blob.content()),
+                }
+            }
+            // A submodule: like a checkout without `git submodule update`, an empty directory.
+            Some(git2::ObjectType::Commit) => append_dir(builder, name, mtime),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Source for GitCommitSource {
+    fn describe(&self) -> String {
+        let sha = self.commit.to_string();
+        format!("{}@{}", self.label, &sha[..sha.len().min(7)])
+    }
+
+    fn kind(&self, path: &str) -> Result<Option<EntryKind>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        if parts.is_empty() {
+            return Ok(Some(EntryKind::Dir));
+        }
+        let repo = self.open()?;
+        let (tree, _) = self.commit_tree(&repo)?;
+        Ok(self.entry(&tree, &parts)?.and_then(|entry| match entry.kind() {
+            Some(git2::ObjectType::Tree | git2::ObjectType::Commit) => Some(EntryKind::Dir),
+            Some(git2::ObjectType::Blob) => Some(EntryKind::File),
+            _ => None,
+        }))
+    }
+
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let repo = self.open()?;
+        let (tree, _) = self.commit_tree(&repo)?;
+        let Some(entry) = self.entry(&tree, &parts)? else { return Ok(None) };
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            return Ok(None);
+        }
+        let blob = repo.find_blob(entry.id()).map_err(self.git_err(format!("{path} in {}", self.describe())))?;
+        Ok(Some(blob.content().to_vec()))
+    }
+
+    fn archive(&self, path: &str, prefix: &str, out: &mut dyn Write) -> Result<(), SourceError> {
+        let parts = components(path).ok_or_else(|| SourceError::NotFound(path.to_string()))?;
+        let repo = self.open()?;
+        let (tree, mtime) = self.commit_tree(&repo)?;
+        let mut builder = tar::Builder::new(out);
+        let root = entry_root(prefix, &parts);
+        if parts.is_empty() {
+            self.append_tree(&repo, &tree, &root, mtime, &mut builder)?;
+        } else {
+            let entry = self.entry(&tree, &parts)?.ok_or_else(|| SourceError::NotFound(path.to_string()))?;
+            self.append_entry(&repo, &entry, &root, mtime, &mut builder)?;
+        }
+        builder.finish().map_err(|e| tar_io(path, e))
+    }
+}
+
+impl WorkDirSource {
+    fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+        move |source| SourceError::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The metadata of `path` without following a final symlink, `None` when it does not exist.
+    fn metadata(path: &Path) -> Result<Option<std::fs::Metadata>, SourceError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io_err(path)(e)),
+        }
+    }
+
+    fn append_path(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        name: &Path,
+        builder: &mut tar::Builder<&mut dyn Write>,
+    ) -> Result<(), SourceError> {
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            let target = std::fs::read_link(path).map_err(Self::io_err(path))?;
+            append_symlink(builder, name, &target, mtime)
+        } else if file_type.is_dir() {
+            append_dir(builder, name, mtime)?;
+            let mut children = Vec::new();
+            for child in std::fs::read_dir(path).map_err(Self::io_err(path))? {
+                let child = child.map_err(Self::io_err(path))?;
+                if child.file_name() != GIT_DIR_NAME {
+                    children.push(child.file_name());
+                }
+            }
+            children.sort();
+            for child in children {
+                let child_path = path.join(&child);
+                if let Some(child_meta) = Self::metadata(&child_path)? {
+                    self.append_path(&child_path, &child_meta, &name.join(&child), builder)?;
+                }
+            }
+            Ok(())
+        } else if file_type.is_file() {
+            let data = std::fs::read(path).map_err(Self::io_err(path))?;
+            append_file(builder, name, meta.permissions().mode() & 0o777, mtime, &data)
+        } else {
+            // Sockets, fifos and devices have no place in a build's sources.
+            Ok(())
+        }
+    }
+}
+
+impl Source for WorkDirSource {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn kind(&self, path: &str) -> Result<Option<EntryKind>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        let full: PathBuf = self.root.join(parts.iter().collect::<PathBuf>());
+        Ok(Self::metadata(&full)?.and_then(|meta| {
+            let file_type = meta.file_type();
+            if file_type.is_dir() {
+                Some(EntryKind::Dir)
+            } else if file_type.is_file() || file_type.is_symlink() {
+                // A symlink is a file, as it is in a git tree.
+                Some(EntryKind::File)
+            } else {
+                None
+            }
+        }))
+    }
+
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        let full: PathBuf = self.root.join(parts.iter().collect::<PathBuf>());
+        let Some(meta) = Self::metadata(&full)? else { return Ok(None) };
+        if meta.file_type().is_symlink() {
+            // Like a git blob of mode 120000: the link's target, never what it points to, so a
+            // working tree reads exactly as its commit would.
+            let target = std::fs::read_link(&full).map_err(Self::io_err(&full))?;
+            return Ok(Some(target.into_os_string().into_encoded_bytes()));
+        }
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        std::fs::read(&full).map(Some).map_err(Self::io_err(&full))
+    }
+
+    fn archive(&self, path: &str, prefix: &str, out: &mut dyn Write) -> Result<(), SourceError> {
+        let parts = components(path).ok_or_else(|| SourceError::NotFound(path.to_string()))?;
+        let full: PathBuf = self.root.join(parts.iter().collect::<PathBuf>());
+        let meta = Self::metadata(&full)?.ok_or_else(|| SourceError::NotFound(path.to_string()))?;
+        let mut builder = tar::Builder::new(out);
+        self.append_path(&full, &meta, &entry_root(prefix, &parts), &mut builder)?;
+        builder.finish().map_err(|e| tar_io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_refuse_escapes_and_git_metadata() {
+        assert_eq!(components("").unwrap(), Vec::<&str>::new());
+        assert_eq!(components("./ci//seed.sql/").unwrap(), ["ci", "seed.sql"]);
+        assert!(components("/etc/passwd").is_none());
+        assert!(components("ci/../../etc").is_none());
+        assert!(components(".git/config").is_none());
+    }
+
+    #[test]
+    fn entry_root_joins_prefix_and_last_component() {
+        assert_eq!(entry_root("data", &["ci", "seed.sql"]), PathBuf::from("data/seed.sql"));
+        assert_eq!(entry_root("src", &[]), PathBuf::from("src"));
+        assert_eq!(entry_root("", &[]), PathBuf::from(""));
+    }
 }

@@ -1,0 +1,140 @@
+//! Finding and killing every process a local host started, without cgroups.
+//!
+//! Every process the local transport starts carries the host's marker, `GANTRY_HOST_ID=<HostId>`,
+//! in its environment. A process keeps its environment through `setsid`, a double fork and a
+//! daemon's own re-parenting, so scanning `/proc/*/environ` for the exact marker finds a
+//! PostgreSQL server started by `pg_ctl` just as it finds a plain `sleep` (Jenkins'
+//! ProcessTreeKiller relies on the same fact). A process that scrubbed its environment is still
+//! found when its working directory lies inside the host's home. Reaping needs nothing but the
+//! `HostId` and the home path, so it works for hosts a crashed server left behind.
+//!
+//! This module only finds and signals processes; it never touches files or addresses.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::provider::HostId;
+
+/// The environment variable that marks every process of a local host.
+pub const HOST_MARKER_VAR: &str = "GANTRY_HOST_ID";
+
+/// How long [`reap_host`] keeps scanning and killing before it reports survivors. Forks race
+/// with the scan, so one pass is never enough; a process stuck in the kernel may take a while.
+pub const REAP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The pause between two scans while killed processes are still exiting.
+pub const REAP_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Where the kernel lists processes.
+const PROC_DIR: &str = "/proc";
+
+/// What readlink of `/proc/PID/cwd` appends when the directory was removed.
+const DELETED_SUFFIX: &str = " (deleted)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    #[error("cannot list processes in {PROC_DIR}: {0}")]
+    Proc(#[source] std::io::Error),
+    #[error("processes of host {host} still alive after {deadline:?}: {pids:?}")]
+    Survivors { host: HostId, deadline: Duration, pids: Vec<i32> },
+}
+
+/// The environment entry that marks the processes of host `id`.
+pub fn host_marker(id: &HostId) -> String {
+    format!("{HOST_MARKER_VAR}={id}")
+}
+
+/// Every live process that carries `id`'s marker or whose working directory is inside one of
+/// `homes`. Zombies have neither an environment nor a working directory, so they never count.
+/// This process itself is never listed.
+pub fn host_processes(id: &HostId, homes: &[&Path]) -> Result<Vec<i32>, ReapError> {
+    let marker = host_marker(id);
+    let homes: Vec<PathBuf> = homes.iter().map(|home| canonical_or_same(home)).collect();
+    let own_pid = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(PROC_DIR).map_err(ReapError::Proc)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == own_pid {
+            continue;
+        }
+        let dir = entry.path();
+        if carries_marker(&dir, marker.as_bytes()) || cwd_inside(&dir, &homes) {
+            found.push(pid as i32);
+        }
+    }
+    Ok(found)
+}
+
+/// Kill every process of host `id` (see [`host_processes`]) with SIGKILL, scanning again until
+/// none remains or `deadline` has passed. Returns how many processes were signalled.
+pub fn reap_host(id: &HostId, homes: &[&Path], deadline: Duration) -> Result<usize, ReapError> {
+    let give_up = Instant::now() + deadline;
+    let mut signalled = std::collections::HashSet::new();
+    loop {
+        let pids = host_processes(id, homes)?;
+        if pids.is_empty() {
+            if !signalled.is_empty() {
+                tracing::debug!(host = %id, killed = signalled.len(), "reaped host processes");
+            }
+            return Ok(signalled.len());
+        }
+        if Instant::now() >= give_up {
+            return Err(ReapError::Survivors { host: id.clone(), deadline, pids });
+        }
+        for pid in pids {
+            // ESRCH just means the process exited between the scan and the signal.
+            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                signalled.insert(pid);
+            }
+        }
+        // Poll with a deadline: SIGKILLed processes disappear from /proc asynchronously.
+        std::thread::sleep(REAP_POLL_INTERVAL);
+    }
+}
+
+fn carries_marker(proc_dir: &Path, marker: &[u8]) -> bool {
+    match std::fs::read(proc_dir.join("environ")) {
+        Ok(environ) => environ.split(|&b| b == 0).any(|entry| entry == marker),
+        Err(_) => false,
+    }
+}
+
+fn cwd_inside(proc_dir: &Path, homes: &[PathBuf]) -> bool {
+    let Ok(cwd) = std::fs::read_link(proc_dir.join("cwd")) else { return false };
+    let bytes = cwd.as_os_str().as_bytes();
+    let cwd = match bytes.strip_suffix(DELETED_SUFFIX.as_bytes()) {
+        Some(stripped) => Path::new(std::ffi::OsStr::from_bytes(stripped)),
+        None => cwd.as_path(),
+    };
+    homes.iter().any(|home| cwd.starts_with(home))
+}
+
+/// The canonical form of `path` when it still exists; the path itself otherwise (a host whose
+/// directory is already gone can still have processes whose cwd was inside it).
+fn canonical_or_same(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_is_the_exact_environment_entry() {
+        assert_eq!(host_marker(&HostId("b7-web".into())), "GANTRY_HOST_ID=b7-web");
+    }
+
+    #[test]
+    fn this_process_is_never_listed() {
+        let cwd = std::env::current_dir().unwrap();
+        let pids = host_processes(&HostId("no-such-host".into()), &[cwd.as_path()]).unwrap();
+        assert!(!pids.contains(&(std::process::id() as i32)));
+    }
+}

@@ -1,0 +1,8 @@
+//! The runner's integration tests: real git repositories, real directories, real processes and
+//! real loopback sockets. One test binary (it links once); each module covers one seam.
+
+mod helpers;
+mod process;
+mod provider;
+mod source;
+mod transport;

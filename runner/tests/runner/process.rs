@@ -1,0 +1,50 @@
+//! Reaping: every process carrying a host's marker, or working inside its home, is found and
+//! killed, however it detached.
+
+use std::process::Stdio;
+
+use gantry_runner::process::{host_marker, host_processes, reap_host, HOST_MARKER_VAR, REAP_DEADLINE};
+use gantry_runner::provider::HostId;
+
+use crate::helpers::*;
+
+fn unique_id(name: &str) -> HostId {
+    HostId(format!("p{}-{name}", std::process::id()))
+}
+
+#[test]
+fn marked_and_resident_processes_are_found_and_killed_but_strangers_are_not() {
+    let home = tempfile::tempdir().unwrap();
+    let id = unique_id("reap");
+    // A marked process that double-forks into its own session, like a daemon.
+    let daemonizer = std::process::Command::new("/bin/sh")
+        .args(["-c", "setsid sh -c 'sleep 1000 >/dev/null 2>&1 & echo $!'"])
+        .env(HOST_MARKER_VAR, &id.0)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let daemon: i32 = String::from_utf8(daemonizer.stdout).unwrap().trim().parse().unwrap();
+    // An unmarked process whose working directory is the host's home.
+    let mut resident = std::process::Command::new("sleep").arg("1000").current_dir(home.path()).spawn().unwrap();
+    // A stranger with a similar but different marker.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("1000")
+        .env(HOST_MARKER_VAR, format!("{}-other", id.0))
+        .spawn()
+        .unwrap();
+
+    let found = host_processes(&id, &[home.path()]).unwrap();
+    assert!(found.contains(&daemon), "{found:?} misses the daemon {daemon}");
+    assert!(found.contains(&(resident.id() as i32)), "{found:?} misses the resident");
+    assert!(!found.contains(&(stranger.id() as i32)), "{found:?} includes a stranger");
+
+    let killed = reap_host(&id, &[home.path()], REAP_DEADLINE).unwrap();
+    assert!(killed >= 2, "killed {killed}");
+    resident.wait().unwrap();
+    wait_until("the daemon is gone", || process_gone(daemon));
+    assert!(host_processes(&id, &[home.path()]).unwrap().is_empty());
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger still runs");
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+    assert_eq!(host_marker(&id), format!("GANTRY_HOST_ID={}", id.0));
+}
