@@ -22,6 +22,11 @@ use crate::provider::HostId;
 /// The environment variable that marks every process of a local host.
 pub const HOST_MARKER_VAR: &str = "GANTRY_HOST_ID";
 
+/// How long [`reap_host`] lets a host's processes exit on SIGTERM before it sends SIGKILL. A
+/// daemon that gets SIGKILL at once cannot clean up after itself: PostgreSQL, for one, leaves
+/// its System V shared memory segment behind, one per build, until the kernel's limit is hit.
+pub const REAP_GRACE: Duration = Duration::from_secs(5);
+
 /// How long [`reap_host`] keeps scanning and killing before it reports survivors. Forks race
 /// with the scan, so one pass is never enough; a process stuck in the kernel may take a while.
 pub const REAP_DEADLINE: Duration = Duration::from_secs(10);
@@ -72,29 +77,41 @@ pub fn host_processes(id: &HostId, homes: &[&Path]) -> Result<Vec<i32>, ReapErro
     Ok(found)
 }
 
-/// Kill every process of host `id` (see [`host_processes`]) with SIGKILL, scanning again until
-/// none remains or `deadline` has passed. Returns how many processes were signalled.
+/// Stop every process of host `id` (see [`host_processes`]): SIGTERM first, so daemons can
+/// release what outlives them (shared memory, sockets), then, after [`REAP_GRACE`] (or half the
+/// deadline, when that is shorter), SIGKILL,
+/// scanning again until none remains or `deadline` has passed. Processes forked meanwhile are
+/// found by the next scan. Returns how many processes were signalled.
 pub fn reap_host(id: &HostId, homes: &[&Path], deadline: Duration) -> Result<usize, ReapError> {
-    let give_up = Instant::now() + deadline;
+    let started = Instant::now();
+    // Half the deadline at most, so SIGKILL always gets its turn.
+    let kill_from = started + REAP_GRACE.min(deadline / 2);
+    let give_up = started + deadline;
     let mut signalled = std::collections::HashSet::new();
     loop {
         let pids = host_processes(id, homes)?;
         if pids.is_empty() {
             if !signalled.is_empty() {
-                tracing::debug!(host = %id, killed = signalled.len(), "reaped host processes");
+                tracing::debug!(host = %id, processes = signalled.len(), elapsed = ?started.elapsed(), "reaped host processes");
             }
             return Ok(signalled.len());
         }
-        if Instant::now() >= give_up {
+        let now = Instant::now();
+        if now >= give_up {
             return Err(ReapError::Survivors { host: id.clone(), deadline, pids });
         }
+        let signal = if now < kill_from { Signal::SIGTERM } else { Signal::SIGKILL };
         for pid in pids {
+            // SIGTERM goes once per process; SIGKILL again on every scan until it is gone.
+            if signal == Signal::SIGTERM && signalled.contains(&pid) {
+                continue;
+            }
             // ESRCH just means the process exited between the scan and the signal.
-            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            if kill(Pid::from_raw(pid), signal).is_ok() {
                 signalled.insert(pid);
             }
         }
-        // Poll with a deadline: SIGKILLed processes disappear from /proc asynchronously.
+        // Poll with a deadline: signalled processes disappear from /proc asynchronously.
         std::thread::sleep(REAP_POLL_INTERVAL);
     }
 }

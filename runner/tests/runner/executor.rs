@@ -411,3 +411,56 @@ async fn concurrent_builds_never_share_an_address() {
     assert_eq!(seen.len(), BUILDS * 2);
     assert_eq!(std::fs::read_dir(rendezvous.path()).unwrap().count(), BUILDS * 2);
 }
+
+/// The newest installed PostgreSQL's `bin` directory, if any.
+fn postgres_bin() -> Option<std::path::PathBuf> {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    versions.sort();
+    versions.pop().filter(|bin| bin.join("pg_ctl").exists())
+}
+
+#[tokio::test]
+async fn a_postgresql_server_started_by_a_setup_serves_other_hosts_and_is_gone_after_teardown() {
+    let Some(bin) = postgres_bin() else {
+        println!("note: PostgreSQL is not installed (scripts/install-deps installs it); test skipped");
+        return;
+    };
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root && run_as_user().is_none() {
+        return;
+    }
+    // initdb refuses to run as root: as root, host steps run as the unprivileged user.
+    let test = TestProvider::with(|config| {
+        if as_root {
+            config.run_as = Some(RUN_AS_USER.to_string());
+        }
+    });
+    let (_dir, source) = empty_source();
+    let setup = format!(
+        "{bin}/initdb --pgdata=\"$HOME/pgdata\" --username=postgres --auth=trust --no-sync >/dev/null\n\
+         printf \"listen_addresses = '%s'\\nunix_socket_directories = '%s'\\nfsync = off\\n\" \"$GANTRY_HOST_ADDR\" \"$HOME\" >> \"$HOME/pgdata/postgresql.conf\"\n\
+         echo 'host all all 127.0.0.0/8 trust' >> \"$HOME/pgdata/pg_hba.conf\"\n\
+         {bin}/pg_ctl --pgdata=\"$HOME/pgdata\" --log=\"$HOME/postgres.log\" --wait start >/dev/null\n\
+         echo postmaster=$(head -n 1 \"$HOME/pgdata/postmaster.pid\")",
+        bin = bin.display()
+    );
+    let pipeline = pipeline(
+        vec![host("db", Some(&setup)), host("web", None)],
+        vec![stage("query", "web", &[], &format!("{}/psql -h \"$GANTRY_HOST_DB\" -U postgres -tA -c 'select 40 + 2'", bin.display()))],
+    );
+    let plan = plan(pipeline, source);
+    let db = plan.host_ids["db"].clone();
+    let build = run_build(plan, test.provider.clone()).await;
+    assert_eq!(build.result.status, BuildStatus::Passed, "{:?} {:?}", build.log("setup:db"), build.log("query"));
+    assert_eq!(build.log("query"), ["42"]);
+    let postmaster: i32 = build.log("setup:db").iter().find_map(|l| l.strip_prefix("postmaster=")).unwrap().parse().unwrap();
+    assert!(process_gone(postmaster), "the postmaster survived teardown");
+    // Stopped with SIGTERM first, PostgreSQL removes its System V shared memory itself; killed
+    // outright it would leave one segment per build behind.
+    let segments = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let leaked: Vec<&str> =
+        segments.lines().skip(1).filter(|l| l.split_whitespace().nth(4) == Some(&postmaster.to_string())).collect();
+    assert!(leaked.is_empty(), "shared memory left behind: {leaked:?}");
+    assert!(host_processes(&db, &[test.root().join(&db.0).as_path()]).unwrap().is_empty());
+    assert!(test.leftover_dirs().is_empty());
+}

@@ -48,3 +48,24 @@ fn marked_and_resident_processes_are_found_and_killed_but_strangers_are_not() {
     stranger.wait().unwrap();
     assert_eq!(host_marker(&id), format!("GANTRY_HOST_ID={}", id.0));
 }
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let home = tempfile::tempdir().unwrap();
+    let id = unique_id("stubborn");
+    let mut stubborn = std::process::Command::new("python3")
+        .args(["-c", "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(1000)"])
+        .env(HOST_MARKER_VAR, &id.0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the handler is installed: python prints only after it is.
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stubborn.stdout.as_mut().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let deadline = std::time::Duration::from_secs(2);
+    assert_eq!(reap_host(&id, &[home.path()], deadline).unwrap(), 1);
+    let status = stubborn.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "SIGTERM was ignored, SIGKILL was not");
+}
