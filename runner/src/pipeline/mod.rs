@@ -10,12 +10,14 @@ mod diagnostic;
 mod raw;
 mod template;
 mod validate;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use template::{render_template, TemplateContext, TemplateError};
+pub use template::{render_template, TemplateContext, TemplateError, TEMPLATE_FUEL};
+pub use validate::{MAX_NAME_LEN, MAX_STEP_TIMEOUT};
 
 use crate::source::Source;
 
@@ -126,4 +128,11 @@ impl Pipeline {
 /// tree the file came from, used to check that pushed paths and templates exist.
 pub fn load(file_name: &str, text: &str, source: &dyn Source) -> Result<Pipeline, Diagnostics> {
     validate::load(file_name, text, source)
+}
+
+/// [`load`] for a file read as bytes (a git blob, a file on disk): refuses a file over
+/// [`MAX_PIPELINE_BYTES`] before decoding it, and reports invalid UTF-8 at its line and column.
+/// This is what `gantry validate` and the server call; print the `Diagnostics` as they display.
+pub fn load_bytes(file_name: &str, bytes: &[u8], source: &dyn Source) -> Result<Pipeline, Diagnostics> {
+    validate::load_bytes(file_name, bytes, source)
 }
