@@ -464,3 +464,86 @@ async fn a_postgresql_server_started_by_a_setup_serves_other_hosts_and_is_gone_a
     assert!(host_processes(&db, &[test.root().join(&db.0).as_path()]).unwrap().is_empty());
     assert!(test.leftover_dirs().is_empty());
 }
+
+/// The end-to-end shape of a real pipeline file: loaded from YAML in a commit, code, data and a
+/// rendered config pushed, a service on one host used from the other.
+const TWO_HOSTS_YAML: &str = r#"version: 1
+hosts:
+  db:
+    setup:
+      - mkdir -p www && cp data/seed.txt www/
+      - cd www && nohup python3 -m http.server --bind "$GANTRY_HOST_ADDR" 8000 >../http.log 2>&1 &
+  web:
+    setup: echo "web setup sees $GANTRY_HOST_DB"
+push:
+  code:
+    to: [web]
+  data:
+    - from: ci/seed.txt
+      to: db
+  config:
+    - template: ci/app.env.j2
+      to: web:src/conf/app.env
+env:
+  APP_ENV: test
+stages:
+  - name: show-config
+    host: web
+    run: cat conf/app.env
+  - name: fetch
+    host: web
+    needs: [show-config]
+    run: |
+      . conf/app.env
+      test "$APP_ENV" = test
+      ./ci/tool.sh
+"#;
+
+#[tokio::test]
+async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
+    let repo = TestRepo::new();
+    let fetch = fetch_script("http://$DB:8000/seed.txt");
+    let yaml = format!("{TWO_HOSTS_YAML}{}", fetch.lines().map(|l| format!("      {l}\n")).collect::<String>());
+    let commit = repo.commit(&[
+        (".gantry.yml", Entry::File(&yaml)),
+        ("ci/seed.txt", Entry::File("hello from the db host\n")),
+        ("ci/app.env.j2", Entry::File("DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nREPO={{ repo.name }}\nAPP={{ env.APP_ENV }}\n")),
+        ("ci/tool.sh", Entry::Executable("#!/bin/sh\necho tool ran\n")),
+    ]);
+    let source = git_source(&repo, commit);
+    let text = String::from_utf8(source.read_file(".gantry.yml").unwrap().unwrap()).unwrap();
+    let pipeline = gantry_runner::pipeline::load(".gantry.yml", &text, source.as_ref()).unwrap();
+    let test = TestProvider::new();
+    let build = run_build(plan(pipeline, source), test.provider.clone()).await;
+
+    assert_eq!(build.result.status, BuildStatus::Passed, "{:?}\n{:?}\n{:?}", build.result, build.log("push:web"), build.log("fetch"));
+    let db = build.addresses()["db"];
+    assert_eq!(build.log("show-config"), [format!("DB={db}"), "BUILD=42".into(), "REPO=shop".into(), "APP=test".into()]);
+    assert!(build.log("fetch").contains(&"hello from the db host".to_string()), "{:?}", build.log("fetch"));
+    assert!(build.log("fetch").contains(&"tool ran".to_string()));
+    assert!(build.log("setup:web").contains(&format!("web setup sees {db}")));
+    assert!(test.leftover_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn a_template_naming_an_undefined_variable_errors_the_build_before_any_step_runs() {
+    let repo = TestRepo::new();
+    let commit = repo.commit(&[("ci/app.env.j2", Entry::File("DB={{ hosts.nosuchhost.address }}\n"))]);
+    let mut pipeline = pipeline(vec![host("web", Some("echo setup ran"))], vec![stage("s", "web", &[], "true")]);
+    pipeline.push.config = vec![gantry_runner::pipeline::ConfigPush {
+        template: "ci/app.env.j2".into(),
+        host: "web".into(),
+        path: "app.env".into(),
+    }];
+    let test = TestProvider::new();
+    let build = run_build(plan(pipeline, git_source(&repo, commit)), test.provider.clone()).await;
+    assert_eq!(build.result.status, BuildStatus::Errored);
+    let error = build.result.error.clone().unwrap();
+    assert!(error.contains("ci/app.env.j2"), "{error}");
+    assert_eq!(build.status("push:web"), StepStatus::Failed);
+    assert_eq!(build.status("setup:web"), StepStatus::Skipped);
+    assert_eq!(build.status("s"), StepStatus::Skipped);
+    assert_eq!(build.status("teardown:web"), StepStatus::Passed);
+    assert!(build.log("push:web").iter().any(|l| l.contains("ci/app.env.j2")));
+    assert!(test.leftover_dirs().is_empty());
+}
