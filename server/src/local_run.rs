@@ -234,8 +234,6 @@ mod tests {
     async fn a_working_tree_runs_and_reports_its_exit_code() {
         let dir = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
-        // A run-as user must be able to reach the hosts directory.
-        std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::write(
             dir.path().join(PIPELINE_FILE),
             "version: 1\nhosts:\n  app: {}\npush:\n  code:\n    to: [app]\nstages:\n  - name: check\n    host: app\n    run: test -f marker.txt\n",

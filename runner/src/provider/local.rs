@@ -32,6 +32,9 @@ const HOME_MODE: u32 = 0o700;
 /// listable.
 const SHARED_ROOT_MODE: u32 = 0o711;
 
+/// The permission bit that lets other users pass through a directory without listing it.
+const SEARCH_BY_OTHERS: u32 = 0o001;
+
 /// The one loopback address never handed to a host: the server and everything else on the
 /// machine listen there.
 const RESERVED_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -101,6 +104,9 @@ impl LocalProvider {
         if let Some(user) = &run_as {
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(SHARED_ROOT_MODE))
                 .map_err(|e| ProviderError::Config(format!("cannot set the mode of {}: {e}", root.display())))?;
+            if let Some(data_dir) = root.parent() {
+                open_for_search(data_dir, user)?;
+            }
             check_traversable(&root, user)?;
         }
         Ok(LocalProvider {
@@ -269,6 +275,33 @@ fn resolve_user(name: &str) -> Result<RunAs, ProviderError> {
     }
 }
 
+/// Let `user` pass through `dir` (the data dir holding the hosts' root) when this server owns
+/// it: search permission only (`o+x`), never listing. Directories above it are not this server's
+/// to change; [`check_traversable`] reports them.
+fn open_for_search(dir: &Path, user: &RunAs) -> Result<(), ProviderError> {
+    let meta = std::fs::metadata(dir).map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
+    if searchable_by(&meta, user) || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode() | SEARCH_BY_OTHERS;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ProviderError::Config(format!("cannot let {} through {}: {e}", user.name, dir.display())))?;
+    tracing::info!(dir = %dir.display(), user = %user.name, "made the data dir searchable (o+x) so host steps reach their homes");
+    Ok(())
+}
+
+/// Whether `user` may search (pass through) the directory `meta` describes.
+fn searchable_by(meta: &std::fs::Metadata, user: &RunAs) -> bool {
+    let mode = meta.permissions().mode();
+    if meta.uid() == user.uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == user.gid {
+        mode & 0o010 != 0
+    } else {
+        mode & SEARCH_BY_OTHERS != 0
+    }
+}
+
 /// Whether `user` can walk down to `root`: every ancestor must grant it search permission,
 /// otherwise every step would fail with a puzzling "permission denied".
 fn check_traversable(root: &Path, user: &RunAs) -> Result<(), ProviderError> {
@@ -276,14 +309,7 @@ fn check_traversable(root: &Path, user: &RunAs) -> Result<(), ProviderError> {
         let meta = std::fs::metadata(dir)
             .map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
         let mode = meta.permissions().mode();
-        let searchable = if meta.uid() == user.uid {
-            mode & 0o100 != 0
-        } else if meta.gid() == user.gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
-        if !searchable {
+        if !searchable_by(&meta, user) {
             return Err(ProviderError::Config(format!(
                 "run_as user {} cannot reach {}: {} (mode {:o}) is not searchable by it; choose a data_dir outside it or `chmod o+x {}`",
                 user.name,

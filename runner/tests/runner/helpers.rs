@@ -52,10 +52,6 @@ impl TestProvider {
         let mut config = LocalConfig::new(data.path().join("hosts"));
         config.addresses = address_pool();
         configure(&mut config);
-        if config.run_as.is_some() {
-            // A run-as user must be able to walk down to its home.
-            std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
         let provider = Arc::new(LocalProvider::new(config).unwrap());
         TestProvider { data, provider }
     }

@@ -168,6 +168,17 @@ async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
     let Some(user) = run_as_user() else { return };
     let test = TestProvider::with(|config| config.run_as = Some(RUN_AS_USER.to_string()));
     assert_eq!(test.provider.run_as().unwrap().uid, user.uid.as_raw());
+    assert_eq!(std::fs::metadata(test.root()).unwrap().permissions().mode() & 0o777, 0o711);
+    // A private (0700) data dir lets the user through, without letting it list.
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    LocalProvider::new(LocalConfig {
+        root: private.path().join("hosts"),
+        addresses: address_pool(),
+        run_as: Some(RUN_AS_USER.to_string()),
+    })
+    .unwrap();
+    assert_eq!(std::fs::metadata(private.path()).unwrap().permissions().mode() & 0o777, 0o701);
     let id = new_id("runas");
     let host = test.provider.provision(&request(&id)).await.unwrap();
     let home = std::path::PathBuf::from(&host.provider_id);
@@ -196,4 +207,31 @@ async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
         assert!(process_gone(*pid), "{pid} survived");
     }
     assert!(!home.exists());
+}
+
+#[tokio::test]
+async fn a_run_as_user_that_cannot_reach_the_data_dir_is_a_clear_configuration_error() {
+    if run_as_user().is_none() {
+        return;
+    }
+    // The data dir's parent is not this provider's to open up.
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let result = LocalProvider::new(LocalConfig {
+        root: parent.path().join("data/hosts"),
+        addresses: address_pool(),
+        run_as: Some(RUN_AS_USER.to_string()),
+    });
+    match result {
+        Err(ProviderError::Config(message)) => {
+            assert!(message.contains(RUN_AS_USER) && message.contains(&parent.path().display().to_string()), "{message}");
+        }
+        other => panic!("expected a configuration error, got {:?}", other.err()),
+    }
+    let missing = LocalProvider::new(LocalConfig {
+        root: parent.path().join("hosts"),
+        addresses: address_pool(),
+        run_as: Some("gantry-no-such-user".to_string()),
+    });
+    assert!(matches!(missing, Err(ProviderError::Config(m)) if m.contains("does not exist")));
 }
