@@ -97,6 +97,22 @@ impl RepoConfig {
     }
 }
 
+impl RepoConfig {
+    /// The URL without a password it may carry (`https://user:token@host/…`), for pages and the
+    /// API.
+    pub fn display_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else { return self.url.clone() };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+            }
+            None => self.url.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -451,6 +467,15 @@ mod tests {
         let config = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"hunter2\"\n").unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        let shown = |url: &str| RepoConfig::new("a", url, "s").display_url();
+        assert_eq!(shown("https://bot:tok3n@git.example.com/a/b.git"), "https://bot:***@git.example.com/a/b.git");
+        assert_eq!(shown("https://git.example.com/a@b.git"), "https://git.example.com/a@b.git");
+        assert_eq!(shown("/srv/git/a"), "/srv/git/a");
+        assert_eq!(shown("ssh://git@host/a.git"), "ssh://git:***@host/a.git");
     }
 
     #[test]

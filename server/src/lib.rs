@@ -1,5 +1,132 @@
-//! The Gantry server.
+//! The Gantry server: configuration, the durable build queue and its scheduler, git mirrors and
+//! the poller, the SQLite store, and the HTTP surface (dashboard pages, JSON API, webhooks).
+//!
+//! [`Application::build`] assembles all of it from a [`config::Config`] and binds the listener
+//! (port 0 works, for tests); [`Application::run_until_stopped`] serves until a
+//! [`ShutdownHandle`] fires, then stops the running builds (their hosts are torn down) and closes
+//! the database. The binary in `main.rs` only parses arguments and starts logging.
 
 pub mod config;
 pub mod git;
+pub mod http;
+pub mod local_run;
+pub mod poller;
+pub mod scheduler;
 pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gantry_runner::provider::local::{LocalConfig, LocalProvider};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::git::Mirrors;
+use crate::http::AppState;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// A built server, bound to its address, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: axum::Router,
+    scheduler: Scheduler,
+    store: Store,
+    shutdown: CancellationToken,
+    /// The pollers.
+    tasks: TaskTracker,
+}
+
+/// Stops a running [`Application`] gracefully: no new requests or builds, running builds are
+/// cancelled and torn down, and they end `interrupted`.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Application {
+    /// Validate `config`, bind the listener, open (and migrate) the database, reap what a crashed
+    /// server left behind, and start the scheduler and pollers.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        config.validate()?;
+        let mut config = config;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("failed to create the data directory {}", config.data_dir.display()))?;
+        config.data_dir = std::fs::canonicalize(&config.data_dir)
+            .with_context(|| format!("failed to resolve the data directory {}", config.data_dir.display()))?;
+        let config = Arc::new(config);
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let address = listener.local_addr().context("failed to read the bound address")?;
+
+        let store = Store::open(&config.database_path())
+            .await
+            .with_context(|| format!("failed to open the database {}", config.database_path().display()))?;
+        for repo in &config.repos {
+            store.upsert_repo(&repo.name, &repo.display_url()).await.context("failed to record the configured repos")?;
+        }
+        let provider = LocalProvider::new(LocalConfig {
+            root: hosts_dir(&config),
+            addresses: config.provider.local.addresses,
+            run_as: Some(config.provider.local.run_as.clone()),
+        })
+        .context("failed to set up the local provider")?;
+        let mirrors = Arc::new(Mirrors::new(config.data_dir.join("repos")));
+        let shutdown = CancellationToken::new();
+        let scheduler =
+            Scheduler::new(store.clone(), Arc::clone(&mirrors), Arc::new(provider), Arc::clone(&config), shutdown.clone());
+        scheduler.recover().await.context("failed to recover from the previous run")?;
+        scheduler.start();
+        let tasks = TaskTracker::new();
+        poller::start(&config.repos, &scheduler, &store, &shutdown, &tasks);
+
+        let router = http::router(AppState {
+            config: Arc::clone(&config),
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            mirrors,
+        });
+        tracing::info!(%address, data_dir = %config.data_dir.display(), repos = config.repos.len(), "gantry is ready");
+        Ok(Application { listener, address, router, scheduler, store, shutdown, tasks })
+    }
+
+    /// Where the server listens (the real port when the configuration said 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A handle that stops the server; take it before calling [`Application::run_until_stopped`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serve until the shutdown handle fires, then stop the builds and close the database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application { listener, router, scheduler, store, shutdown, tasks, .. } = self;
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        // The scheduler also stops when the server fails, so no build runs on unattended.
+        shutdown.cancel();
+        scheduler.shutdown().await;
+        tasks.close();
+        tasks.wait().await;
+        store.close().await;
+        tracing::info!("gantry stopped");
+        served.context("the HTTP server failed")
+    }
+}
+
+/// Where local hosts' home directories are created.
+pub fn hosts_dir(config: &Config) -> PathBuf {
+    config.data_dir.join("hosts")
+}

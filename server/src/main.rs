@@ -1,1 +1,112 @@
-fn main() {}
+//! The `gantry` binary: parses the command line, starts logging and hands over to the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gantry::config::{Config, Overrides};
+use gantry_runner::pipeline::{self, PIPELINE_FILE};
+use gantry_runner::source::WorkDirSource;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "A self-hosted CI server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the dashboard, the API and webhooks, and run builds.
+    Serve(Overrides),
+    /// Check a pipeline file; prints every problem and exits non-zero when there is one.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = PIPELINE_FILE)]
+        path: PathBuf,
+    },
+    /// Run a working tree's pipeline on the local provider, without a server.
+    Run {
+        /// The working tree (its `.gantry.yml` is run).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where the build's hosts are created.
+        #[arg(long, env = "GANTRY_DATA_DIR", default_value = gantry::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    // SAFETY: no other thread exists yet; the async runtime starts below.
+    if let Err(error) = unsafe { gantry::git::set_network_timeouts() } {
+        tracing::warn!(%error, "could not set git's network timeouts");
+    }
+    let result = match cli.command {
+        Command::Validate { path } => validate(&path),
+        Command::Serve(overrides) => runtime().and_then(|rt| rt.block_on(serve(overrides))).map(|()| ExitCode::SUCCESS),
+        Command::Run { dir, data_dir } => runtime()
+            .and_then(|rt| rt.block_on(gantry::local_run::run_local(&dir, &data_dir)))
+            .map(|code| ExitCode::from(u8::try_from(code).unwrap_or(1))),
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("gantry: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")
+}
+
+async fn serve(overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(&overrides)?;
+    let app = gantry::Application::build(config).await?;
+    let handle = app.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping running builds");
+        handle.shutdown();
+    });
+    app.run_until_stopped().await
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `gantry validate PATH`: every diagnostic on stderr, exit code 1 when there is one.
+fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let source = WorkDirSource { root: root.to_path_buf() };
+    match pipeline::load(&path.display().to_string(), &text, &source) {
+        Ok(pipeline) => {
+            println!("{}: valid ({} hosts, {} stages)", path.display(), pipeline.hosts.len(), pipeline.stages.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            eprintln!("{}: {} error(s)", path.display(), diagnostics.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -191,6 +191,15 @@ pub async fn finish(
     Ok(changed)
 }
 
+/// The build reached its setup and stages.
+pub async fn mark_running(conn: &mut SqliteConnection, id: BuildId) -> Result<()> {
+    sqlx::query("UPDATE builds SET status = 'running' WHERE id = ? AND status = 'provisioning'")
+        .bind(id.0)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Queue a build on its own (no supersede, no delivery).
     pub async fn insert_build(&self, new: &NewBuild) -> Result<BuildRow> {
@@ -213,13 +222,10 @@ impl Store {
         row.as_ref().map(build_from_row).transpose()
     }
 
-    /// The build reached its setup and stages.
+    /// See [`mark_running`].
     pub async fn set_build_running(&self, id: BuildId) -> Result<()> {
-        sqlx::query("UPDATE builds SET status = 'running' WHERE id = ? AND status = 'provisioning'")
-            .bind(id.0)
-            .execute(self.writer())
-            .await?;
-        Ok(())
+        let mut conn = self.writer().acquire().await?;
+        mark_running(&mut conn, id).await
     }
 
     /// See [`finish`].
@@ -300,6 +306,22 @@ impl Store {
         .fetch_all(self.reader())
         .await?;
         builds_from_rows(&rows)
+    }
+
+    /// Whether a newer build of the same repo and ref than `build` is queued or running (then
+    /// `build` is superseded).
+    pub async fn has_newer_live_build(&self, build: &BuildRow) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND ref_kind = ? AND id > ? \
+             AND status IN ('queued', 'provisioning', 'running') LIMIT 1",
+        )
+        .bind(&build.repo)
+        .bind(&build.branch)
+        .bind(build.ref_kind.as_str())
+        .bind(build.id.0)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Whether any build of `commit` on this ref exists already (the poller skips those a

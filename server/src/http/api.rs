@@ -1,0 +1,305 @@
+//! The JSON API of the contract (§4): repos, their builds, one build with its hosts and steps,
+//! a build's log as plain text, and queueing (or cancelling) a build by hand.
+//!
+//! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue or cancel;
+//! they never run git or SQL themselves beyond what the scheduler and store offer.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{rfc3339, AppState, HttpError};
+use crate::config::RepoConfig;
+use crate::git::GitError;
+use crate::scheduler::{Cancelled, Enqueued};
+use crate::store::{BuildId, BuildRow, HostRow, NewBuild, RefKind, StepRow, Trigger};
+
+/// `GET /api/repos/{repo}/builds` returns this many builds without `?limit=`.
+pub const DEFAULT_BUILD_LIST_LIMIT: u32 = 50;
+
+/// The most builds one list request returns.
+pub const MAX_BUILD_LIST_LIMIT: u32 = 1000;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/repos", get(list_repos))
+        .route("/api/repos/{repo}/builds", get(list_builds).post(queue_build))
+        .route("/api/builds/{id}", get(get_build))
+        .route("/api/builds/{id}/log", get(get_log))
+        .route("/api/builds/{id}/cancel", post(cancel_build))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoJson {
+    pub name: String,
+    pub url: String,
+    pub last_build: Option<BuildJson>,
+    pub last_error: Option<String>,
+    pub last_polled_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildJson {
+    pub id: i64,
+    pub repo: String,
+    pub number: i64,
+    pub commit: String,
+    pub branch: String,
+    pub ref_kind: &'static str,
+    pub trigger: &'static str,
+    pub status: &'static str,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildDetailJson {
+    #[serde(flatten)]
+    pub build: BuildJson,
+    pub hosts: Vec<HostJson>,
+    pub stages: Vec<StageJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostJson {
+    pub role: String,
+    pub provider: String,
+    pub address: Option<String>,
+    pub state: &'static str,
+    pub provisioned_at: Option<String>,
+    pub torn_down_at: Option<String>,
+    pub provision_ms: Option<i64>,
+    pub teardown_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageJson {
+    pub name: String,
+    pub host: String,
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<&BuildRow> for BuildJson {
+    fn from(b: &BuildRow) -> BuildJson {
+        BuildJson {
+            id: b.id.0,
+            repo: b.repo.clone(),
+            number: b.number,
+            commit: b.commit.clone(),
+            branch: b.branch.clone(),
+            ref_kind: b.ref_kind.as_str(),
+            trigger: b.trigger.as_str(),
+            status: b.status.as_str(),
+            created_at: rfc3339(b.created_at),
+            started_at: b.started_at.map(rfc3339),
+            finished_at: b.finished_at.map(rfc3339),
+            error: b.error.clone(),
+        }
+    }
+}
+
+impl From<&HostRow> for HostJson {
+    fn from(h: &HostRow) -> HostJson {
+        HostJson {
+            role: h.role.clone(),
+            provider: h.provider.clone(),
+            address: h.address.map(|a| a.to_string()),
+            state: h.state.as_str(),
+            provisioned_at: h.provisioned_at.map(rfc3339),
+            torn_down_at: h.torn_down_at.map(rfc3339),
+            provision_ms: h.provision_ms,
+            teardown_ms: h.teardown_ms,
+            error: h.error.clone(),
+        }
+    }
+}
+
+impl From<&StepRow> for StageJson {
+    fn from(s: &StepRow) -> StageJson {
+        StageJson {
+            name: s.name.clone(),
+            host: s.host.clone(),
+            kind: s.kind.as_str(),
+            status: s.status.as_str(),
+            exit_code: s.exit_code,
+            started_at: s.started_at.map(rfc3339),
+            finished_at: s.finished_at.map(rfc3339),
+            duration_ms: s.duration_ms(),
+        }
+    }
+}
+
+/// A build id from the path; anything that is not one names no build.
+pub(super) fn parse_build_id(raw: &str) -> Result<BuildId, HttpError> {
+    raw.parse().map(BuildId).map_err(|_| HttpError::NotFound(format!("no build {raw:?}")))
+}
+
+/// The configured repo named in the path.
+pub(super) fn configured_repo<'a>(state: &'a AppState, name: &str) -> Result<&'a RepoConfig, HttpError> {
+    state.config.repo(name).ok_or_else(|| HttpError::NotFound(format!("no repo named {name:?}")))
+}
+
+async fn list_repos(State(state): State<AppState>) -> Result<Json<Vec<RepoJson>>, HttpError> {
+    let mut repos = Vec::with_capacity(state.config.repos.len());
+    for repo in &state.config.repos {
+        let row = state.store.repo(&repo.name).await?;
+        let last_build = state.store.last_build_of_repo(&repo.name).await?;
+        repos.push(RepoJson {
+            name: repo.name.clone(),
+            url: repo.display_url(),
+            last_build: last_build.as_ref().map(BuildJson::from),
+            last_error: row.as_ref().and_then(|r| r.last_error.clone()),
+            last_polled_at: row.and_then(|r| r.last_polled_at).map(rfc3339),
+        });
+    }
+    Ok(Json(repos))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn list_builds(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<BuildJson>>, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    configured_repo(&state, &repo)?;
+    let limit = query.limit.unwrap_or(DEFAULT_BUILD_LIST_LIMIT).min(MAX_BUILD_LIST_LIMIT);
+    let builds = state.store.builds_of_repo(&repo, limit).await?;
+    Ok(Json(builds.iter().map(BuildJson::from).collect()))
+}
+
+/// The body of `POST /api/repos/{repo}/builds`: a branch (its current head is built), a commit,
+/// or both (that commit, labelled with that branch).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueRequest {
+    branch: Option<String>,
+    commit: Option<String>,
+}
+
+async fn queue_build(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    body: Result<Json<QueueRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let repo = configured_repo(&state, &repo)?;
+    let Json(request) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let (commit, branch) = match (request.branch, request.commit) {
+        (None, None) => return Err(HttpError::BadRequest("give a \"branch\" or a \"commit\" to build".to_string())),
+        (Some(branch), None) => {
+            state.scheduler.fetch(repo).await.map_err(|e| HttpError::BadGateway(e.to_string()))?;
+            let head = state
+                .mirrors
+                .resolve_branch(&repo.name, &branch)
+                .await
+                .map_err(|e| HttpError::Internal(e.to_string()))?
+                .ok_or_else(|| HttpError::NotFound(format!("no branch {branch:?} in {}", repo.name)))?;
+            (head, branch)
+        }
+        (branch, Some(commit)) => {
+            let oid = state.scheduler.ensure_commit(repo, &commit).await.map_err(|e| match e {
+                GitError::BadCommitId { .. } => HttpError::BadRequest(e.to_string()),
+                GitError::CommitNotFound { .. } => HttpError::NotFound(e.to_string()),
+                GitError::Fetch { .. } => HttpError::BadGateway(e.to_string()),
+                other => HttpError::Internal(other.to_string()),
+            })?;
+            let branch = match branch {
+                Some(branch) => branch,
+                None => branch_at(&state, &repo.name, &oid.to_string()).await?,
+            };
+            (oid, branch)
+        }
+    };
+    let new = NewBuild {
+        repo: repo.name.clone(),
+        commit: commit.to_string(),
+        branch,
+        ref_kind: RefKind::Branch,
+        trigger: Trigger::Manual,
+    };
+    match state.scheduler.enqueue(new, None).await? {
+        Enqueued::Queued(build) => Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response()),
+        Enqueued::DuplicateDelivery => Err(HttpError::Internal("a manual build was taken for a redelivery".into())),
+    }
+}
+
+/// A branch whose head is `commit`, for a build asked for by commit alone; `""` when none is.
+async fn branch_at(state: &AppState, repo: &str, commit: &str) -> Result<String, HttpError> {
+    let heads = state.mirrors.branch_heads(repo).await.map_err(|e| HttpError::Internal(e.to_string()))?;
+    Ok(heads.into_iter().find(|(_, head)| head == commit).map(|(branch, _)| branch).unwrap_or_default())
+}
+
+async fn get_build(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BuildDetailJson>, HttpError> {
+    let id = parse_build_id(&id)?;
+    let build = state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
+    let hosts = state.store.hosts_of_build(id).await?;
+    let steps = state.store.steps(id).await?;
+    Ok(Json(BuildDetailJson {
+        build: BuildJson::from(&build),
+        hosts: hosts.iter().map(HostJson::from).collect(),
+        stages: steps.iter().map(StageJson::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    stage: Option<String>,
+}
+
+async fn get_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let id = parse_build_id(&id)?;
+    state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
+    let step = match &query.stage {
+        Some(name) => Some(
+            state
+                .store
+                .step_by_name(id, name)
+                .await?
+                .ok_or_else(|| HttpError::NotFound(format!("build {id} has no step {name:?}")))?
+                .idx,
+        ),
+        None => None,
+    };
+    let lines = state.store.log_lines(id, step, None).await?;
+    let mut text = String::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
+    for line in &lines {
+        text.push_str(&line.text);
+        text.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn cancel_build(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    let id = parse_build_id(&id)?;
+    let (status, outcome) = match state.scheduler.cancel(id).await? {
+        Cancelled::NotFound => return Err(HttpError::NotFound(format!("no build {id}"))),
+        Cancelled::Dequeued => (StatusCode::OK, "cancelled"),
+        Cancelled::Stopping => (StatusCode::ACCEPTED, "stopping"),
+        Cancelled::AlreadyFinished => (StatusCode::OK, "already finished"),
+    };
+    Ok((status, Json(json!({ "build": id.0, "outcome": outcome }))).into_response())
+}

@@ -1,0 +1,106 @@
+//! The HTTP surface: the router, the state every handler shares, and the one error type every
+//! handler returns.
+//!
+//! `api` is the JSON API of the contract, `hooks` receives forge webhooks, `pages` renders the
+//! dashboard through the `web` crate. Handlers translate between HTTP and the scheduler or store;
+//! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
+//! errors (5xx) are logged with their cause and answered with a generic message, never echoing
+//! internals.
+
+mod api;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::git::Mirrors;
+use crate::scheduler::Scheduler;
+use crate::store::{Store, StoreError};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub scheduler: Scheduler,
+    pub mirrors: Arc<Mirrors>,
+}
+
+/// The whole application's routes. Unknown paths answer 404.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .fallback(|| async { HttpError::NotFound("no such page".to_string()) })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A git remote could not be reached; the detail is logged and shown on the repo's page.
+    #[error("fetching the repository failed: {0}")]
+    BadGateway(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, status = status.as_u16(), "request failed");
+            match self {
+                HttpError::BadGateway(_) => "fetching the repository failed; see the repo's page".to_string(),
+                _ => "internal server error".to_string(),
+            }
+        } else {
+            self.to_string()
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<crate::scheduler::SchedulerError> for HttpError {
+    fn from(error: crate::scheduler::SchedulerError) -> HttpError {
+        match error {
+            crate::scheduler::SchedulerError::Store(e) => HttpError::Store(e),
+            crate::scheduler::SchedulerError::UnknownRepo(name) => HttpError::NotFound(format!("no repo named {name:?}")),
+        }
+    }
+}
+
+/// A unix-milliseconds timestamp as RFC 3339 (`2024-05-01T12:00:00.123Z`), the API's time format.
+pub fn rfc3339(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}

@@ -1,0 +1,490 @@
+//! The durable build queue and the builds it runs.
+//!
+//! This module owns a build's life on the server: [`Scheduler::enqueue`] writes it (superseding
+//! older builds of the same ref when the repo asks for it), a claim loop takes the oldest queued
+//! build in one statement whenever fewer than `max_concurrent_builds` run — woken at once by the
+//! enqueue, never by a polling delay — and runs it: the commit into the mirror, `.gantry.yml` from
+//! that exact commit through `pipeline::load`, one `hosts` row per role *before* the runner asks
+//! the provider for it, then `gantry_runner::execute` with the persister (see `persist`) storing
+//! and broadcasting its events. On shutdown it cancels what runs and waits (bounded) for the
+//! teardowns; at start-up [`Scheduler::recover`] interrupts what a crashed server left running
+//! and tears its hosts down before anything new starts.
+//!
+//! It does not speak HTTP, parse webhooks or poll: those call [`Scheduler::enqueue`].
+
+mod persist;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use gantry_runner::pipeline::{self, Diagnostics, Pipeline, PIPELINE_FILE};
+use gantry_runner::provider::{HostId, Provider};
+use gantry_runner::source::Source;
+use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
+use git2::Oid;
+use tokio::sync::{broadcast, mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, RepoConfig};
+use crate::git::{GitError, Mirrors};
+use crate::store::{self, BuildId, BuildRow, NewBuild, Store, StoreError};
+
+/// How many events of one build may wait for the persister before the executor waits.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// How many updates a slow live listener may fall behind before it misses some.
+pub const UPDATE_CHANNEL_CAPACITY: usize = 4096;
+
+/// After a failed claim (the database was unavailable), the loop tries again after this long.
+pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// On shutdown, running builds get this long to be cancelled and torn down; after it they are
+/// marked interrupted anyway and their hosts are reaped at the next start.
+pub const SHUTDOWN_GRACE: Duration =
+    Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
+
+/// Why a running build was cancelled, recorded as its error.
+const SUPERSEDED: &str = "superseded by a newer build of the same branch";
+const CANCELLED_BY_USER: &str = "cancelled through the API";
+const SERVER_STOPPED: &str = "the server shut down while this build ran";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no repo named {0:?} is configured")]
+    UnknownRepo(String),
+}
+
+/// What live listeners (the dashboard) hear about builds.
+#[derive(Debug, Clone)]
+pub enum BuildUpdate {
+    Queued { build: BuildId },
+    /// An executor event, after it was stored.
+    Event { build: BuildId, event: BuildEvent },
+    /// The build reached a final status.
+    Finished { build: BuildId, status: BuildStatus },
+}
+
+/// The outcome of [`Scheduler::enqueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued(BuildRow),
+    /// The webhook delivery id was seen before: nothing was queued.
+    DuplicateDelivery,
+}
+
+/// The outcome of [`Scheduler::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was queued and is now cancelled.
+    Dequeued,
+    /// It was running; its teardown is under way.
+    Stopping,
+    /// It had already finished.
+    AlreadyFinished,
+    NotFound,
+}
+
+/// Why `.gantry.yml` could not become a pipeline; the text becomes the build's error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("no {PIPELINE_FILE} in commit {0}")]
+    Missing(Oid),
+    #[error("{PIPELINE_FILE} in commit {0} is not UTF-8 text")]
+    NotText(Oid),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// A running build the scheduler can cancel.
+struct Running {
+    build: BuildRow,
+    cancel: CancellationToken,
+    /// Why it was cancelled, once it was.
+    reason: Option<&'static str>,
+}
+
+struct Inner {
+    store: Store,
+    mirrors: Arc<Mirrors>,
+    provider: Arc<dyn Provider>,
+    config: Arc<Config>,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+    running: Mutex<HashMap<BuildId, Running>>,
+    updates: broadcast::Sender<BuildUpdate>,
+    /// Cancelled when the server stops: no new claims, running builds are interrupted.
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The queue's handle; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// A scheduler that stops claiming when `shutdown` is cancelled. Call [`Scheduler::recover`]
+    /// and then [`Scheduler::start`].
+    pub fn new(
+        store: Store,
+        mirrors: Arc<Mirrors>,
+        provider: Arc<dyn Provider>,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+    ) -> Scheduler {
+        let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
+        Scheduler {
+            inner: Arc::new(Inner {
+                slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
+                store,
+                mirrors,
+                provider,
+                config,
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+                updates,
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The git mirrors builds are read from.
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.inner.mirrors
+    }
+
+    /// Listen to every build's updates from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<BuildUpdate> {
+        self.inner.updates.subscribe()
+    }
+
+    /// After a crash: builds left provisioning or running become `interrupted`, and every host
+    /// not known to be torn down is torn down through its provider. Run before [`Scheduler::start`].
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        for build in store.interrupt_unfinished_builds().await? {
+            tracing::warn!(build = %build, "build interrupted by a server stop; marked interrupted");
+        }
+        let hosts = store.hosts_not_torn_down().await?;
+        let reaps = hosts.into_iter().map(|host| async move {
+            if host.provider != self.inner.provider.name() {
+                tracing::error!(host = %host.host_id, provider = %host.provider, "cannot reap a host of a provider this server does not run");
+                return Ok(());
+            }
+            let id = HostId(host.host_id.clone());
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(
+                gantry_runner::executor::TEARDOWN_TIMEOUT,
+                self.inner.provider.teardown(&id, host.provider_id.as_deref()),
+            )
+            .await;
+            let took = Some(started.elapsed().as_millis() as i64);
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("teardown timed out".to_string()),
+            };
+            match &error {
+                None => tracing::info!(host = %id, build = %host.build_id, "reaped a host left by a stopped server"),
+                Some(error) => tracing::error!(host = %id, %error, "could not reap a host left by a stopped server"),
+            }
+            store.set_host_torn_down(&host.host_id, error.as_deref(), took).await
+        });
+        for result in join_all(reaps).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Start the claim loop.
+    pub fn start(&self) {
+        let this = self.clone();
+        self.inner.tasks.spawn(async move { this.claim_loop().await });
+    }
+
+    /// Queue a build. With a `delivery` id, a repeated delivery queues nothing. When the repo's
+    /// `cancel_superseded` is on, older queued builds of the same ref are cancelled and running
+    /// ones are stopped.
+    pub async fn enqueue(&self, new: NewBuild, delivery: Option<&str>) -> Result<Enqueued, SchedulerError> {
+        let repo = self.inner.config.repo(&new.repo).ok_or_else(|| SchedulerError::UnknownRepo(new.repo.clone()))?;
+        let store = &self.inner.store;
+        let mut tx = store.begin().await?;
+        let build = store::builds::insert(&mut tx, &new).await?;
+        if let Some(delivery) = delivery {
+            if !store::deliveries::record(&mut tx, &new.repo, delivery, Some(build.id)).await? {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return Ok(Enqueued::DuplicateDelivery);
+            }
+        }
+        let superseded =
+            if repo.cancel_superseded { store::builds::supersede_queued(&mut tx, &build).await? } else { Vec::new() };
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(build = %build.id, repo = %build.repo, number = build.number, branch = %build.branch,
+            commit = %build.commit, trigger = build.trigger.as_str(), "build queued");
+        for old in superseded {
+            tracing::info!(build = %old, by = %build.id, "queued build superseded");
+            let _ = self.inner.updates.send(BuildUpdate::Finished { build: old, status: BuildStatus::Cancelled });
+        }
+        if repo.cancel_superseded {
+            self.stop_superseded_by(&build);
+        }
+        let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
+        self.inner.wake.notify_one();
+        Ok(Enqueued::Queued(build))
+    }
+
+    /// Cancel the running builds of `newer`'s repo and ref that are older than it.
+    fn stop_superseded_by(&self, newer: &BuildRow) {
+        let mut running = self.inner.running.lock().expect("running table poisoned");
+        for (id, run) in running.iter_mut() {
+            let same_ref =
+                run.build.repo == newer.repo && run.build.branch == newer.branch && run.build.ref_kind == newer.ref_kind;
+            if same_ref && *id < newer.id && run.reason.is_none() {
+                tracing::info!(build = %id, by = %newer.id, "stopping a superseded build");
+                run.reason = Some(SUPERSEDED);
+                run.cancel.cancel();
+            }
+        }
+    }
+
+    /// Cancel a queued build, or stop a running one (its hosts are torn down).
+    pub async fn cancel(&self, id: BuildId) -> Result<Cancelled, SchedulerError> {
+        if self.inner.store.cancel_queued_build(id, CANCELLED_BY_USER).await? {
+            let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
+            return Ok(Cancelled::Dequeued);
+        }
+        if let Some(run) = self.inner.running.lock().expect("running table poisoned").get_mut(&id) {
+            run.reason.get_or_insert(CANCELLED_BY_USER);
+            run.cancel.cancel();
+            return Ok(Cancelled::Stopping);
+        }
+        Ok(match self.inner.store.build(id).await? {
+            Some(_) => Cancelled::AlreadyFinished,
+            None => Cancelled::NotFound,
+        })
+    }
+
+    /// Fetch a repo's mirror and record the outcome on the repo (its page shows the last error).
+    pub async fn fetch(&self, repo: &RepoConfig) -> Result<(), GitError> {
+        let result = self.inner.mirrors.fetch(&repo.name, &repo.url).await;
+        self.record_fetch(repo, result.as_ref().err()).await;
+        result
+    }
+
+    /// Make sure `commit` is in the repo's mirror (fetching only when it is missing) and record a
+    /// fetch error on the repo.
+    pub async fn ensure_commit(&self, repo: &RepoConfig, commit: &str) -> Result<Oid, GitError> {
+        let result = self.inner.mirrors.ensure_commit(&repo.name, &repo.url, commit).await;
+        match &result {
+            Err(error @ GitError::Fetch { .. }) => self.record_fetch(repo, Some(error)).await,
+            _ => {}
+        }
+        result
+    }
+
+    async fn record_fetch(&self, repo: &RepoConfig, error: Option<&GitError>) {
+        if let Some(error) = error {
+            tracing::warn!(repo = %repo.name, %error, "fetch failed");
+        }
+        let message = error.map(|e| e.to_string());
+        if let Err(e) = self.inner.store.set_repo_error(&repo.name, message.as_deref()).await {
+            tracing::error!(repo = %repo.name, error = %e, "could not record the outcome of a fetch");
+        }
+    }
+
+    /// Whether a push of `branch` at `commit` should build, by the `on.branches` of the pipeline
+    /// in that commit. A missing or invalid pipeline file builds (the build records the error).
+    pub async fn wants_branch(&self, repo: &str, commit: Oid, branch: &str) -> bool {
+        match load_pipeline(&self.inner.mirrors, repo, commit).await {
+            Ok(pipeline) => pipeline.on.matches_branch(branch),
+            Err(_) => true,
+        }
+    }
+
+    /// Stop claiming, cancel every running build and wait (at most [`SHUTDOWN_GRACE`]) for
+    /// their teardowns. They end `interrupted`.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let live: Vec<BuildId> = {
+            let running = self.inner.running.lock().expect("running table poisoned");
+            for run in running.values() {
+                run.cancel.cancel();
+            }
+            running.keys().copied().collect()
+        };
+        if !live.is_empty() {
+            tracing::info!(builds = live.len(), "stopping running builds");
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tasks.wait()).await.is_err() {
+            let left: Vec<BuildId> = self.inner.running.lock().expect("running table poisoned").keys().copied().collect();
+            for id in left {
+                tracing::error!(build = %id, "build did not stop in time; its hosts are reaped at the next start");
+                if let Err(error) = self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await {
+                    tracing::error!(build = %id, %error, "could not mark the build interrupted");
+                }
+            }
+        }
+    }
+
+    async fn claim_loop(self) {
+        let inner = &self.inner;
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&inner.slots).acquire_owned() => permit.expect("the slot semaphore is never closed"),
+                () = inner.shutdown.cancelled() => return,
+            };
+            if inner.shutdown.is_cancelled() {
+                return;
+            }
+            match inner.store.claim_next_build().await {
+                Ok(Some(build)) => {
+                    let this = self.clone();
+                    inner.tasks.spawn(async move { this.run(build, permit).await });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        () = inner.wake.notified() => {}
+                        () = inner.shutdown.cancelled() => return,
+                    }
+                }
+                Err(error) => {
+                    drop(permit);
+                    tracing::error!(%error, "claiming a queued build failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(CLAIM_RETRY_DELAY) => {}
+                        () = inner.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one claimed build to its final status. Holds its concurrency slot until done.
+    async fn run(self, build: BuildRow, _slot: OwnedSemaphorePermit) {
+        let inner = &self.inner;
+        let id = build.id;
+        let cancel = CancellationToken::new();
+        inner
+            .running
+            .lock()
+            .expect("running table poisoned")
+            .insert(id, Running { build: build.clone(), cancel: cancel.clone(), reason: None });
+        if inner.shutdown.is_cancelled() {
+            cancel.cancel();
+        }
+        // A newer build of this ref queued between the claim and the line above could not see
+        // this one in the running table: look for it here.
+        let cancel_superseded = inner.config.repo(&build.repo).is_some_and(|r| r.cancel_superseded);
+        if cancel_superseded && inner.store.has_newer_live_build(&build).await.unwrap_or(false) {
+            if let Some(run) = inner.running.lock().expect("running table poisoned").get_mut(&id) {
+                run.reason.get_or_insert(SUPERSEDED);
+            }
+            cancel.cancel();
+        }
+
+        tracing::info!(build = %id, repo = %build.repo, number = build.number, "build started");
+        let (status, error) = match self.prepare_and_execute(&build, &cancel).await {
+            Ok(result) => (result.status, result.error),
+            Err(error) => (BuildStatus::Errored, Some(error)),
+        };
+        let reason = inner.running.lock().expect("running table poisoned").remove(&id).and_then(|r| r.reason);
+        let (status, error) = match status {
+            BuildStatus::Cancelled if inner.shutdown.is_cancelled() && reason.is_none() => {
+                (BuildStatus::Interrupted, Some(SERVER_STOPPED.to_string()))
+            }
+            BuildStatus::Cancelled => (status, error.or(reason.map(str::to_string))),
+            _ => (status, error),
+        };
+        match inner.store.finish_build(id, status, error.as_deref()).await {
+            Ok(_) => tracing::info!(build = %id, status = status.as_str(), "build finished"),
+            Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
+        }
+        let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
+    }
+
+    /// Everything between the claim and the final status. `Err` is the text of an errored build
+    /// that never reached the executor.
+    async fn prepare_and_execute(
+        &self,
+        build: &BuildRow,
+        cancel: &CancellationToken,
+    ) -> Result<gantry_runner::BuildResult, String> {
+        let inner = &self.inner;
+        let repo: &RepoConfig =
+            inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
+        let commit = self.ensure_commit(repo, &build.commit).await.map_err(|e| e.to_string())?;
+        let pipeline = load_pipeline(&inner.mirrors, &repo.name, commit).await.map_err(|e| e.to_string())?;
+        if cancel.is_cancelled() {
+            return Ok(gantry_runner::BuildResult { status: BuildStatus::Cancelled, error: None });
+        }
+
+        // Every host is recorded before the provider hears of it, so a crash cannot lose one.
+        let host_ids: BTreeMap<String, HostId> = pipeline
+            .hosts
+            .iter()
+            .map(|h| (h.role.clone(), HostId(format!("b{}-{}", build.id, h.role))))
+            .collect();
+        self.record_hosts(build.id, &host_ids).await.map_err(|e| format!("could not record the build's hosts: {e}"))?;
+
+        let source: Arc<dyn Source> = Arc::new(inner.mirrors.source(&repo.name, commit));
+        let plan = BuildPlan {
+            info: BuildInfo {
+                number: u64::try_from(build.number).unwrap_or_default(),
+                commit: commit.to_string(),
+                branch: build.branch.clone(),
+                repo: build.repo.clone(),
+            },
+            pipeline: Arc::new(pipeline),
+            source,
+            host_ids: host_ids.clone(),
+        };
+        let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let persister = tokio::spawn(persist::persist(
+            inner.store.clone(),
+            build.id,
+            host_ids,
+            received,
+            inner.updates.clone(),
+        ));
+        let result = execute(plan, Arc::clone(&inner.provider), events, cancel.clone()).await;
+        // The executor dropped its sender: the persister ends once it has stored every event.
+        if let Err(e) = persister.await {
+            tracing::error!(build = %build.id, error = %e, "the event persister failed");
+        }
+        Ok(result)
+    }
+
+    async fn record_hosts(&self, build: BuildId, host_ids: &BTreeMap<String, HostId>) -> Result<(), StoreError> {
+        let mut tx = self.inner.store.begin().await?;
+        for (role, id) in host_ids {
+            store::hosts::insert_requested(&mut tx, build, role, &id.0, self.inner.provider.name()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Read and validate `.gantry.yml` at `commit` (already in the mirror).
+pub async fn load_pipeline(mirrors: &Mirrors, repo: &str, commit: Oid) -> Result<Pipeline, PipelineError> {
+    let bytes = mirrors.read_file_at(repo, commit, PIPELINE_FILE).await?.ok_or(PipelineError::Missing(commit))?;
+    let text = String::from_utf8(bytes).map_err(|_| PipelineError::NotText(commit))?;
+    let source = mirrors.source(repo, commit);
+    // Validation reads the commit's tree (pushed paths must exist): git2 blocks.
+    tokio::task::spawn_blocking(move || pipeline::load(PIPELINE_FILE, &text, &source))
+        .await
+        .map_err(|e| PipelineError::Git(GitError::Task(e.to_string())))?
+        .map_err(PipelineError::Invalid)
+}

@@ -1,0 +1,125 @@
+//! The persister: consumes one build's [`BuildEvent`]s, writes them to the store and then
+//! broadcasts them to live listeners.
+//!
+//! Events are written in batches: whatever is waiting in the channel (up to
+//! [`MAX_EVENTS_PER_BATCH`]) goes into one transaction, so a flood of output costs one commit
+//! per batch while a quiet build's events are written the moment they arrive. The persister
+//! always drains its channel, even when the database fails, so the executor is never blocked by
+//! storage; a failed batch is logged and dropped. It decides nothing about the build itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use gantry_runner::provider::HostId;
+use gantry_runner::{BuildEvent, StepId, StepKind};
+use sqlx::SqliteConnection;
+use tokio::sync::{broadcast, mpsc};
+
+use super::BuildUpdate;
+use crate::store::{self, to_ms, BuildId, LogLine, Store};
+
+/// At most this many events are written in one transaction.
+pub const MAX_EVENTS_PER_BATCH: usize = 2048;
+
+/// What the persister remembers about one build between batches.
+struct BuildLog {
+    build: BuildId,
+    host_ids: BTreeMap<String, HostId>,
+    steps: Vec<StepId>,
+    /// The next log line's sequence number.
+    next_seq: i64,
+    /// When each host's provision and teardown steps started, for the hosts' durations.
+    started: HashMap<(StepKind, String), i64>,
+}
+
+/// Persist every event of `build` until the executor drops its sender.
+pub(super) async fn persist(
+    store: Store,
+    build: BuildId,
+    host_ids: BTreeMap<String, HostId>,
+    mut events: mpsc::Receiver<BuildEvent>,
+    updates: broadcast::Sender<BuildUpdate>,
+) {
+    let mut log = BuildLog { build, host_ids, steps: Vec::new(), next_seq: 0, started: HashMap::new() };
+    let mut batch = Vec::new();
+    while let Some(first) = events.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_EVENTS_PER_BATCH {
+            match events.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = log.write(&store, &batch).await {
+            tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
+        }
+        for event in batch.drain(..) {
+            // Nobody listening is normal: the dashboard subscribes only while a page is open.
+            let _ = updates.send(BuildUpdate::Event { build, event });
+        }
+    }
+}
+
+impl BuildLog {
+    async fn write(&mut self, store: &Store, batch: &[BuildEvent]) -> store::Result<()> {
+        let mut tx = store.begin().await?;
+        let mut lines = Vec::new();
+        for event in batch {
+            self.apply(&mut tx, event, &mut lines).await?;
+        }
+        store::logs::insert_lines(&mut tx, self.build, &lines).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Write one event; log lines are collected into `lines` and inserted together at the end of
+    /// the batch.
+    async fn apply(&mut self, conn: &mut SqliteConnection, event: &BuildEvent, lines: &mut Vec<LogLine>) -> store::Result<()> {
+        let build = self.build;
+        match event {
+            BuildEvent::Log { step, at, stream, text } => {
+                lines.push(LogLine {
+                    step_idx: *step as i64,
+                    seq: self.next_seq,
+                    at: to_ms(*at),
+                    stream: *stream,
+                    text: text.clone(),
+                });
+                self.next_seq += 1;
+            }
+            BuildEvent::Planned { steps } => {
+                store::steps::insert_planned(conn, build, steps).await?;
+                self.steps = steps.clone();
+            }
+            BuildEvent::Running { .. } => store::builds::mark_running(conn, build).await?,
+            BuildEvent::StepStarted { step, at } => {
+                if let Some(id) = self.steps.get(*step) {
+                    self.started.insert((id.kind, id.host.clone()), to_ms(*at));
+                }
+                store::steps::start(conn, build, *step, to_ms(*at)).await?;
+            }
+            BuildEvent::StepFinished { step, at, status, exit_code } => {
+                store::steps::finish(conn, build, *step, *status, *exit_code, to_ms(*at)).await?;
+            }
+            BuildEvent::HostProvisioned { role, address, provider_id } => {
+                let at = to_ms(SystemTime::now());
+                let took = self.started.get(&(StepKind::Provision, role.clone())).map(|start| at - start);
+                store::hosts::mark_provisioned(conn, build, role, *address, provider_id, at, took).await?;
+            }
+            BuildEvent::HostTornDown { role, error } => {
+                let at = to_ms(SystemTime::now());
+                let took = self.started.get(&(StepKind::Teardown, role.clone())).map(|start| at - start);
+                match self.host_ids.get(role) {
+                    Some(host_id) => {
+                        store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), at, took).await?;
+                    }
+                    None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
+                }
+            }
+            BuildEvent::Report { step, path, content } => {
+                store::reports::insert(conn, build, *step as i64, path, content).await?;
+            }
+        }
+        Ok(())
+    }
+}
