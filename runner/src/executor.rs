@@ -314,8 +314,11 @@ impl<'a> Run<'a> {
                     provider_id: provisioned.provider_id.clone(),
                 })
                 .await;
-                self.system_line(step, &format!("host {} is {} ({})", host.role, provisioned.address, provisioned.provider_id))
-                    .await;
+                self.system_line(
+                    step,
+                    &format!("host {} is {} ({})", host.role, provisioned.address, provisioned.provider_id),
+                )
+                .await;
                 self.finish(step, StepStatus::Passed, None).await;
                 true
             }
@@ -375,8 +378,11 @@ impl<'a> Run<'a> {
             let archive = self.code_archive().await?;
             let size = archive.len();
             transport.upload_tar("", archive.as_ref().clone()).await.map_err(|e| e.to_string())?;
-            self.system_line(step, &format!("code of {} → ~/{CODE_DIR} ({})", self.plan.info.commit, human_bytes(size)))
-                .await;
+            self.system_line(
+                step,
+                &format!("code of {} → ~/{CODE_DIR} ({})", self.plan.info.commit, human_bytes(size)),
+            )
+            .await;
         }
         for data in pipeline.push.data.iter().filter(|d| d.to == role) {
             let from = data.from.clone();
@@ -393,10 +399,9 @@ impl<'a> Run<'a> {
                 let template = config.template.clone();
                 let text = self
                     .pack(move |source, out| match source.read_file(&template)? {
-                        Some(bytes) => out.write_all(&bytes).map_err(|e| crate::source::SourceError::Io {
-                            path: template.clone().into(),
-                            source: e,
-                        }),
+                        Some(bytes) => out
+                            .write_all(&bytes)
+                            .map_err(|e| crate::source::SourceError::Io { path: template.clone().into(), source: e }),
                         None => Err(crate::source::SourceError::NotFound(template.clone())),
                     })
                     .await?;
@@ -571,7 +576,9 @@ impl<'a> Run<'a> {
             env: self.step_env(&stage.host, Some(&stage.env)),
             timeout: stage.timeout,
         };
-        let status = self.run_started_script(step, &stage.host, &request, |transport| self.collect_reports(step, stage, transport)).await;
+        let status = self
+            .run_started_script(step, &stage.host, &request, |transport| self.collect_reports(step, stage, transport))
+            .await;
         (i, status)
     }
 
@@ -583,7 +590,13 @@ impl<'a> Run<'a> {
 
     /// Run the script of a step already marked started, stream its capped output, run `after`
     /// (report collection) while the host is still up, and finish the step.
-    async fn run_started_script<F, Fut>(&self, step: StepIndex, role: &str, request: &ExecRequest, after: F) -> StepStatus
+    async fn run_started_script<F, Fut>(
+        &self,
+        step: StepIndex,
+        role: &str,
+        request: &ExecRequest,
+        after: F,
+    ) -> StepStatus
     where
         F: FnOnce(Arc<dyn Transport>) -> Fut,
         Fut: Future<Output = ()>,
@@ -618,7 +631,8 @@ impl<'a> Run<'a> {
             Ok(ExecOutcome::Exited(0)) => (StepStatus::Passed, Some(0)),
             Ok(ExecOutcome::Exited(code)) => (StepStatus::Failed, Some(code)),
             Ok(ExecOutcome::TimedOut) => {
-                self.system_line(step, &format!("timed out after {}", humantime::format_duration(request.timeout))).await;
+                self.system_line(step, &format!("timed out after {}", humantime::format_duration(request.timeout)))
+                    .await;
                 (StepStatus::TimedOut, None)
             }
             Ok(ExecOutcome::Cancelled) => {
@@ -652,8 +666,11 @@ impl<'a> Run<'a> {
             let path = if cwd.is_empty() { report.clone() } else { format!("{cwd}/{report}") };
             match transport.read_file(&path, MAX_REPORT_BYTES + 1).await {
                 Ok(Some(content)) if content.len() > MAX_REPORT_BYTES => {
-                    self.system_line(step, &format!("report {report} is larger than {}; not collected", human_bytes(MAX_REPORT_BYTES)))
-                        .await;
+                    self.system_line(
+                        step,
+                        &format!("report {report} is larger than {}; not collected", human_bytes(MAX_REPORT_BYTES)),
+                    )
+                    .await;
                 }
                 Ok(Some(content)) => {
                     self.emit(BuildEvent::Report { step, path: report.clone(), content }).await;
@@ -683,13 +700,14 @@ impl<'a> Run<'a> {
         self.start(step).await;
         // The transport goes first: nothing may use the host while it is destroyed.
         let provider_id = self.hosts.lock().expect("hosts poisoned").remove(role).map(|h| h.provider_id);
-        let error = match tokio::time::timeout(TEARDOWN_TIMEOUT, self.provider.teardown(id, provider_id.as_deref())).await {
+        let error = match tokio::time::timeout(TEARDOWN_TIMEOUT, self.provider.teardown(id, provider_id.as_deref()))
+            .await
+        {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "teardown of {id} did not finish within {}",
-                humantime::format_duration(TEARDOWN_TIMEOUT)
-            )),
+            Err(_) => {
+                Some(format!("teardown of {id} did not finish within {}", humantime::format_duration(TEARDOWN_TIMEOUT)))
+            }
         };
         if let Some(message) = &error {
             self.system_line(step, message).await;
@@ -753,7 +771,8 @@ struct LogBudget {
 impl LogBudget {
     /// Whether `text` may be stored; counts it either way.
     fn admit(&mut self, text: &str) -> bool {
-        if self.dropped == 0 && self.lines < MAX_LOG_LINES_PER_STEP && self.bytes + text.len() <= MAX_LOG_BYTES_PER_STEP {
+        if self.dropped == 0 && self.lines < MAX_LOG_LINES_PER_STEP && self.bytes + text.len() <= MAX_LOG_BYTES_PER_STEP
+        {
             self.lines += 1;
             self.bytes += text.len();
             true

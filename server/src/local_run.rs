@@ -68,7 +68,8 @@ pub async fn run_local(dir: &Path, data_dir: &Path) -> anyhow::Result<i32> {
         }
     };
 
-    let provider = Arc::new(LocalProvider::new(provider_config(data_dir)).context("failed to set up the local provider")?);
+    let provider =
+        Arc::new(LocalProvider::new(provider_config(data_dir)).context("failed to set up the local provider")?);
     let info = build_info(&root);
     println!("gantry run: {} at {} ({})", info.repo, &info.commit[..12], info.branch);
     let host_ids: BTreeMap<String, HostId> = pipeline
@@ -120,7 +121,8 @@ fn build_info(root: &Path) -> BuildInfo {
     let (commit, branch) = match git2::Repository::open(root) {
         Ok(repo) => match repo.head() {
             Ok(head) => {
-                let commit = head.peel_to_commit().map(|c| c.id().to_string()).unwrap_or_else(|_| NO_COMMIT.to_string());
+                let commit =
+                    head.peel_to_commit().map(|c| c.id().to_string()).unwrap_or_else(|_| NO_COMMIT.to_string());
                 let branch = if head.is_branch() { head.shorthand().ok().map(str::to_string) } else { None };
                 (commit, branch.unwrap_or_else(|| NO_BRANCH.to_string()))
             }
@@ -148,7 +150,13 @@ async fn print_events(mut events: mpsc::Receiver<BuildEvent>) -> Vec<StepRow> {
             BuildEvent::Planned { steps } => {
                 rows = steps
                     .into_iter()
-                    .map(|id| StepRow { id, status: StepStatus::Pending, exit_code: None, started: None, finished: None })
+                    .map(|id| StepRow {
+                        id,
+                        status: StepStatus::Pending,
+                        exit_code: None,
+                        started: None,
+                        finished: None,
+                    })
                     .collect();
             }
             BuildEvent::Log { step, text, .. } => {
@@ -247,7 +255,11 @@ mod tests {
         let hosts: Vec<_> = std::fs::read_dir(data.path().join("hosts")).unwrap().collect();
         assert!(hosts.is_empty(), "every host is torn down");
 
-        std::fs::write(dir.path().join(PIPELINE_FILE), "version: 1\nhosts: {}\nstages: [{name: x, host: nowhere, run: 'true'}]\n").unwrap();
+        std::fs::write(
+            dir.path().join(PIPELINE_FILE),
+            "version: 1\nhosts: {}\nstages: [{name: x, host: nowhere, run: 'true'}]\n",
+        )
+        .unwrap();
         assert_eq!(run_local(dir.path(), data.path()).await.unwrap(), EXIT_INVALID);
     }
 }

@@ -217,10 +217,8 @@ impl Provider for LocalProvider {
     }
 
     async fn teardown(&self, id: &HostId, provider_id: Option<&str>) -> Result<(), ProviderError> {
-        check_host_id(id).map_err(|_| ProviderError::Teardown {
-            host: id.clone(),
-            message: "not a local host id".to_string(),
-        })?;
+        check_host_id(id)
+            .map_err(|_| ProviderError::Teardown { host: id.clone(), message: "not a local host id".to_string() })?;
         let mut homes = vec![self.dirs.home_of(id)];
         if let Some(recorded) = provider_id.map(PathBuf::from) {
             // A directory recorded by an earlier server (perhaps with another data dir) is removed
@@ -258,7 +256,10 @@ fn check_host_id(id: &HostId) -> Result<(), ProviderError> {
     if plain {
         Ok(())
     } else {
-        Err(ProviderError::Provision { host: id.clone(), message: "a host id must be one plain path component".to_string() })
+        Err(ProviderError::Provision {
+            host: id.clone(),
+            message: "a host id must be one plain path component".to_string(),
+        })
     }
 }
 
@@ -279,7 +280,8 @@ fn resolve_user(name: &str) -> Result<RunAs, ProviderError> {
 /// it: search permission only (`o+x`), never listing. Directories above it are not this server's
 /// to change; [`check_traversable`] reports them.
 fn open_for_search(dir: &Path, user: &RunAs) -> Result<(), ProviderError> {
-    let meta = std::fs::metadata(dir).map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
     if searchable_by(&meta, user) || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Ok(());
     }

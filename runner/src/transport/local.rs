@@ -156,7 +156,8 @@ impl LocalTransport {
         let tmp = self.home.join(TMP_DIR);
         match std::fs::create_dir(&tmp) {
             Ok(()) => {
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io("creating ~/tmp"))?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io("creating ~/tmp"))?;
                 self.chown(&tmp)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -279,15 +280,13 @@ impl LocalTransport {
         if !real.starts_with(&self.home) {
             return Err(TransportError::PathEscapes(path.to_string()));
         }
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&real)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&format!("reading ~/{path}"))(e)),
-        };
+        let file =
+            match std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(&real)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(&format!("reading ~/{path}"))(e)),
+            };
         // Check what was actually opened, not what the path said a moment ago: a process of the
         // host could have swapped a directory for a symlink in between.
         let opened = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)))

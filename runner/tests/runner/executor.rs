@@ -40,7 +40,8 @@ fn git_source(repo: &TestRepo, commit: git2::Oid) -> Arc<dyn Source> {
 /// Every step finished exactly once, after it started (when it started at all).
 fn assert_every_step_finished_once(build: &Recorded) {
     for (index, step) in build.steps.iter().enumerate() {
-        let started = build.events.iter().position(|e| matches!(e, BuildEvent::StepStarted { step, .. } if *step == index));
+        let started =
+            build.events.iter().position(|e| matches!(e, BuildEvent::StepStarted { step, .. } if *step == index));
         let finished: Vec<usize> = build
             .events
             .iter()
@@ -232,7 +233,10 @@ async fn a_stage_past_its_timeout_is_killed_with_its_processes() {
     let (_dir, source) = empty_source();
     let mut pipeline = pipeline(
         vec![host("a", None)],
-        vec![stage("slow", "a", &[], "sleep 1000 &\necho pid=$!\necho pid=$$\nsleep 1000"), stage("after", "a", &["slow"], "true")],
+        vec![
+            stage("slow", "a", &[], "sleep 1000 &\necho pid=$!\necho pid=$$\nsleep 1000"),
+            stage("after", "a", &["slow"], "true"),
+        ],
     );
     pipeline.stages[0].timeout = Duration::from_millis(500);
     let build = run_build(plan(pipeline, source), test.provider.clone()).await;
@@ -261,7 +265,9 @@ async fn cancelling_mid_stage_kills_it_cancels_the_rest_and_still_tears_down() {
     let mut steps = Vec::new();
     let build = run_build_with(plan, test.provider.clone(), |event, cancel| match event {
         BuildEvent::Planned { steps: planned } => steps = planned.clone(),
-        BuildEvent::Log { step, text, .. } if steps[*step].name == "long" && text.starts_with("pid=") => cancel.cancel(),
+        BuildEvent::Log { step, text, .. } if steps[*step].name == "long" && text.starts_with("pid=") => {
+            cancel.cancel()
+        }
         _ => {}
     })
     .await;
@@ -274,7 +280,10 @@ async fn cancelling_mid_stage_kills_it_cancels_the_rest_and_still_tears_down() {
     for pid in pids_in(&build.log("long")) {
         assert!(process_gone(pid));
     }
-    assert!(host_processes(&id, &[test.root().join(&id.0).as_path()]).unwrap().is_empty(), "the setup's daemon is gone");
+    assert!(
+        host_processes(&id, &[test.root().join(&id.0).as_path()]).unwrap().is_empty(),
+        "the setup's daemon is gone"
+    );
     assert!(test.leftover_dirs().is_empty());
     assert_every_step_finished_once(&build);
 }
@@ -290,7 +299,10 @@ async fn a_flood_is_capped_with_one_notice_and_binary_output_is_stored_as_text()
             "noisy",
             "a",
             &[],
-            &format!("printf 'bin\\000\\377\\033[31mred\\n'\nyes flood | head -n {}", MAX_LOG_LINES_PER_STEP - 1 + extra),
+            &format!(
+                "printf 'bin\\000\\377\\033[31mred\\n'\nyes flood | head -n {}",
+                MAX_LOG_LINES_PER_STEP - 1 + extra
+            ),
         )],
     );
     let build = run_build(plan(pipeline, source), test.provider.clone()).await;
@@ -317,7 +329,8 @@ async fn reports_are_collected_before_teardown() {
             &format!("mkdir -p reports\necho '<testsuite/>' > reports/unit.xml\nhead -c {} /dev/zero > reports/huge.xml\nexit 1", MAX_REPORT_BYTES + 1),
         )],
     );
-    pipeline.stages[0].reports = vec!["reports/unit.xml".into(), "reports/missing.xml".into(), "reports/huge.xml".into()];
+    pipeline.stages[0].reports =
+        vec!["reports/unit.xml".into(), "reports/missing.xml".into(), "reports/huge.xml".into()];
     let build = run_build(plan(pipeline, source), test.provider.clone()).await;
     assert_eq!(build.status("tests"), StepStatus::Failed, "reports are collected from failed stages too");
     let reports: Vec<(&str, &[u8])> = build
@@ -345,14 +358,13 @@ async fn a_failed_provisioning_errors_the_build_and_tears_every_host_down() {
         config.addresses = format!("{}/30", pool.network()).parse().unwrap();
     });
     let (_dir, source) = empty_source();
-    let pipeline = pipeline(
-        vec![host("a", Some("true")), host("b", None), host("c", None)],
-        vec![stage("s", "a", &[], "true")],
-    );
+    let pipeline =
+        pipeline(vec![host("a", Some("true")), host("b", None), host("c", None)], vec![stage("s", "a", &[], "true")]);
     let build = run_build(plan(pipeline, source), test.provider.clone()).await;
     assert_eq!(build.result.status, BuildStatus::Errored);
     assert!(build.result.error.as_deref().unwrap().contains("no free host"), "{:?}", build.result.error);
-    let failed = ["provision:a", "provision:b", "provision:c"].iter().filter(|s| build.status(s) == StepStatus::Failed).count();
+    let failed =
+        ["provision:a", "provision:b", "provision:c"].iter().filter(|s| build.status(s) == StepStatus::Failed).count();
     assert_eq!(failed, 1);
     assert_eq!(build.status("setup:a"), StepStatus::Skipped);
     assert_eq!(build.status("s"), StepStatus::Skipped);
@@ -396,8 +408,10 @@ async fn concurrent_builds_never_share_an_address() {
         n = BUILDS * 2
     );
     let builds = (0..BUILDS).map(|_| {
-        let pipeline: Pipeline =
-            pipeline(vec![host("x", None), host("y", None)], vec![stage("sx", "x", &[], &script), stage("sy", "y", &[], &script)]);
+        let pipeline: Pipeline = pipeline(
+            vec![host("x", None), host("y", None)],
+            vec![stage("sx", "x", &[], &script), stage("sy", "y", &[], &script)],
+        );
         run_build(plan(pipeline, source.clone()), test.provider.clone())
     });
     let builds = futures::future::join_all(builds).await;
@@ -414,7 +428,8 @@ async fn concurrent_builds_never_share_an_address() {
 
 /// The newest installed PostgreSQL's `bin` directory, if any.
 fn postgres_bin() -> Option<std::path::PathBuf> {
-    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    let mut versions: Vec<_> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
     versions.sort();
     versions.pop().filter(|bin| bin.join("pg_ctl").exists())
 }
@@ -446,14 +461,20 @@ async fn a_postgresql_server_started_by_a_setup_serves_other_hosts_and_is_gone_a
     );
     let pipeline = pipeline(
         vec![host("db", Some(&setup)), host("web", None)],
-        vec![stage("query", "web", &[], &format!("{}/psql -h \"$GANTRY_HOST_DB\" -U postgres -tA -c 'select 40 + 2'", bin.display()))],
+        vec![stage(
+            "query",
+            "web",
+            &[],
+            &format!("{}/psql -h \"$GANTRY_HOST_DB\" -U postgres -tA -c 'select 40 + 2'", bin.display()),
+        )],
     );
     let plan = plan(pipeline, source);
     let db = plan.host_ids["db"].clone();
     let build = run_build(plan, test.provider.clone()).await;
     assert_eq!(build.result.status, BuildStatus::Passed, "{:?} {:?}", build.log("setup:db"), build.log("query"));
     assert_eq!(build.log("query"), ["42"]);
-    let postmaster: i32 = build.log("setup:db").iter().find_map(|l| l.strip_prefix("postmaster=")).unwrap().parse().unwrap();
+    let postmaster: i32 =
+        build.log("setup:db").iter().find_map(|l| l.strip_prefix("postmaster=")).unwrap().parse().unwrap();
     assert!(process_gone(postmaster), "the postmaster survived teardown");
     // Stopped with SIGTERM first, PostgreSQL removes its System V shared memory itself; killed
     // outright it would leave one segment per build behind.
@@ -507,7 +528,12 @@ async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
     let commit = repo.commit(&[
         (".gantry.yml", Entry::File(&yaml)),
         ("ci/seed.txt", Entry::File("hello from the db host\n")),
-        ("ci/app.env.j2", Entry::File("DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nREPO={{ repo.name }}\nAPP={{ env.APP_ENV }}\n")),
+        (
+            "ci/app.env.j2",
+            Entry::File(
+                "DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nREPO={{ repo.name }}\nAPP={{ env.APP_ENV }}\n",
+            ),
+        ),
         ("ci/tool.sh", Entry::Executable("#!/bin/sh\necho tool ran\n")),
     ]);
     let source = git_source(&repo, commit);
@@ -516,9 +542,19 @@ async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
     let test = TestProvider::new();
     let build = run_build(plan(pipeline, source), test.provider.clone()).await;
 
-    assert_eq!(build.result.status, BuildStatus::Passed, "{:?}\n{:?}\n{:?}", build.result, build.log("push:web"), build.log("fetch"));
+    assert_eq!(
+        build.result.status,
+        BuildStatus::Passed,
+        "{:?}\n{:?}\n{:?}",
+        build.result,
+        build.log("push:web"),
+        build.log("fetch")
+    );
     let db = build.addresses()["db"];
-    assert_eq!(build.log("show-config"), [format!("DB={db}"), "BUILD=42".into(), "REPO=shop".into(), "APP=test".into()]);
+    assert_eq!(
+        build.log("show-config"),
+        [format!("DB={db}"), "BUILD=42".into(), "REPO=shop".into(), "APP=test".into()]
+    );
     assert!(build.log("fetch").contains(&"hello from the db host".to_string()), "{:?}", build.log("fetch"));
     assert!(build.log("fetch").contains(&"tool ran".to_string()));
     assert!(build.log("setup:web").contains(&format!("web setup sees {db}")));

@@ -159,11 +159,7 @@ pub fn pipeline(hosts: Vec<HostDef>, stages: Vec<Stage>) -> Pipeline {
 pub fn host_ids(pipeline: &Pipeline) -> BTreeMap<String, HostId> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    pipeline
-        .hosts
-        .iter()
-        .map(|h| (h.role.clone(), HostId(format!("t{}-{n}-{}", std::process::id(), h.role))))
-        .collect()
+    pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("t{}-{n}-{}", std::process::id(), h.role)))).collect()
 }
 
 pub fn info() -> BuildInfo {

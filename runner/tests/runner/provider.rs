@@ -195,7 +195,8 @@ async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
         assert_eq!(std::fs::metadata(home.join(path)).unwrap().uid(), user.uid.as_raw(), "{path}");
     }
 
-    let (outcome, lines) = run(&host, "id -u; id -G; echo $USER; echo more >> data/sub/seed.sql; touch src/new; mktemp").await;
+    let (outcome, lines) =
+        run(&host, "id -u; id -G; echo $USER; echo more >> data/sub/seed.sql; touch src/new; mktemp").await;
     assert_eq!(outcome, ExecOutcome::Exited(0), "{lines:?}");
     assert_eq!(lines[0], user.uid.to_string());
     assert_eq!(lines[1], user.gid.to_string(), "no supplementary groups are kept");
@@ -224,7 +225,10 @@ async fn a_run_as_user_that_cannot_reach_the_data_dir_is_a_clear_configuration_e
     });
     match result {
         Err(ProviderError::Config(message)) => {
-            assert!(message.contains(RUN_AS_USER) && message.contains(&parent.path().display().to_string()), "{message}");
+            assert!(
+                message.contains(RUN_AS_USER) && message.contains(&parent.path().display().to_string()),
+                "{message}"
+            );
         }
         other => panic!("expected a configuration error, got {:?}", other.err()),
     }

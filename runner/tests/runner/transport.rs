@@ -28,7 +28,12 @@ fn local_host(name: &str) -> Host {
 }
 
 fn request(script: &str) -> ExecRequest {
-    ExecRequest { script: script.to_string(), cwd: String::new(), env: BTreeMap::new(), timeout: Duration::from_secs(30) }
+    ExecRequest {
+        script: script.to_string(),
+        cwd: String::new(),
+        env: BTreeMap::new(),
+        timeout: Duration::from_secs(30),
+    }
 }
 
 /// Run a script to its end, returning its outcome and every output line.
