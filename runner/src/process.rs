@@ -1,12 +1,15 @@
 //! Finding and killing every process a local host started, without cgroups.
 //!
-//! Every process the local transport starts carries the host's marker, `GANTRY_HOST_ID=<HostId>`,
-//! in its environment. A process keeps its environment through `setsid`, a double fork and a
-//! daemon's own re-parenting, so scanning `/proc/*/environ` for the exact marker finds a
-//! PostgreSQL server started by `pg_ctl` just as it finds a plain `sleep` (Jenkins'
-//! ProcessTreeKiller relies on the same fact). A process that scrubbed its environment is still
-//! found when its working directory lies inside the host's home. Reaping needs nothing but the
-//! `HostId` and the home path, so it works for hosts a crashed server left behind.
+//! Every process the local transport starts carries the host's marker in its environment:
+//! `GANTRY_HOST_ID=<HostId>` and `GANTRY_HOST_HOME=<home>`. A process keeps its environment
+//! through `setsid`, a double fork and a daemon's own re-parenting, so scanning `/proc/*/environ`
+//! for the exact marker finds a PostgreSQL server started by `pg_ctl` just as it finds a plain
+//! `sleep` (Jenkins' ProcessTreeKiller relies on the same fact). The home is part of the marker
+//! because host ids are only unique per server: two servers (or two test apps) on one machine
+//! both have a `b1-web`, and tearing one down must never touch the other. A process that
+//! scrubbed its environment is still found when its working directory lies inside the host's
+//! home. Reaping needs nothing but the `HostId` and the home path, so it works for hosts a
+//! crashed server left behind.
 //!
 //! This module only finds and signals processes; it never touches files or addresses.
 
@@ -19,8 +22,12 @@ use nix::unistd::Pid;
 
 use crate::provider::HostId;
 
-/// The environment variable that marks every process of a local host.
+/// The environment variable that marks every process of a local host with the host's id.
 pub const HOST_MARKER_VAR: &str = "GANTRY_HOST_ID";
+
+/// The environment variable that marks every process of a local host with the host's home, which
+/// tells apart hosts of the same id under different data dirs.
+pub const HOST_HOME_VAR: &str = "GANTRY_HOST_HOME";
 
 /// How long [`reap_host`] lets a host's processes exit on SIGTERM before it sends SIGKILL. A
 /// daemon that gets SIGKILL at once cannot clean up after itself: PostgreSQL, for one, leaves
@@ -53,12 +60,20 @@ pub fn host_marker(id: &HostId) -> String {
     format!("{HOST_MARKER_VAR}={id}")
 }
 
-/// Every live process that carries `id`'s marker or whose working directory is inside one of
-/// `homes`. Zombies have neither an environment nor a working directory, so they never count.
-/// This process itself is never listed.
+/// The environment entry that marks the processes of the host living in `home`.
+pub fn home_marker(home: &Path) -> Vec<u8> {
+    let mut marker = format!("{HOST_HOME_VAR}=").into_bytes();
+    marker.extend_from_slice(home.as_os_str().as_bytes());
+    marker
+}
+
+/// Every live process that carries both `id`'s marker and the marker of one of `homes`, or whose
+/// working directory is inside one of `homes`. Zombies have neither an environment nor a working
+/// directory, so they never count. This process itself is never listed.
 pub fn host_processes(id: &HostId, homes: &[&Path]) -> Result<Vec<i32>, ReapError> {
-    let marker = host_marker(id);
+    let id_marker = host_marker(id);
     let homes: Vec<PathBuf> = homes.iter().map(|home| canonical_or_same(home)).collect();
+    let home_markers: Vec<Vec<u8>> = homes.iter().map(|home| home_marker(home)).collect();
     let own_pid = std::process::id();
     let mut found = Vec::new();
     for entry in std::fs::read_dir(PROC_DIR).map_err(ReapError::Proc)? {
@@ -70,7 +85,7 @@ pub fn host_processes(id: &HostId, homes: &[&Path]) -> Result<Vec<i32>, ReapErro
             continue;
         }
         let dir = entry.path();
-        if carries_marker(&dir, marker.as_bytes()) || cwd_inside(&dir, &homes) {
+        if carries_marker(&dir, id_marker.as_bytes(), &home_markers) || cwd_inside(&dir, &homes) {
             found.push(pid as i32);
         }
     }
@@ -116,11 +131,14 @@ pub fn reap_host(id: &HostId, homes: &[&Path], deadline: Duration) -> Result<usi
     }
 }
 
-fn carries_marker(proc_dir: &Path, marker: &[u8]) -> bool {
-    match std::fs::read(proc_dir.join("environ")) {
-        Ok(environ) => environ.split(|&b| b == 0).any(|entry| entry == marker),
-        Err(_) => false,
+fn carries_marker(proc_dir: &Path, id_marker: &[u8], home_markers: &[Vec<u8>]) -> bool {
+    let Ok(environ) = std::fs::read(proc_dir.join("environ")) else { return false };
+    let (mut has_id, mut has_home) = (false, false);
+    for entry in environ.split(|&b| b == 0) {
+        has_id |= entry == id_marker;
+        has_home |= home_markers.iter().any(|marker| entry == marker.as_slice());
     }
+    has_id && has_home
 }
 
 fn cwd_inside(proc_dir: &Path, homes: &[PathBuf]) -> bool {

@@ -2,8 +2,8 @@
 //! optionally as an unprivileged user.
 //!
 //! Every process gets a clean environment (never the server's), its own process group, the host's
-//! home as `HOME`, and the host's marker `GANTRY_HOST_ID=<HostId>` that [`crate::process`] uses to
-//! find it again, however it daemonized. Files only ever land inside the host's home: relative
+//! home as `HOME`, and the host's marker (`GANTRY_HOST_ID=<HostId>`, `GANTRY_HOST_HOME=<home>`)
+//! that [`crate::process`] uses to find it again, however it daemonized. Files only ever land inside the host's home: relative
 //! paths with `..` or a symlink leading out of the home are refused. This module never kills a
 //! host's daemons and never removes its home: that is the provider's teardown.
 
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
-use crate::process::HOST_MARKER_VAR;
+use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR};
 use crate::provider::HostId;
 
 /// `PATH` of every process on a local host.
@@ -139,6 +139,7 @@ impl LocalTransport {
             .envs(&request.env)
             // The marker goes last so a pipeline's `env` can never hide a process from teardown.
             .env(HOST_MARKER_VAR, self.host_id.to_string())
+            .env(HOST_HOME_VAR, &self.home)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

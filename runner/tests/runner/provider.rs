@@ -239,3 +239,24 @@ async fn a_run_as_user_that_cannot_reach_the_data_dir_is_a_clear_configuration_e
     });
     assert!(matches!(missing, Err(ProviderError::Config(m)) if m.contains("does not exist")));
 }
+
+#[tokio::test]
+async fn tearing_down_a_host_spares_the_same_id_of_another_data_dir() {
+    // Two servers on one machine both number their builds from 1, so both have a host `b1-web`.
+    let (first, second) = (TestProvider::new(), TestProvider::new());
+    let id = new_id("namesake");
+    let mine = first.provider.provision(&request(&id)).await.unwrap();
+    let theirs = second.provider.provision(&request(&id)).await.unwrap();
+    start_daemons(&mine).await;
+    let their_pids = start_daemons(&theirs).await;
+
+    first.provider.teardown(&id, Some(&mine.provider_id)).await.unwrap();
+    assert!(first.leftover_dirs().is_empty());
+    for pid in &their_pids {
+        assert!(!process_gone(*pid), "{pid} of the other data dir was killed");
+    }
+    second.provider.teardown(&id, Some(&theirs.provider_id)).await.unwrap();
+    for pid in &their_pids {
+        assert!(process_gone(*pid), "{pid} survived");
+    }
+}

@@ -61,6 +61,7 @@ async fn scripts_get_a_clean_marked_environment_in_their_home() {
     let mut req = request("env | sort; pwd; echo err >&2");
     req.env.insert("APP_ENV".into(), "test".into());
     req.env.insert("GANTRY_HOST_ID".into(), "an-attempt-to-hide".into());
+    req.env.insert("GANTRY_HOST_HOME".into(), "/elsewhere".into());
     let (outcome, lines) = exec(&host.transport, &req).await;
     assert_eq!(outcome, ExecOutcome::Exited(0));
     let stdout: Vec<&str> = lines.iter().filter(|l| l.stream == Stream::Stdout).map(|l| l.text.as_str()).collect();
@@ -73,6 +74,7 @@ async fn scripts_get_a_clean_marked_environment_in_their_home() {
         "SHELL=/bin/sh".to_string(),
         "APP_ENV=test".to_string(),
         format!("GANTRY_HOST_ID={}", host.transport.host_id()),
+        format!("GANTRY_HOST_HOME={home}"),
     ] {
         assert!(stdout.contains(&expected.as_str()), "{expected} missing from {stdout:?}");
     }
