@@ -583,3 +583,24 @@ async fn a_template_naming_an_undefined_variable_errors_the_build_before_any_ste
     assert!(build.log("push:web").iter().any(|l| l.contains("ci/app.env.j2")));
     assert!(test.leftover_dirs().is_empty());
 }
+
+#[tokio::test]
+async fn a_transport_error_fails_the_step_in_its_log_and_errors_the_build() {
+    let repo = TestRepo::new();
+    let commit = repo.commit(&[("README.md", Entry::File("hi\n"))]);
+    let test = TestProvider::new();
+    // The setup removes the directory the stage is to run in, so the transport cannot start it.
+    let mut pipeline = pipeline(vec![host("a", Some("rm -rf \"$HOME/src\""))], vec![stage("s", "a", &[], "true")]);
+    pipeline.push.code_to = vec!["a".into()];
+    let build = run_build(plan(pipeline, git_source(&repo, commit)), test.provider.clone()).await;
+    assert_eq!(build.result.status, BuildStatus::Errored);
+    assert!(build.result.error.as_deref().unwrap().contains("working directory"), "{:?}", build.result.error);
+    assert_eq!(build.status("s"), StepStatus::Failed);
+    let log = build.log_lines("s");
+    assert!(
+        log.iter().any(|(stream, text)| *stream == Stream::System && text.contains("~/src does not exist")),
+        "{log:?}"
+    );
+    assert_eq!(build.status("teardown:a"), StepStatus::Passed);
+    assert!(test.leftover_dirs().is_empty());
+}
