@@ -7,7 +7,7 @@
 //! always drains its channel, even when the database fails, so the executor is never blocked by
 //! storage; a failed batch is logged and dropped. It decides nothing about the build itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use gantry_runner::provider::HostId;
@@ -16,6 +16,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::{broadcast, mpsc};
 
 use super::BuildUpdate;
+use crate::store::hosts::HostPhase;
 use crate::store::{self, to_ms, BuildId, LogLine, Store};
 
 /// At most this many events are written in one transaction.
@@ -28,8 +29,6 @@ struct BuildLog {
     steps: Vec<StepId>,
     /// The next log line's sequence number.
     next_seq: i64,
-    /// When each host's provision and teardown steps started, for the hosts' durations.
-    started: HashMap<(StepKind, String), i64>,
 }
 
 /// Persist every event of `build` until the executor drops its sender.
@@ -40,7 +39,7 @@ pub(super) async fn persist(
     mut events: mpsc::Receiver<BuildEvent>,
     updates: broadcast::Sender<BuildUpdate>,
 ) {
-    let mut log = BuildLog { build, host_ids, steps: Vec::new(), next_seq: 0, started: HashMap::new() };
+    let mut log = BuildLog { build, host_ids, steps: Vec::new(), next_seq: 0 };
     let mut batch = Vec::new();
     while let Some(first) = events.recv().await {
         batch.push(first);
@@ -93,25 +92,31 @@ impl BuildLog {
             }
             BuildEvent::Running { .. } => store::builds::mark_running(conn, build).await?,
             BuildEvent::StepStarted { step, at } => {
-                if let Some(id) = self.steps.get(*step) {
-                    self.started.insert((id.kind, id.host.clone()), to_ms(*at));
-                }
                 store::steps::start(conn, build, *step, to_ms(*at)).await?;
             }
             BuildEvent::StepFinished { step, at, status, exit_code } => {
-                store::steps::finish(conn, build, *step, *status, *exit_code, to_ms(*at)).await?;
+                let at = to_ms(*at);
+                let started = store::steps::finish(conn, build, *step, *status, *exit_code, at).await?;
+                // A host's provision and teardown times are those of its steps.
+                let phase = match self.steps.get(*step).map(|s| s.kind) {
+                    Some(StepKind::Provision) => Some(HostPhase::Provision),
+                    Some(StepKind::Teardown) => Some(HostPhase::Teardown),
+                    _ => None,
+                };
+                if let Some(phase) = phase {
+                    let role = &self.steps[*step].host;
+                    let took = started.map(|started| at - started);
+                    store::hosts::record_step_times(conn, build, role, phase, at, took).await?;
+                }
             }
             BuildEvent::HostProvisioned { role, address, provider_id } => {
-                let at = to_ms(SystemTime::now());
-                let took = self.started.get(&(StepKind::Provision, role.clone())).map(|start| at - start);
-                store::hosts::mark_provisioned(conn, build, role, *address, provider_id, at, took).await?;
+                store::hosts::mark_provisioned(conn, build, role, *address, provider_id).await?;
             }
             BuildEvent::HostTornDown { role, error } => {
-                let at = to_ms(SystemTime::now());
-                let took = self.started.get(&(StepKind::Teardown, role.clone())).map(|start| at - start);
                 match self.host_ids.get(role) {
                     Some(host_id) => {
-                        store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), at, took).await?;
+                        store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), to_ms(SystemTime::now()), None)
+                            .await?;
                     }
                     None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
                 }

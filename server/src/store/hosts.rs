@@ -106,24 +106,22 @@ pub async fn insert_requested(
     Ok(())
 }
 
-/// The provider created the host. `provision_ms` is how long that took, when known.
+/// The provider created the host. `provisioned_at` is refined by [`record_step_times`] when the
+/// provision step's end arrives.
 pub async fn mark_provisioned(
     conn: &mut SqliteConnection,
     build: BuildId,
     role: &str,
     address: IpAddr,
     provider_id: &str,
-    at: i64,
-    provision_ms: Option<i64>,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, provisioned_at = ?, provision_ms = ? \
-         WHERE build_id = ? AND role = ?",
+        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, \
+         provisioned_at = COALESCE(provisioned_at, ?) WHERE build_id = ? AND role = ?",
     )
     .bind(address.to_string())
     .bind(provider_id)
-    .bind(at)
-    .bind(provision_ms)
+    .bind(now_ms())
     .bind(build.0)
     .bind(role)
     .execute(conn)
@@ -131,7 +129,32 @@ pub async fn mark_provisioned(
     Ok(())
 }
 
+/// Which of a host's lifecycle steps [`record_step_times`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPhase {
+    Provision,
+    Teardown,
+}
+
+/// The end and duration of a host's provision or teardown step, as the executor timed it.
+pub async fn record_step_times(
+    conn: &mut SqliteConnection,
+    build: BuildId,
+    role: &str,
+    phase: HostPhase,
+    finished_at: i64,
+    took_ms: Option<i64>,
+) -> Result<()> {
+    let sql = match phase {
+        HostPhase::Provision => "UPDATE hosts SET provisioned_at = ?, provision_ms = ? WHERE build_id = ? AND role = ?",
+        HostPhase::Teardown => "UPDATE hosts SET torn_down_at = ?, teardown_ms = ? WHERE build_id = ? AND role = ?",
+    };
+    sqlx::query(sql).bind(finished_at).bind(took_ms).bind(build.0).bind(role).execute(conn).await?;
+    Ok(())
+}
+
 /// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later.
+/// Times already recorded from the teardown step are kept.
 pub async fn mark_torn_down(
     conn: &mut SqliteConnection,
     host_id: &str,
@@ -140,7 +163,10 @@ pub async fn mark_torn_down(
     teardown_ms: Option<i64>,
 ) -> Result<()> {
     let state = if error.is_some() { HostState::TeardownFailed } else { HostState::TornDown };
-    sqlx::query("UPDATE hosts SET state = ?, error = ?, torn_down_at = ?, teardown_ms = ? WHERE host_id = ?")
+    sqlx::query(
+        "UPDATE hosts SET state = ?, error = ?, torn_down_at = COALESCE(torn_down_at, ?), \
+         teardown_ms = COALESCE(teardown_ms, ?) WHERE host_id = ?",
+    )
         .bind(state.as_str())
         .bind(error)
         .bind(at)
@@ -202,14 +228,15 @@ mod tests {
 
         let mut conn = store.writer().acquire().await.unwrap();
         let address: IpAddr = "127.0.10.7".parse().unwrap();
-        mark_provisioned(&mut conn, build.id, "web", address, "/data/hosts/b1-web", 5, Some(3)).await.unwrap();
+        mark_provisioned(&mut conn, build.id, "web", address, "/data/hosts/b1-web").await.unwrap();
+        record_step_times(&mut conn, build.id, "web", HostPhase::Provision, 5, Some(3)).await.unwrap();
         drop(conn);
         store.set_host_torn_down(&format!("b{}-db", build.id), Some("kill failed"), None).await.unwrap();
 
         let hosts = store.hosts_of_build(build.id).await.unwrap();
         assert_eq!(hosts[0].state, HostState::Provisioned);
         assert_eq!(hosts[0].address, Some(address));
-        assert_eq!(hosts[0].provision_ms, Some(3));
+        assert_eq!((hosts[0].provisioned_at, hosts[0].provision_ms), (Some(5), Some(3)));
         assert_eq!(hosts[1].state, HostState::TeardownFailed);
         assert_eq!(store.hosts_not_torn_down().await.unwrap().len(), 2);
 

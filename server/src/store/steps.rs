@@ -72,6 +72,8 @@ pub async fn start(conn: &mut SqliteConnection, build: BuildId, idx: usize, at: 
     Ok(())
 }
 
+/// Record a step's end; returns when it started (its start time is its end when it never
+/// started).
 pub async fn finish(
     conn: &mut SqliteConnection,
     build: BuildId,
@@ -79,10 +81,10 @@ pub async fn finish(
     status: StepStatus,
     exit_code: Option<i32>,
     at: i64,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<Option<i64>> {
+    let started: Option<Option<i64>> = sqlx::query_scalar(
         "UPDATE steps SET status = ?, exit_code = ?, finished_at = ?, started_at = COALESCE(started_at, ?) \
-         WHERE build_id = ? AND idx = ?",
+         WHERE build_id = ? AND idx = ? RETURNING started_at",
     )
     .bind(status.as_str())
     .bind(exit_code)
@@ -90,9 +92,9 @@ pub async fn finish(
     .bind(at)
     .bind(build.0)
     .bind(idx as i64)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(started.flatten())
 }
 
 /// Steps still pending or running when their build ended become `cancelled`.
