@@ -7,6 +7,7 @@
 //! the database. The binary in `main.rs` only parses arguments and starts logging.
 
 pub mod config;
+pub mod forge;
 pub mod git;
 pub mod http;
 pub mod local_run;
