@@ -8,6 +8,7 @@
 //! internals.
 
 mod api;
+mod hooks;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -36,6 +37,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(hooks::routes())
         .fallback(|| async { HttpError::NotFound("no such page".to_string()) })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
