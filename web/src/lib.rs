@@ -1,2 +1,51 @@
-//! Gantry's dashboard: view models and the askama templates that render them. Owned by the web
-//! helper. It never queries the database: the server builds the view models.
+//! Gantry's dashboard: the view models, the askama templates that render them and the CSS.
+//!
+//! It never queries the database and never sees a database row: the server fills plain view
+//! models and calls [`Page::render`], which returns a whole HTML document. Everything shown is
+//! escaped by the templates (they are `.html`, escaped by default, and no user data is marked
+//! `|safe`), so commit data, payload data and log lines are always text, never markup.
+//!
+//! # Public API
+//!
+//! Pages (each implements [`Page`]: `fn render(&self) -> Result<String, RenderError>`):
+//! - [`RepoListPage`] `{ repos: Vec<RepoSummary>, now_ms }` for `/`.
+//! - [`RepoPage`] `{ name, url, last_error, builds: Vec<BuildSummary>, grid: StageGrid, now_ms }`
+//!   for `/repos/{name}`; build it with [`RepoPage::new`] from the builds (newest first), each
+//!   with its [`StepSummary`]s in plan order, and the stage grid is computed.
+//! - [`BuildPage`] `{ build: BuildSummary, commit_message, error, hosts: Vec<HostView>,
+//!   steps: Vec<StepView>, now_ms }` for `/builds/{id}`.
+//! - [`ErrorPage`] `{ status, title, message }` for anything that went wrong.
+//!
+//! Parts: [`BuildSummary`] (id, repo, number, status, [`GitRef`], full commit, trigger, times),
+//! [`RepoSummary`], [`StepSummary`] (index, kind, name, host, status, exit code, times),
+//! [`StepView`] (a step, the last lines of its log as [`LogLineView`]s, and how many earlier
+//! lines were left out), [`HostView`], [`StageGrid`] / [`GridColumn`] / [`GridRow`].
+//!
+//! Times are unix milliseconds; each page carries the `now_ms` it is rendered at, for ages and
+//! the durations of running builds. Formatting helpers: [`format_duration_ms`] (`1.2s`,
+//! `3m 04s`), [`format_age`], [`format_timestamp`], [`short_sha`], [`display_log_text`].
+//!
+//! The stylesheet is [`CSS`]; the pages link it as [`CSS_PATH`], which the server serves. Pages
+//! showing a queued or running build reload themselves every [`REFRESH_SECONDS`].
+
+mod format;
+mod grid;
+mod pages;
+mod view;
+
+pub use format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha, SHORT_SHA_LEN};
+pub use grid::{GridColumn, GridRow, StageGrid};
+pub use pages::{Page, RenderError, REFRESH_SECONDS};
+pub use view::{
+    step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, RepoListPage, RepoPage,
+    RepoSummary, StepSummary, StepView,
+};
+
+/// The dashboard's stylesheet, served at [`CSS_PATH`].
+pub const CSS: &str = include_str!("../static/gantry.css");
+
+/// Where every page expects [`CSS`].
+pub const CSS_PATH: &str = "/static/gantry.css";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! Rendering tests: every page renders with realistic data, hostile text stays text, and the
+//! parts people look for (grid columns, open failed steps, notices, links) are there.
+
+use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
+
+use super::*;
+
+const HOSTILE: &str = "<script>alert(1)</script>";
+const ESCAPED: &str = "&#60;script&#62;alert(1)&#60;/script&#62;";
+const NOW: i64 = 1_714_643_000_000;
+const SHA: &str = "6b1f53303a732ccc8c6aae6640399827c15250e3";
+
+/// Askama escapes `<` as `&#60;` (not `&lt;`); accept either spelling, reject the raw markup.
+fn assert_escaped(html: &str, what: &str) {
+    assert!(!html.contains(HOSTILE), "{what}: the raw markup reached the page");
+    assert!(
+        html.contains(ESCAPED) || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{what}: the escaped text is missing"
+    );
+}
+
+fn build(number: i64, status: BuildStatus) -> BuildSummary {
+    BuildSummary {
+        id: 40 + number,
+        repo: "shop".to_string(),
+        number,
+        status,
+        git_ref: GitRef::Branch("main".to_string()),
+        commit: SHA.to_string(),
+        trigger: "push".to_string(),
+        created_at_ms: NOW - 600_000,
+        started_at_ms: Some(NOW - 598_000),
+        finished_at_ms: status.is_final().then_some(NOW - 400_000),
+    }
+}
+
+fn step(index: i64, kind: StepKind, name: &str, status: StepStatus) -> StepSummary {
+    let host = name.split_once(':').map(|(_, role)| role).unwrap_or("web").to_string();
+    let started = NOW - 590_000 + index * 10_000;
+    StepSummary {
+        index,
+        kind,
+        name: name.to_string(),
+        host,
+        status,
+        exit_code: match status {
+            StepStatus::Passed => Some(0),
+            StepStatus::Failed => Some(2),
+            _ => None,
+        },
+        started_at_ms: (status != StepStatus::Pending && status != StepStatus::Skipped).then_some(started),
+        finished_at_ms: status.is_final().then_some(started + 1_234),
+    }
+}
+
+fn line(at_ms: i64, stream: Stream, text: &str) -> LogLineView {
+    LogLineView { at_ms, stream, text: text.to_string() }
+}
+
+#[test]
+fn repo_list_shows_each_repo_with_its_last_build_and_escapes_everything() {
+    let mut hostile_build = build(7, BuildStatus::Failed);
+    hostile_build.git_ref = GitRef::Branch(HOSTILE.to_string());
+    let page = RepoListPage {
+        repos: vec![
+            RepoSummary {
+                name: "shop".to_string(),
+                url: "https://git.example.com/acme/shop.git".to_string(),
+                last_build: Some(hostile_build),
+                last_error: Some(format!("failed to fetch: {HOSTILE}")),
+            },
+            RepoSummary {
+                name: "docs".to_string(),
+                url: "/srv/git/docs".to_string(),
+                last_build: None,
+                last_error: None,
+            },
+        ],
+        now_ms: NOW,
+    };
+    let html = page.render().unwrap();
+    assert_escaped(&html, "repo list");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains(r#"href="/repos/shop""#));
+    assert!(html.contains(r#"href="/builds/47""#), "the last build links to its page");
+    assert!(html.contains(r#"class="badge status-failed""#));
+    assert!(html.contains(">6b1f533<"), "the short commit is shown");
+    assert!(html.contains("10m ago"));
+    assert!(html.contains("3m 18s"), "the build's duration is shown");
+    assert!(html.contains("never built"), "a repo without builds says so");
+    assert!(html.contains(CSS_PATH));
+    assert!(!html.contains("http-equiv=\"refresh\""), "nothing runs, so the page stays still");
+}
+
+#[test]
+fn pages_with_running_builds_refresh_themselves() {
+    let page = RepoListPage {
+        repos: vec![RepoSummary {
+            name: "shop".to_string(),
+            url: "u".to_string(),
+            last_build: Some(build(3, BuildStatus::Running)),
+            last_error: None,
+        }],
+        now_ms: NOW,
+    };
+    let html = page.render().unwrap();
+    assert!(html.contains(&format!(r#"<meta http-equiv="refresh" content="{REFRESH_SECONDS}">"#)));
+    // A running build's duration counts up to now.
+    assert!(html.contains("9m 58s"), "{html}");
+}
+
+fn repo_page(last_error: Option<String>) -> RepoPage {
+    let mut tagged = build(2, BuildStatus::Failed);
+    tagged.git_ref = GitRef::Tag(HOSTILE.to_string());
+    let newest = vec![
+        step(0, StepKind::Provision, "provision:web", StepStatus::Passed),
+        step(1, StepKind::Push, "push:web", StepStatus::Passed),
+        step(2, StepKind::Setup, "setup:web", StepStatus::Passed),
+        step(3, StepKind::Stage, "migrate", StepStatus::Passed),
+        step(4, StepKind::Stage, "unit", StepStatus::Failed),
+        step(5, StepKind::Stage, "deploy-preview", StepStatus::Skipped),
+        step(6, StepKind::Teardown, "teardown:web", StepStatus::Passed),
+    ];
+    let older = vec![
+        step(0, StepKind::Provision, "provision:db", StepStatus::Passed),
+        step(1, StepKind::Provision, "provision:web", StepStatus::Passed),
+        step(2, StepKind::Push, "push:web", StepStatus::Passed),
+        step(3, StepKind::Stage, "migrate", StepStatus::Passed),
+        step(4, StepKind::Stage, HOSTILE, StepStatus::TimedOut),
+        step(5, StepKind::Teardown, "teardown:db", StepStatus::Passed),
+        step(6, StepKind::Teardown, "teardown:web", StepStatus::Passed),
+    ];
+    RepoPage::new(
+        "shop".to_string(),
+        "https://git.example.com/acme/shop.git".to_string(),
+        last_error,
+        vec![(tagged, newest), (build(1, BuildStatus::Passed), older)],
+        NOW,
+    )
+}
+
+#[test]
+fn repo_page_has_a_stage_grid_with_the_union_of_steps() {
+    let page = repo_page(None);
+    let columns: Vec<&str> = page.grid.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        columns,
+        [
+            "provision:db",
+            "provision:web",
+            "push:web",
+            "setup:web",
+            "migrate",
+            HOSTILE,
+            "unit",
+            "deploy-preview",
+            "teardown:db",
+            "teardown:web"
+        ]
+    );
+    let html = page.render().unwrap();
+    assert_escaped(&html, "repo page");
+    // The two rows, newest first, link to their builds and their steps.
+    let newest = html.find(r#"href="/builds/42""#).expect("build 2 is a row");
+    let older = html.find(r#"href="/builds/41""#).expect("build 1 is a row");
+    assert!(newest < older, "newest first");
+    assert!(html.contains(r#"href="/builds/42#step-4""#), "a cell links to its step");
+    assert!(html.contains(r#"<td class="cell status-failed""#));
+    assert!(html.contains(r#"<td class="cell status-timed_out""#));
+    assert!(html.contains(r#"<td class="cell cell-none">"#), "a step a build did not have is an empty cell");
+    assert!(html.contains(r#"<th colspan="2" class="kind kind-provision">provision</th>"#));
+    assert!(html.contains("1.2s"), "cells show durations");
+    assert!(!html.contains("banner-error"), "no fetch error, no banner");
+}
+
+#[test]
+fn repo_page_shows_a_fetch_error_banner() {
+    let html = repo_page(Some(format!("failed to fetch origin: {HOSTILE}\nremote: not found"))).render().unwrap();
+    assert!(html.contains("banner-error"));
+    assert!(html.contains("Fetching this repository failed."));
+    assert!(html.contains("\nremote: not found"), "the error keeps its lines");
+    assert_escaped(&html, "fetch error");
+}
+
+#[test]
+fn repo_page_without_builds_says_so() {
+    let page = RepoPage::new("shop".to_string(), "u".to_string(), None, Vec::new(), NOW);
+    let html = page.render().unwrap();
+    assert!(html.contains("No builds yet."));
+    assert!(!html.contains("<table class=\"grid\">"));
+}
+
+fn build_page() -> BuildPage {
+    let summary = build(12, BuildStatus::Failed);
+    let steps = vec![
+        StepView {
+            step: step(0, StepKind::Provision, "provision:web", StepStatus::Passed),
+            log: Vec::new(),
+            omitted_lines: 0,
+        },
+        StepView {
+            step: step(1, StepKind::Stage, "unit", StepStatus::Failed),
+            log: vec![
+                line(NOW - 579_000, Stream::Stdout, &format!("echo {HOSTILE}")),
+                line(NOW - 578_500, Stream::Stderr, "FAILED tests/test_cart.py::test_total - AssertionError"),
+                line(NOW - 578_400, Stream::Stdout, "\u{1b}[31mred\u{1b}[0m and a NUL \u{0} byte"),
+                line(NOW - 578_300, Stream::System, "output truncated: 120000 more lines not stored"),
+            ],
+            omitted_lines: 2_500,
+        },
+        StepView {
+            step: step(2, StepKind::Teardown, "teardown:web", StepStatus::Passed),
+            log: vec![line(NOW - 570_000, Stream::System, "stopped 2 processes")],
+            omitted_lines: 0,
+        },
+    ];
+    BuildPage {
+        build: summary,
+        commit_message: Some(format!("Fix the cart {HOSTILE}\n\nLonger explanation.")),
+        error: Some(
+            ".gantry.yml:7:5: error: stage `unit` runs on host `wbe`, which is not declared\n  hint: did you mean `web`?"
+                .to_string(),
+        ),
+        hosts: vec![HostView {
+            role: "web".to_string(),
+            provider: "local".to_string(),
+            provider_id: Some("/var/lib/gantry/hosts/b52-web".to_string()),
+            address: Some("127.0.10.2".to_string()),
+            state: "torn_down".to_string(),
+            provisioned_at_ms: Some(NOW - 597_000),
+            torn_down_at_ms: Some(NOW - 401_000),
+            provision_ms: Some(35),
+            teardown_ms: Some(1_450),
+            error: None,
+        }],
+        steps,
+        now_ms: NOW,
+    }
+}
+
+#[test]
+fn build_page_shows_the_build_its_hosts_and_its_steps() {
+    let html = build_page().render().unwrap();
+    assert_escaped(&html, "build page");
+    assert!(html.contains(SHA), "the full commit is shown");
+    assert!(html.contains("<title>shop #12 (failed) · Gantry</title>"));
+    assert!(html.contains(r#"href="/api/builds/52""#), "links to the JSON API");
+    assert!(html.contains(r#"href="/api/builds/52/log""#), "links to the raw log");
+    assert!(html.contains(r#"href="/api/builds/52/log?stage=unit""#), "links to a step's raw log");
+    assert!(html.contains(r#"href="/api/builds/52/log?stage=provision%3Aweb""#), "step names are URL-encoded");
+    // Hosts.
+    for cell in ["web", "local", "/var/lib/gantry/hosts/b52-web", "127.0.10.2", "torn down", "35ms", "1.4s"] {
+        assert!(html.contains(cell), "the hosts table shows {cell:?}");
+    }
+    // Steps, in order, with their kinds and hosts.
+    let provision = html.find(r#"id="step-0""#).unwrap();
+    let unit = html.find(r#"id="step-1""#).unwrap();
+    let teardown = html.find(r#"id="step-2""#).unwrap();
+    assert!(provision < unit && unit < teardown);
+    assert!(html.contains("provision:web") && html.contains("teardown:web"));
+    assert!(html.contains("exit 2"));
+}
+
+#[test]
+fn build_page_opens_failed_steps_only() {
+    let html = build_page().render().unwrap();
+    assert!(html.contains(r#"<details class="step status-failed" id="step-1" open>"#), "{html}");
+    assert!(html.contains(r#"<details class="step status-passed" id="step-0">"#));
+    assert!(html.contains(r#"<details class="step status-passed" id="step-2">"#));
+}
+
+#[test]
+fn build_page_logs_keep_streams_apart_and_show_notices() {
+    let html = build_page().render().unwrap();
+    assert!(html.contains(r#"<span class="line stream-stderr"><span class="at">+1.5s</span>FAILED tests/test_cart.py"#));
+    assert!(html.contains(r#"<span class="line stream-system"><span class="at">+1.7s</span>output truncated: 120000 more lines not stored</span>"#));
+    assert!(html.contains("2500 earlier lines not shown here"), "the server's own cut is announced");
+    assert!(html.contains("red and a NUL \u{2400} byte"), "colours are dropped and control bytes shown");
+    assert!(html.contains("no output"), "a step without output says so");
+    // One line of output is one line of the `<pre>`: no blank lines between them.
+    let log = &html[html.find("<pre class=\"log\">").unwrap()..];
+    let log = &log[..log.find("</pre>").unwrap()];
+    assert_eq!(log.matches('\n').count(), 5, "{log}");
+}
+
+#[test]
+fn build_page_error_keeps_its_lines_in_a_pre() {
+    let html = build_page().render().unwrap();
+    let error = html.find("<pre class=\"error\">").expect("the error is in a pre");
+    let text = &html[error..];
+    assert!(text.starts_with(
+        "<pre class=\"error\">.gantry.yml:7:5: error: stage `unit` runs on host `wbe`, which is not declared\n  hint: did you mean `web`?</pre>"
+    ), "{}", &text[..200.min(text.len())]);
+}
+
+#[test]
+fn build_page_of_a_queued_build_has_no_steps_yet() {
+    let mut page = build_page();
+    page.build = build(13, BuildStatus::Queued);
+    page.build.started_at_ms = None;
+    page.steps.clear();
+    page.hosts.clear();
+    page.error = None;
+    page.commit_message = None;
+    let html = page.render().unwrap();
+    assert!(html.contains("No steps yet"));
+    assert!(html.contains("http-equiv=\"refresh\""));
+    assert!(!html.contains("<h2>Hosts</h2>"));
+}
+
+#[test]
+fn error_page_escapes_its_message() {
+    let page = ErrorPage { status: 404, title: "Not found".to_string(), message: format!("no build {HOSTILE}") };
+    let html = page.render().unwrap();
+    assert_escaped(&html, "error page");
+    assert!(html.contains("<title>404 Not found · Gantry</title>"));
+}
+
+#[test]
+fn css_is_shipped_with_every_status_colour() {
+    for status in ["passed", "failed", "timed_out", "errored", "running", "queued", "cancelled", "skipped"] {
+        assert!(CSS.contains(&format!("status-{status}")), "no style for {status}");
+    }
+}
