@@ -178,6 +178,17 @@ impl Mirrors {
         .await
     }
 
+    /// The message of `commit`, `None` when the mirror does not have it.
+    pub async fn commit_message(&self, repo: &str, commit: Oid) -> Result<Option<String>, GitError> {
+        let (path, repo) = (self.path(repo), repo.to_string());
+        blocking(move || {
+            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
+            let message = mirror.find_commit(commit).ok().map(|c| String::from_utf8_lossy(c.message_bytes()).into_owned());
+            Ok(message)
+        })
+        .await
+    }
+
     /// The tree of `commit` as a runner [`Source`].
     pub fn source(&self, repo: &str, commit: Oid) -> GitCommitSource {
         GitCommitSource { repo_path: self.path(repo), commit, label: repo.to_string() }
@@ -294,6 +305,7 @@ mod tests {
             Some(&b"version: 1\n"[..])
         );
         assert_eq!(mirrors.read_file_at("acme", oid, "missing").await.unwrap(), None);
+        assert_eq!(mirrors.commit_message("acme", oid).await.unwrap().as_deref(), Some("test"));
         // An abbreviation of a fetched commit resolves without fetching.
         assert_eq!(mirrors.ensure_commit("acme", "/nonexistent", &first[..10]).await.unwrap(), oid);
 

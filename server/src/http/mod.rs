@@ -9,11 +9,12 @@
 
 mod api;
 mod hooks;
+mod pages;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::json;
@@ -38,9 +39,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(hooks::routes())
-        .fallback(|| async { HttpError::NotFound("no such page".to_string()) })
+        .merge(pages::routes())
+        .fallback(not_found)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Unknown paths: JSON under `/api/` and `/hooks/`, an HTML page elsewhere.
+async fn not_found(uri: Uri) -> Response {
+    let error = HttpError::NotFound(format!("nothing at {}", uri.path()));
+    if uri.path().starts_with("/api/") || uri.path().starts_with("/hooks/") {
+        error.into_response()
+    } else {
+        pages::PageError(error).into_response()
+    }
 }
 
 /// Every way a request can fail.
@@ -64,7 +76,7 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -74,21 +86,25 @@ impl HttpError {
             HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// What the client is told: a 4xx says what was wrong; a 5xx is logged here with its cause
+    /// and answered with a generic message.
+    fn public_message(&self) -> String {
+        let status = self.status();
+        if !status.is_server_error() {
+            return self.to_string();
+        }
+        tracing::error!(error = %self, status = status.as_u16(), "request failed");
+        match self {
+            HttpError::BadGateway(_) => "fetching the repository failed; see the repo's page".to_string(),
+            _ => "internal server error".to_string(),
+        }
+    }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = if status.is_server_error() {
-            tracing::error!(error = %self, status = status.as_u16(), "request failed");
-            match self {
-                HttpError::BadGateway(_) => "fetching the repository failed; see the repo's page".to_string(),
-                _ => "internal server error".to_string(),
-            }
-        } else {
-            self.to_string()
-        };
-        (status, axum::Json(json!({ "error": message }))).into_response()
+        (self.status(), axum::Json(json!({ "error": self.public_message() }))).into_response()
     }
 }
 
