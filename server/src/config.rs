@@ -349,8 +349,8 @@ pub fn check_repo_name(name: &str) -> Result<(), String> {
 }
 
 fn read_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text, &path.display().to_string())
 }
 

@@ -183,7 +183,8 @@ impl Mirrors {
         let (path, repo) = (self.path(repo), repo.to_string());
         blocking(move || {
             let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
-            let message = mirror.find_commit(commit).ok().map(|c| String::from_utf8_lossy(c.message_bytes()).into_owned());
+            let message =
+                mirror.find_commit(commit).ok().map(|c| String::from_utf8_lossy(c.message_bytes()).into_owned());
             Ok(message)
         })
         .await
@@ -210,9 +211,7 @@ impl Mirrors {
 }
 
 /// Run a blocking git operation off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
-) -> Result<T, GitError> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, GitError> + Send + 'static) -> Result<T, GitError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| GitError::Task(e.to_string()))?
 }
 

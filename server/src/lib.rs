@@ -66,16 +66,18 @@ impl Application {
             .with_context(|| format!("failed to resolve the data directory {}", config.data_dir.display()))?;
         let config = Arc::new(config);
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
         let address = listener.local_addr().context("failed to read the bound address")?;
 
         let store = Store::open(&config.database_path())
             .await
             .with_context(|| format!("failed to open the database {}", config.database_path().display()))?;
         for repo in &config.repos {
-            store.upsert_repo(&repo.name, &repo.display_url()).await.context("failed to record the configured repos")?;
+            store
+                .upsert_repo(&repo.name, &repo.display_url())
+                .await
+                .context("failed to record the configured repos")?;
         }
         let provider = LocalProvider::new(LocalConfig {
             root: hosts_dir(&config),
@@ -85,8 +87,13 @@ impl Application {
         .context("failed to set up the local provider")?;
         let mirrors = Arc::new(Mirrors::new(config.data_dir.join("repos")));
         let shutdown = CancellationToken::new();
-        let scheduler =
-            Scheduler::new(store.clone(), Arc::clone(&mirrors), Arc::new(provider), Arc::clone(&config), shutdown.clone());
+        let scheduler = Scheduler::new(
+            store.clone(),
+            Arc::clone(&mirrors),
+            Arc::new(provider),
+            Arc::clone(&config),
+            shutdown.clone(),
+        );
         scheduler.recover().await.context("failed to recover from the previous run")?;
         scheduler.start();
         let tasks = TaskTracker::new();

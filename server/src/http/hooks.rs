@@ -33,7 +33,11 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/hooks/{repo}", post(receive))
 }
 
-async fn receive(State(state): State<AppState>, Path(repo): Path<String>, request: Request) -> Result<Response, HttpError> {
+async fn receive(
+    State(state): State<AppState>,
+    Path(repo): Path<String>,
+    request: Request,
+) -> Result<Response, HttpError> {
     let repo = configured_repo(&state, &repo)?;
     let (parts, body) = request.into_parts();
     let body = read_limited(body).await?;

@@ -112,7 +112,9 @@ impl From<crate::scheduler::SchedulerError> for HttpError {
     fn from(error: crate::scheduler::SchedulerError) -> HttpError {
         match error {
             crate::scheduler::SchedulerError::Store(e) => HttpError::Store(e),
-            crate::scheduler::SchedulerError::UnknownRepo(name) => HttpError::NotFound(format!("no repo named {name:?}")),
+            crate::scheduler::SchedulerError::UnknownRepo(name) => {
+                HttpError::NotFound(format!("no repo named {name:?}"))
+            }
         }
     }
 }

@@ -45,8 +45,7 @@ pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// On shutdown, running builds get this long to be cancelled and torn down; after it they are
 /// marked interrupted anyway and their hosts are reaped at the next start.
-pub const SHUTDOWN_GRACE: Duration =
-    Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
 
 /// Why a running build was cancelled, recorded as its error.
 const SUPERSEDED: &str = "superseded by a newer build of the same branch";
@@ -64,11 +63,19 @@ pub enum SchedulerError {
 /// What live listeners (the dashboard) hear about builds.
 #[derive(Debug, Clone)]
 pub enum BuildUpdate {
-    Queued { build: BuildId },
+    Queued {
+        build: BuildId,
+    },
     /// An executor event, after it was stored.
-    Event { build: BuildId, event: BuildEvent },
+    Event {
+        build: BuildId,
+        event: BuildEvent,
+    },
     /// The build reached a final status.
-    Finished { build: BuildId, status: BuildStatus },
+    Finished {
+        build: BuildId,
+        status: BuildStatus,
+    },
 }
 
 /// The outcome of [`Scheduler::enqueue`].
@@ -248,8 +255,9 @@ impl Scheduler {
     fn stop_superseded_by(&self, newer: &BuildRow) {
         let mut running = self.inner.running.lock().expect("running table poisoned");
         for (id, run) in running.iter_mut() {
-            let same_ref =
-                run.build.repo == newer.repo && run.build.branch == newer.branch && run.build.ref_kind == newer.ref_kind;
+            let same_ref = run.build.repo == newer.repo
+                && run.build.branch == newer.branch
+                && run.build.ref_kind == newer.ref_kind;
             if same_ref && *id < newer.id && run.reason.is_none() {
                 tracing::info!(build = %id, by = %newer.id, "stopping a superseded build");
                 run.reason = Some(SUPERSEDED);
@@ -286,9 +294,8 @@ impl Scheduler {
     /// fetch error on the repo.
     pub async fn ensure_commit(&self, repo: &RepoConfig, commit: &str) -> Result<Oid, GitError> {
         let result = self.inner.mirrors.ensure_commit(&repo.name, &repo.url, commit).await;
-        match &result {
-            Err(error @ GitError::Fetch { .. }) => self.record_fetch(repo, Some(error)).await,
-            _ => {}
+        if let Err(error @ GitError::Fetch { .. }) = &result {
+            self.record_fetch(repo, Some(error)).await;
         }
         result
     }
@@ -328,10 +335,13 @@ impl Scheduler {
         }
         self.inner.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tasks.wait()).await.is_err() {
-            let left: Vec<BuildId> = self.inner.running.lock().expect("running table poisoned").keys().copied().collect();
+            let left: Vec<BuildId> =
+                self.inner.running.lock().expect("running table poisoned").keys().copied().collect();
             for id in left {
                 tracing::error!(build = %id, "build did not stop in time; its hosts are reaped at the next start");
-                if let Err(error) = self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await {
+                if let Err(error) =
+                    self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await
+                {
                     tracing::error!(build = %id, %error, "could not mark the build interrupted");
                 }
             }
@@ -432,11 +442,8 @@ impl Scheduler {
         }
 
         // Every host is recorded before the provider hears of it, so a crash cannot lose one.
-        let host_ids: BTreeMap<String, HostId> = pipeline
-            .hosts
-            .iter()
-            .map(|h| (h.role.clone(), HostId(format!("b{}-{}", build.id, h.role))))
-            .collect();
+        let host_ids: BTreeMap<String, HostId> =
+            pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("b{}-{}", build.id, h.role)))).collect();
         self.record_hosts(build.id, &host_ids).await.map_err(|e| format!("could not record the build's hosts: {e}"))?;
 
         let source: Arc<dyn Source> = Arc::new(inner.mirrors.source(&repo.name, commit));
@@ -452,13 +459,8 @@ impl Scheduler {
             host_ids: host_ids.clone(),
         };
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let persister = tokio::spawn(persist::persist(
-            inner.store.clone(),
-            build.id,
-            host_ids,
-            received,
-            inner.updates.clone(),
-        ));
+        let persister =
+            tokio::spawn(persist::persist(inner.store.clone(), build.id, host_ids, received, inner.updates.clone()));
         let result = execute(plan, Arc::clone(&inner.provider), events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.
         if let Err(e) = persister.await {

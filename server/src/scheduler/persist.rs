@@ -73,7 +73,12 @@ impl BuildLog {
 
     /// Write one event; log lines are collected into `lines` and inserted together at the end of
     /// the batch.
-    async fn apply(&mut self, conn: &mut SqliteConnection, event: &BuildEvent, lines: &mut Vec<LogLine>) -> store::Result<()> {
+    async fn apply(
+        &mut self,
+        conn: &mut SqliteConnection,
+        event: &BuildEvent,
+        lines: &mut Vec<LogLine>,
+    ) -> store::Result<()> {
         let build = self.build;
         match event {
             BuildEvent::Log { step, at, stream, text } => {
@@ -112,15 +117,13 @@ impl BuildLog {
             BuildEvent::HostProvisioned { role, address, provider_id } => {
                 store::hosts::mark_provisioned(conn, build, role, *address, provider_id).await?;
             }
-            BuildEvent::HostTornDown { role, error } => {
-                match self.host_ids.get(role) {
-                    Some(host_id) => {
-                        store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), to_ms(SystemTime::now()), None)
-                            .await?;
-                    }
-                    None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
+            BuildEvent::HostTornDown { role, error } => match self.host_ids.get(role) {
+                Some(host_id) => {
+                    store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), to_ms(SystemTime::now()), None)
+                        .await?;
                 }
-            }
+                None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
+            },
             BuildEvent::Report { step, path, content } => {
                 store::reports::insert(conn, build, *step as i64, path, content).await?;
             }

@@ -14,7 +14,8 @@ use crate::store::{HostState, RefKind, Trigger};
 /// How long a test waits for a build before failing.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-const ONE_STAGE: &str = "version: 1\nhosts:\n  app: {}\nstages:\n  - name: only\n    host: app\n    run: echo hello from the stage\n";
+const ONE_STAGE: &str =
+    "version: 1\nhosts:\n  app: {}\nstages:\n  - name: only\n    host: app\n    run: echo hello from the stage\n";
 
 const SLOW_STAGE: &str = "version: 1\nhosts:\n  app: {}\nstages:\n  - name: wait\n    host: app\n    run: sleep 600\n";
 
@@ -298,9 +299,13 @@ async fn recovery_interrupts_what_a_crash_left_and_reaps_its_hosts() {
     let host_id = format!("b{}-app", build.id);
     let mut tx = h.store.begin().await.unwrap();
     store::hosts::insert_requested(&mut tx, build.id, "app", &host_id, "local").await.unwrap();
-    store::steps::insert_planned(&mut tx, build.id, &[gantry_runner::StepId::host_step(gantry_runner::StepKind::Provision, "app")])
-        .await
-        .unwrap();
+    store::steps::insert_planned(
+        &mut tx,
+        build.id,
+        &[gantry_runner::StepId::host_step(gantry_runner::StepKind::Provision, "app")],
+    )
+    .await
+    .unwrap();
     store::steps::start(&mut tx, build.id, 0, store::now_ms()).await.unwrap();
     tx.commit().await.unwrap();
     let home = h.data.path().join("hosts").join(&host_id);

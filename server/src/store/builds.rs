@@ -280,15 +280,12 @@ impl Store {
 
     /// A repo's builds, newest first.
     pub async fn builds_of_repo(&self, repo: &str, limit: u32) -> Result<Vec<BuildRow>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            build_columns!(),
-            " FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(repo)
-        .bind(limit)
-        .fetch_all(self.reader())
-        .await?;
+        let rows =
+            sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?"))
+                .bind(repo)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
         builds_from_rows(&rows)
     }
 
@@ -416,10 +413,7 @@ mod tests {
         let (store, _dir) = testing::store_with_repo().await;
         let old_main = store.insert_build(&new_build("main", 'a')).await.unwrap();
         let dev = store.insert_build(&new_build("dev", 'b')).await.unwrap();
-        let tag = store
-            .insert_build(&NewBuild { ref_kind: RefKind::Tag, ..new_build("main", 'c') })
-            .await
-            .unwrap();
+        let tag = store.insert_build(&NewBuild { ref_kind: RefKind::Tag, ..new_build("main", 'c') }).await.unwrap();
         let newest = store.insert_build(&new_build("main", 'd')).await.unwrap();
         let mut conn = store.writer().acquire().await.unwrap();
         let cancelled = supersede_queued(&mut conn, &newest).await.unwrap();

@@ -6,7 +6,12 @@ use sqlx::SqliteConnection;
 use super::{now_ms, BuildId, Result, Store};
 
 /// Record a delivery. Returns `false` when this repo has seen the id before (nothing recorded).
-pub async fn record(conn: &mut SqliteConnection, repo: &str, delivery_id: &str, build: Option<BuildId>) -> Result<bool> {
+pub async fn record(
+    conn: &mut SqliteConnection,
+    repo: &str,
+    delivery_id: &str,
+    build: Option<BuildId>,
+) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO deliveries (repo, delivery_id, received_at, build_id) VALUES (?, ?, ?, ?) \
          ON CONFLICT (repo, delivery_id) DO NOTHING",

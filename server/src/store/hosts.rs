@@ -167,13 +167,13 @@ pub async fn mark_torn_down(
         "UPDATE hosts SET state = ?, error = ?, torn_down_at = COALESCE(torn_down_at, ?), \
          teardown_ms = COALESCE(teardown_ms, ?) WHERE host_id = ?",
     )
-        .bind(state.as_str())
-        .bind(error)
-        .bind(at)
-        .bind(teardown_ms)
-        .bind(host_id)
-        .execute(conn)
-        .await?;
+    .bind(state.as_str())
+    .bind(error)
+    .bind(at)
+    .bind(teardown_ms)
+    .bind(host_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -188,9 +188,10 @@ impl Store {
 
     /// Every host not known to be gone: what a restarted server must reap.
     pub async fn hosts_not_torn_down(&self) -> Result<Vec<HostRow>> {
-        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE state <> 'torn_down' ORDER BY id"))
-            .fetch_all(self.reader())
-            .await?;
+        let rows =
+            sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE state <> 'torn_down' ORDER BY id"))
+                .fetch_all(self.reader())
+                .await?;
         rows.iter().map(host_from_row).collect()
     }
 

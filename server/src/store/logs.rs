@@ -40,7 +40,8 @@ fn line_from_row(row: &SqliteRow) -> Result<LogLine> {
 /// Append lines to a build's log.
 pub async fn insert_lines(conn: &mut SqliteConnection, build: BuildId, lines: &[LogLine]) -> Result<()> {
     for chunk in lines.chunks(LOG_INSERT_CHUNK) {
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO log_lines (build_id, step_idx, seq, at, stream, text) ");
+        let mut insert =
+            QueryBuilder::<Sqlite>::new("INSERT INTO log_lines (build_id, step_idx, seq, at, stream, text) ");
         insert.push_values(chunk, |mut row, line| {
             row.push_bind(build.0)
                 .push_bind(line.step_idx)

@@ -13,7 +13,13 @@ pub struct ReportRow {
 }
 
 /// Store a report; a second report of the same step and path replaces the first.
-pub async fn insert(conn: &mut SqliteConnection, build: BuildId, step_idx: i64, path: &str, content: &[u8]) -> Result<()> {
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    build: BuildId,
+    step_idx: i64,
+    path: &str,
+    content: &[u8],
+) -> Result<()> {
     sqlx::query("INSERT OR REPLACE INTO reports (build_id, step_idx, path, content) VALUES (?, ?, ?, ?)")
         .bind(build.0)
         .bind(step_idx)
@@ -26,12 +32,19 @@ pub async fn insert(conn: &mut SqliteConnection, build: BuildId, step_idx: i64, 
 
 impl Store {
     pub async fn reports(&self, build: BuildId) -> Result<Vec<ReportRow>> {
-        let rows = sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = ? ORDER BY step_idx, path")
-            .bind(build.0)
-            .fetch_all(self.reader())
-            .await?;
+        let rows =
+            sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = ? ORDER BY step_idx, path")
+                .bind(build.0)
+                .fetch_all(self.reader())
+                .await?;
         rows.iter()
-            .map(|r| Ok(ReportRow { step_idx: r.try_get("step_idx")?, path: r.try_get("path")?, content: r.try_get("content")? }))
+            .map(|r| {
+                Ok(ReportRow {
+                    step_idx: r.try_get("step_idx")?,
+                    path: r.try_get("path")?,
+                    content: r.try_get("content")?,
+                })
+            })
             .collect()
     }
 }
