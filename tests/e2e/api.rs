@@ -40,7 +40,7 @@ async fn a_manual_build_shows_up_in_the_api_and_on_the_pages() {
         assert!(!html.contains("<script>alert(1)</script>"), "{page} escapes log text");
     }
     let (_, build_page) = app.get_text(&format!("/builds/{id}")).await;
-    assert!(build_page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(shows_escaped(&build_page, "<script>alert(1)</script>"));
     assert!(build_page.contains(&sha));
     let (_, repo_page) = app.get_text("/repos/shop").await;
     assert!(repo_page.contains("only"), "the stage grid names the stage");

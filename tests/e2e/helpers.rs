@@ -415,3 +415,11 @@ pub fn github_headers(event: &str, body: &[u8], delivery: &str) -> Vec<(&'static
 pub fn one_stage_pipeline(script: &str) -> String {
     format!("version: 1\nhosts:\n  app: {{}}\nstages:\n  - name: only\n    host: app\n    run: {script:?}\n")
 }
+
+/// Whether `html` shows `text` escaped, in either of the spellings an HTML escaper may choose
+/// (`&lt;` or `&#60;`).
+pub fn shows_escaped(html: &str, text: &str) -> bool {
+    let named = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let numeric = text.replace('&', "&#38;").replace('<', "&#60;").replace('>', "&#62;");
+    html.contains(&named) || html.contains(&numeric)
+}
