@@ -204,22 +204,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::super::testing;
     use super::*;
 
     #[tokio::test]
     async fn a_host_is_recorded_before_it_exists_and_reaped_until_gone() {
-        let (store, _dir) = testing::store_with_repo().await;
-        let build = store
-            .insert_build(&NewBuild {
-                repo: "acme".into(),
-                commit: "a".repeat(40),
-                branch: "main".into(),
-                ref_kind: RefKind::Branch,
-                trigger: Trigger::Push,
-            })
-            .await
-            .unwrap();
+        let (store, _dir, build) = testing::store_with_build().await;
         let host_id = format!("b{}-web", build.id);
         let mut tx = store.begin().await.unwrap();
         insert_requested(&mut tx, build.id, "web", &host_id, "local").await.unwrap();

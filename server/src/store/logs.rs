@@ -99,22 +99,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::super::testing;
     use super::*;
 
     #[tokio::test]
     async fn lines_come_back_in_order_per_build_and_per_step() {
-        let (store, _dir) = testing::store_with_repo().await;
-        let build = store
-            .insert_build(&NewBuild {
-                repo: "acme".into(),
-                commit: "a".repeat(40),
-                branch: "main".into(),
-                ref_kind: RefKind::Branch,
-                trigger: Trigger::Push,
-            })
-            .await
-            .unwrap();
+        let (store, _dir, build) = testing::store_with_build().await;
         // More lines than one INSERT takes, alternating between two steps, one with binary-ish text.
         let lines: Vec<LogLine> = (0..(LOG_INSERT_CHUNK as i64 * 2 + 7))
             .map(|seq| LogLine {

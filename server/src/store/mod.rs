@@ -155,6 +155,22 @@ pub(crate) mod testing {
         store.upsert_repo("acme", "/srv/acme.git").await.unwrap();
         (store, dir)
     }
+
+    /// A store with the repo `acme` and one queued push build of its `main`.
+    pub async fn store_with_build() -> (Store, tempfile::TempDir, BuildRow) {
+        let (store, dir) = store_with_repo().await;
+        let build = store
+            .insert_build(&NewBuild {
+                repo: "acme".into(),
+                commit: "a".repeat(40),
+                branch: "main".into(),
+                ref_kind: RefKind::Branch,
+                trigger: Trigger::Push,
+            })
+            .await
+            .unwrap();
+        (store, dir, build)
+    }
 }
 
 #[cfg(test)]

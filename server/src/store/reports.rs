@@ -51,22 +51,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::super::testing;
     use super::*;
 
     #[tokio::test]
     async fn reports_round_trip_as_bytes() {
-        let (store, _dir) = testing::store_with_repo().await;
-        let build = store
-            .insert_build(&NewBuild {
-                repo: "acme".into(),
-                commit: "a".repeat(40),
-                branch: "main".into(),
-                ref_kind: RefKind::Branch,
-                trigger: Trigger::Push,
-            })
-            .await
-            .unwrap();
+        let (store, _dir, build) = testing::store_with_build().await;
         let mut conn = store.writer().acquire().await.unwrap();
         insert(&mut conn, build.id, 3, "reports/unit.xml", b"<testsuite/>\xff").await.unwrap();
         insert(&mut conn, build.id, 3, "reports/unit.xml", b"<testsuite tests=\"1\"/>").await.unwrap();

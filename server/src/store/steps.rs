@@ -147,22 +147,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{testing, NewBuild, RefKind, Trigger};
+    use super::super::testing;
     use super::*;
 
     #[tokio::test]
     async fn a_plan_is_recorded_and_updated_in_order() {
-        let (store, _dir) = testing::store_with_repo().await;
-        let build = store
-            .insert_build(&NewBuild {
-                repo: "acme".into(),
-                commit: "a".repeat(40),
-                branch: "main".into(),
-                ref_kind: RefKind::Branch,
-                trigger: Trigger::Push,
-            })
-            .await
-            .unwrap();
+        let (store, _dir, build) = testing::store_with_build().await;
         let plan = vec![
             StepId::host_step(StepKind::Provision, "web"),
             StepId { kind: StepKind::Stage, name: "unit".into(), host: "web".into() },
