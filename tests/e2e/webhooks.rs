@@ -5,6 +5,9 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+/// The headers and the body of one webhook delivery.
+type Delivery = (Vec<(&'static str, String)>, Vec<u8>);
+
 async fn app_with_repo() -> (TestApp, TestRepo, String) {
     let repo = TestRepo::new();
     let sha = repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("echo built"))]);
@@ -23,7 +26,7 @@ async fn each_forge_push_queues_a_build_of_the_pushed_commit() {
     let gitlab = push_payload("gitlab-push.json", "refs/heads/main", &sha);
     let gitea = push_payload("gitea-push.json", "refs/heads/main", &sha);
     let forgejo = push_payload("forgejo-push.json", "refs/heads/main", &sha);
-    let deliveries: Vec<(Vec<(&str, String)>, Vec<u8>)> = vec![
+    let deliveries: Vec<Delivery> = vec![
         (
             vec![
                 ("X-Gitlab-Event", "Push Hook".into()),
