@@ -37,3 +37,47 @@ async fn the_poller_builds_moved_heads_but_not_old_ones() {
     assert_eq!(app.builds("polled").await.len(), 1, "the old head was not built");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_repo_shows_its_fetch_error_and_the_server_keeps_serving() {
+    let missing = tempfile::TempDir::new().unwrap();
+    let config = RepoConfig {
+        name: "gone".to_string(),
+        url: missing.path().join("no-such-repo"),
+        poll_interval: Some("100ms"),
+        cancel_superseded: true,
+    };
+    let app = spawn_app(&[config]).await;
+
+    let start = Instant::now();
+    let error = loop {
+        let repos = app.get_json("/api/repos").await;
+        if let Some(error) = repos[0]["last_error"].as_str() {
+            break error.to_string();
+        }
+        assert!(start.elapsed() < EVENT_DEADLINE, "no fetch error recorded: {repos:#}");
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    assert!(error.contains("no-such-repo"), "the error names what failed: {error}");
+    let (status, page) = app.get_text("/repos/gone").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("no-such-repo"), "the repo page shows the fetch error");
+
+    // Asked for by hand, the fetch error comes straight back; pushed by a forge, the build is
+    // recorded as errored with the reason, not lost.
+    let response = app
+        .client
+        .post(app.url("/api/repos/gone/builds"))
+        .json(&serde_json::json!({ "branch": "main" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(response.text().await.unwrap().contains("see the repo's page"));
+    let (status, body) = app.github_push("gone", "refs/heads/main", &"ab".repeat(20)).await;
+    assert_eq!(status, 202, "{body}");
+    let build = app.wait_for_build(body["build"].as_i64().unwrap()).await;
+    assert_eq!(build["status"], "errored");
+    assert!(build["error"].as_str().unwrap().contains("no-such-repo"), "{build:#}");
+    app.stop().await;
+}
