@@ -329,6 +329,11 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("gantry.db")
     }
+
+    /// Where the local provider keeps its hosts' directories.
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.data_dir.join("hosts")
+    }
 }
 
 /// A repo name is URL-safe: ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.

@@ -12,15 +12,14 @@ pub mod git;
 pub mod http;
 pub mod local_run;
 pub mod poller;
+pub mod providers;
 pub mod scheduler;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gantry_runner::provider::local::{LocalConfig, LocalProvider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::git::Mirrors;
 use crate::http::AppState;
+use crate::providers::Providers;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -79,18 +79,13 @@ impl Application {
                 .await
                 .context("failed to record the configured repos")?;
         }
-        let provider = LocalProvider::new(LocalConfig {
-            root: hosts_dir(&config),
-            addresses: config.provider.local.addresses,
-            run_as: Some(config.provider.local.run_as.clone()),
-        })
-        .context("failed to set up the local provider")?;
+        let providers = Providers::from_config(&config).await?;
         let mirrors = Arc::new(Mirrors::new(config.data_dir.join("repos")));
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::new(
             store.clone(),
             Arc::clone(&mirrors),
-            Arc::new(provider),
+            providers,
             Arc::clone(&config),
             shutdown.clone(),
         );
@@ -132,9 +127,4 @@ impl Application {
         tracing::info!("gantry stopped");
         served.context("the HTTP server failed")
     }
-}
-
-/// Where local hosts' home directories are created.
-pub fn hosts_dir(config: &Config) -> PathBuf {
-    config.data_dir.join("hosts")
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use gantry_runner::pipeline::{self, Diagnostics, Pipeline, PIPELINE_FILE};
-use gantry_runner::provider::{HostId, Provider};
+use gantry_runner::provider::HostId;
 use gantry_runner::source::Source;
 use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
 use git2::Oid;
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RepoConfig};
 use crate::git::{GitError, Mirrors};
+use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, Store, StoreError};
 
 /// How many events of one build may wait for the persister before the executor waits.
@@ -122,7 +123,7 @@ struct Running {
 struct Inner {
     store: Store,
     mirrors: Arc<Mirrors>,
-    provider: Arc<dyn Provider>,
+    providers: Providers,
     config: Arc<Config>,
     slots: Arc<Semaphore>,
     wake: Notify,
@@ -145,7 +146,7 @@ impl Scheduler {
     pub fn new(
         store: Store,
         mirrors: Arc<Mirrors>,
-        provider: Arc<dyn Provider>,
+        providers: Providers,
         config: Arc<Config>,
         shutdown: CancellationToken,
     ) -> Scheduler {
@@ -155,7 +156,7 @@ impl Scheduler {
                 slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
                 store,
                 mirrors,
-                provider,
+                providers,
                 config,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
@@ -185,15 +186,15 @@ impl Scheduler {
         }
         let hosts = store.hosts_not_torn_down().await?;
         let reaps = hosts.into_iter().map(|host| async move {
-            if host.provider != self.inner.provider.name() {
+            let Some(provider) = self.inner.providers.by_name(&host.provider) else {
                 tracing::error!(host = %host.host_id, provider = %host.provider, "cannot reap a host of a provider this server does not run");
                 return Ok(());
-            }
+            };
             let id = HostId(host.host_id.clone());
             let started = std::time::Instant::now();
             let result = tokio::time::timeout(
                 gantry_runner::executor::TEARDOWN_TIMEOUT,
-                self.inner.provider.teardown(&id, host.provider_id.as_deref()),
+                provider.teardown(&id, host.provider_id.as_deref()),
             )
             .await;
             let took = Some(started.elapsed().as_millis() as i64);
@@ -437,6 +438,12 @@ impl Scheduler {
             inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
         let commit = self.ensure_commit(repo, &build.commit).await.map_err(|e| e.to_string())?;
         let pipeline = load_pipeline(&inner.mirrors, &repo.name, commit).await.map_err(|e| e.to_string())?;
+        let provider = Arc::clone(
+            inner
+                .providers
+                .get(repo.provider)
+                .ok_or_else(|| format!("provider {:?} is not configured on this server", repo.provider.as_str()))?,
+        );
         if cancel.is_cancelled() {
             return Ok(gantry_runner::BuildResult { status: BuildStatus::Cancelled, error: None });
         }
@@ -444,7 +451,7 @@ impl Scheduler {
         // Every host is recorded before the provider hears of it, so a crash cannot lose one.
         let host_ids: BTreeMap<String, HostId> =
             pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("b{}-{}", build.id, h.role)))).collect();
-        self.record_hosts(build.id, &host_ids).await.map_err(|e| format!("could not record the build's hosts: {e}"))?;
+        self.record_hosts(build.id, &host_ids, provider.name()).await.map_err(|e| format!("could not record the build's hosts: {e}"))?;
 
         let source: Arc<dyn Source> = Arc::new(inner.mirrors.source(&repo.name, commit));
         let plan = BuildPlan {
@@ -461,7 +468,7 @@ impl Scheduler {
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let persister =
             tokio::spawn(persist::persist(inner.store.clone(), build.id, host_ids, received, inner.updates.clone()));
-        let result = execute(plan, Arc::clone(&inner.provider), events, cancel.clone()).await;
+        let result = execute(plan, provider, events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.
         if let Err(e) = persister.await {
             tracing::error!(build = %build.id, error = %e, "the event persister failed");
@@ -469,10 +476,15 @@ impl Scheduler {
         Ok(result)
     }
 
-    async fn record_hosts(&self, build: BuildId, host_ids: &BTreeMap<String, HostId>) -> Result<(), StoreError> {
+    async fn record_hosts(
+        &self,
+        build: BuildId,
+        host_ids: &BTreeMap<String, HostId>,
+        provider: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.inner.store.begin().await?;
         for (role, id) in host_ids {
-            store::hosts::insert_requested(&mut tx, build, role, &id.0, self.inner.provider.name()).await?;
+            store::hosts::insert_requested(&mut tx, build, role, &id.0, provider).await?;
         }
         tx.commit().await?;
         Ok(())

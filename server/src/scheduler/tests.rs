@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
+
+use crate::providers::Providers;
 use gantry_runner::StepStatus;
 
 use super::*;
@@ -51,7 +53,7 @@ async fn harness(cancel_superseded: bool) -> Harness {
     let scheduler = Scheduler::new(
         store.clone(),
         Arc::new(Mirrors::new(data.path().join("repos"))),
-        Arc::new(provider),
+        Providers::from_providers([Arc::new(provider) as Arc<dyn gantry_runner::provider::Provider>]),
         Arc::new(config),
         CancellationToken::new(),
     );
