@@ -6,6 +6,7 @@
 //! transport caps and decodes output the same way.
 
 pub mod local;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +28,12 @@ pub enum TransportError {
     ConnectionLost(String),
     #[error("path {0:?} leaves the host's home directory")]
     PathEscapes(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("host key refused: {0}")]
+    HostKeyMismatch(String),
+    #[error("authentication refused: {0}")]
+    Auth(String),
     #[error("{0}")]
     Other(String),
 }
