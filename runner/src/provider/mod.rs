@@ -10,6 +10,7 @@
 //! concurrently; it never hands one address or machine to two live hosts.
 
 pub mod local;
+pub mod ssh_pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -166,6 +166,31 @@ impl SshTransport {
         Ok(())
     }
 
+    /// Create `home` (and its `tmp`) if missing: a provider calls this once per fresh host.
+    pub async fn create_home(&self) -> Result<(), TransportError> {
+        let command = format!("mkdir -p -- {}", quote(&join_home(&self.target.home, Path::new(TMP_DIR))));
+        let result = self.run_helper(&command, None).await?;
+        self.check_helper("creating", "", &result)
+    }
+
+    /// The login user's own home directory on the machine.
+    pub async fn login_home(&self) -> Result<String, TransportError> {
+        let result = self.run_helper("printf '%s' \"$HOME\"", None).await?;
+        self.check_helper("finding the login home for", "", &result)?;
+        let home = String::from_utf8_lossy(&result.stdout).into_owned();
+        if !home.starts_with('/') {
+            return Err(TransportError::Other(format!("{}: the login home {home:?} is not absolute", self.target.name())));
+        }
+        Ok(home)
+    }
+
+    /// The same connection, for a host whose home is `home` (absolute).
+    pub fn with_home(self, home: String) -> SshTransport {
+        let SshTransport { mut target, connect_timeout, session } = self;
+        target.home = home;
+        SshTransport { target, connect_timeout, session }
+    }
+
     /// The live session, reconnecting first when the connection was found dead.
     async fn session(&self) -> Result<Arc<Handle<Client>>, TransportError> {
         let mut session = self.session.lock().await;

@@ -6,4 +6,7 @@ mod helpers;
 mod process;
 mod provider;
 mod source;
+mod ssh;
+#[path = "../support/sshd.rs"]
+mod sshd;
 mod transport;
