@@ -108,7 +108,10 @@ impl SshPoolProvider {
                 return Err(ProviderError::Config(format!("machine {name} is listed twice")));
             }
             let key = russh::keys::load_secret_key(&machine.key_file, None).map_err(|error| {
-                ProviderError::Config(format!("machine {name}: cannot load key {}: {error}", machine.key_file.display()))
+                ProviderError::Config(format!(
+                    "machine {name}: cannot load key {}: {error}",
+                    machine.key_file.display()
+                ))
             })?;
             let host_key = parse_public_key(&machine.host_key)
                 .map_err(|error| ProviderError::Config(format!("machine {name}: host_key: {error}")))?;

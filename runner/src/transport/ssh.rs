@@ -72,8 +72,12 @@ pub const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a killed script's channel may take to close after its process group got SIGKILL.
 const KILL_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The longest a helper command (kill, mkdir, cat, tar, the reaper) may run.
+/// The longest a helper command (kill, mkdir, cat, tar, the reaper) may run, plus the time its
+/// input takes at [`MIN_UPLOAD_BYTES_PER_SEC`].
 const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The slowest upload rate tolerated before an upload counts as hung.
+const MIN_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
 
 /// Exit codes of signalled processes are `128 + signal`, as shells report them.
 const SIGNAL_EXIT_BASE: i32 = 128;
@@ -86,6 +90,9 @@ const ESCAPE_EXIT: u32 = 86;
 
 /// Exit code of `read_file` when the file does not exist.
 const MISSING_EXIT: u32 = 87;
+
+/// Exit code of the exec wrapper when the working directory is missing (before the script runs).
+const NO_CWD_EXIT: i32 = 88;
 
 /// Where and how to reach one remote host.
 #[derive(Clone)]
@@ -138,7 +145,11 @@ impl SshTransport {
     /// `connect_timeout`), verify the host key, authenticate with the key.
     pub async fn connect(target: SshTarget, connect_timeout: Duration) -> Result<SshTransport, TransportError> {
         if !target.home.starts_with('/') {
-            return Err(TransportError::Other(format!("the home of {} must be absolute: {:?}", target.name(), target.home)));
+            return Err(TransportError::Other(format!(
+                "the home of {} must be absolute: {:?}",
+                target.name(),
+                target.home
+            )));
         }
         let handle = connect_with_retry(&target, connect_timeout).await?;
         Ok(SshTransport { target, connect_timeout, session: Mutex::new(Arc::new(handle)) })
@@ -179,7 +190,10 @@ impl SshTransport {
         self.check_helper("finding the login home for", "", &result)?;
         let home = String::from_utf8_lossy(&result.stdout).into_owned();
         if !home.starts_with('/') {
-            return Err(TransportError::Other(format!("{}: the login home {home:?} is not absolute", self.target.name())));
+            return Err(TransportError::Other(format!(
+                "{}: the login home {home:?} is not absolute",
+                self.target.name()
+            )));
         }
         Ok(home)
     }
@@ -245,7 +259,8 @@ impl SshTransport {
             result.stderr = String::from_utf8_lossy(&stderr).into_owned();
             Ok(result)
         };
-        tokio::time::timeout(HELPER_TIMEOUT, run)
+        let input_time = Duration::from_secs(stdin.map_or(0, |bytes| bytes.len() as u64 / MIN_UPLOAD_BYTES_PER_SEC));
+        tokio::time::timeout(HELPER_TIMEOUT + input_time, run)
             .await
             .map_err(|_| TransportError::Other(format!("{}: a helper command timed out", self.target.name())))?
     }
@@ -277,7 +292,7 @@ impl SshTransport {
         // sshd makes the session's first process a session and process group leader; the `exec`s
         // keep its pid, so the printed `$$` is the group every process of the script shares.
         Ok(format!(
-            "mkdir -p {tmp} && cd {cwd} && echo $$ && exec env -i {assignments} {SHELL} -e -c {script}",
+            "mkdir -p {tmp} && {{ cd {cwd} 2>/dev/null || exit {NO_CWD_EXIT}; }} && echo $$ && exec env -i {assignments} {SHELL} -e -c {script}",
             tmp = quote(&join_home(home, Path::new(TMP_DIR))),
             cwd = quote(&cwd),
             assignments = assignments.join(" "),
@@ -372,7 +387,13 @@ impl Transport for SshTransport {
                             let _ = output.send(line).await;
                         }
                     }
-                    Some(ChannelMsg::ExitStatus { exit_status }) => break ExecOutcome::Exited(exit_status as i32),
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        // Before the pid line, only the wrapper can have exited: the script never ran.
+                        if pid_line.is_some() && exit_status as i32 == NO_CWD_EXIT {
+                            return Err(TransportError::Other(format!("working directory ~/{} does not exist", request.cwd)));
+                        }
+                        break ExecOutcome::Exited(exit_status as i32);
+                    }
                     Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                         break ExecOutcome::Exited(SIGNAL_EXIT_BASE + signal_number(&signal_name));
                     }
@@ -384,7 +405,9 @@ impl Transport for SshTransport {
         if matches!(outcome, ExecOutcome::TimedOut | ExecOutcome::Cancelled) {
             match pgid {
                 Some(pgid) => self.kill_group(pgid).await,
-                None => tracing::warn!(host = %self.target.host_id, "the script's pid never arrived; teardown will reap it"),
+                None => {
+                    tracing::warn!(host = %self.target.host_id, "the script's pid never arrived; teardown will reap it")
+                }
             }
             let _ = channel.close().await;
             // Let the channel settle so its last messages do not outlive the step.
@@ -495,7 +518,10 @@ impl client::Handler for Client {
         let presented = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(certificate) => {
-                *self.refused.lock().unwrap() = Some(format!("a certificate signed by {}", certificate.signature_key().fingerprint(russh::keys::HashAlg::Sha256)));
+                *self.refused.lock().unwrap() = Some(format!(
+                    "a certificate signed by {}",
+                    certificate.signature_key().fingerprint(russh::keys::HashAlg::Sha256)
+                ));
                 return Ok(false);
             }
         };
@@ -590,8 +616,9 @@ async fn connect_once(target: &SshTarget) -> Result<Handle<Client>, AttemptError
 
 /// Parse `ssh-ed25519 AAAA… [comment]` as in the config's `host_key`.
 pub fn parse_public_key(openssh: &str) -> Result<PublicKey, TransportError> {
-    PublicKey::from_openssh(openssh.trim())
-        .map_err(|error| TransportError::Other(format!("not an OpenSSH public key ({error}): {:?}", abbreviate(openssh))))
+    PublicKey::from_openssh(openssh.trim()).map_err(|error| {
+        TransportError::Other(format!("not an OpenSSH public key ({error}): {:?}", abbreviate(openssh)))
+    })
 }
 
 fn abbreviate(text: &str) -> String {

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_runner::event::{BuildEvent, BuildStatus, Stream};
-use gantry_runner::provider::ssh_pool::{SshMachine, SshPoolConfig, SshPoolProvider};
+use gantry_runner::execute;
+use gantry_runner::provider::ssh_pool::{SshMachine, SshPoolConfig, SshPoolProvider, DEFAULT_WORK_ROOT};
 use gantry_runner::provider::{HostId, HostRequest, Provider, ProviderError};
 use gantry_runner::transport::ssh::{parse_public_key, SshTarget, SshTransport};
 use gantry_runner::transport::{ExecOutcome, ExecRequest, OutputLine, Transport, TransportError};
-use gantry_runner::execute;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,10 @@ fn request(script: &str) -> ExecRequest {
 }
 
 /// Run a script to its end and collect its lines.
-async fn run(transport: &SshTransport, request: &ExecRequest) -> (Result<ExecOutcome, TransportError>, Vec<OutputLine>) {
+async fn run(
+    transport: &SshTransport,
+    request: &ExecRequest,
+) -> (Result<ExecOutcome, TransportError>, Vec<OutputLine>) {
     let (tx, mut rx) = mpsc::channel(1024);
     let outcome = transport.exec(request, &tx, &CancellationToken::new()).await;
     drop(tx);
@@ -150,6 +153,9 @@ async fn steps_see_a_clean_environment_with_the_host_marker_in_their_cwd() {
     assert!(out.contains(&format!("TMPDIR={home}/tmp")), "{out:?}");
     assert!(!out.iter().any(|l| l.starts_with("SSH_")), "sshd's variables leak into steps: {out:?}");
     assert_eq!(out.last().unwrap(), &format!("{home}/sub"));
+    let missing = ExecRequest { cwd: "no/such/dir".into(), ..request("true") };
+    let error = run(&r.transport, &missing).await.0.unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
     let mut bad = request("true");
     bad.env.insert("NOT A NAME".into(), "x".into());
     assert!(matches!(run(&r.transport, &bad).await.0, Err(TransportError::Other(_))));
@@ -324,13 +330,7 @@ fn pool(machines: Vec<SshMachine>, work_root: &Path, lease_timeout: Duration) ->
 }
 
 fn host_request(id: &HostId) -> HostRequest {
-    HostRequest {
-        id: id.clone(),
-        role: "app".into(),
-        image: None,
-        size: None,
-        build_timeout: Duration::from_secs(600),
-    }
+    HostRequest { id: id.clone(), role: "app".into(), image: None, size: None, build_timeout: Duration::from_secs(600) }
 }
 
 #[tokio::test]
@@ -424,6 +424,23 @@ async fn teardown_kills_daemons_and_removes_the_work_dir_even_from_a_new_provide
 }
 
 #[tokio::test]
+async fn the_default_work_root_lies_in_the_login_home() {
+    let sshd = Sshd::start();
+    let provider = Arc::new(SshPoolProvider::new(SshPoolConfig::new(vec![machine(&sshd)])).unwrap());
+    let id = unique_id("default-root");
+    let host = provider.provision(&host_request(&id)).await.unwrap();
+    let login_home = nix::unistd::User::from_name(&sshd.user).unwrap().unwrap().dir;
+    let home = login_home.join(DEFAULT_WORK_ROOT).join(&id.0);
+    assert!(home.join("tmp").is_dir(), "{} was not created", home.display());
+    let (tx, mut rx) = mpsc::channel(4);
+    let outcome = host.transport.exec(&request("pwd"), &tx, &CancellationToken::new()).await.unwrap();
+    assert_eq!(outcome, ExecOutcome::Exited(0));
+    assert_eq!(rx.recv().await.unwrap().text, home.to_string_lossy());
+    provider.teardown(&id, Some(&host.provider_id)).await.unwrap();
+    assert!(!home.exists());
+}
+
+#[tokio::test]
 async fn a_pool_configuration_error_names_the_machine() {
     let sshd = Sshd::start();
     let mut bad_key = machine(&sshd);
@@ -433,7 +450,10 @@ async fn a_pool_configuration_error_names_the_machine() {
     let mut bad_host_key = machine(&sshd);
     bad_host_key.host_key = "ssh-ed25519 ???".into();
     let error = SshPoolProvider::new(SshPoolConfig::new(vec![bad_host_key.clone()])).err().unwrap();
-    assert!(error.to_string().contains(&bad_host_key.provider_id()) && error.to_string().contains("host_key"), "{error}");
+    assert!(
+        error.to_string().contains(&bad_host_key.provider_id()) && error.to_string().contains("host_key"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -442,9 +462,15 @@ async fn a_two_host_build_runs_on_the_ssh_pool() {
     let work = tempfile::tempdir().unwrap();
     let provider = pool(vec![machine(&a), machine(&b)], work.path(), Duration::from_secs(10));
     let repo = TestRepo::new();
-    let commit = repo.commit(&[("www/index.txt", Entry::File("served over ssh\n")), ("ci/t.sh", Entry::Executable("#!/bin/sh\necho tool\n"))]);
-    let source: Arc<dyn gantry_runner::source::Source> =
-        Arc::new(gantry_runner::source::GitCommitSource { repo_path: repo.path().to_path_buf(), commit, label: "shop".into() });
+    let commit = repo.commit(&[
+        ("www/index.txt", Entry::File("served over ssh\n")),
+        ("ci/t.sh", Entry::Executable("#!/bin/sh\necho tool\n")),
+    ]);
+    let source: Arc<dyn gantry_runner::source::Source> = Arc::new(gantry_runner::source::GitCommitSource {
+        repo_path: repo.path().to_path_buf(),
+        commit,
+        label: "shop".into(),
+    });
     let mut pipeline = pipeline(
         vec![host("db", Some("echo setup on $GANTRY_HOST_ADDR")), host("app", None)],
         vec![
