@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Sig};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -223,20 +224,35 @@ impl SshTransport {
         let run = async {
             let mut channel = session.channel_open_session().await.map_err(lost(&self.target))?;
             channel.exec(true, command.as_bytes()).await.map_err(lost(&self.target))?;
-            if let Some(bytes) = stdin {
-                channel.data(bytes).await.map_err(lost(&self.target))?;
-            }
-            channel.eof().await.map_err(lost(&self.target))?;
+            // The input is sent while the output is read: a command that fails early (a refused
+            // path) stops reading its input, and its exit status is then the error to report.
+            let mut writer = channel.make_writer();
+            let send = async move {
+                if let Some(bytes) = stdin {
+                    writer.write_all(bytes).await?;
+                }
+                writer.shutdown().await
+            };
+            tokio::pin!(send);
+            let mut sending = true;
+            let mut send_error = None;
             let mut result = HelperResult { status: u32::MAX, stdout: Vec::new(), stderr: String::new() };
             let mut stderr = Vec::new();
             let mut exited = false;
-            while let Some(message) = channel.wait().await {
+            loop {
+                let message = tokio::select! {
+                    sent = &mut send, if sending => {
+                        sending = false;
+                        send_error = sent.err();
+                        continue;
+                    }
+                    message = channel.wait() => message,
+                };
+                let Some(message) = message else { break };
                 match message {
                     ChannelMsg::Data { data } => result.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => {
-                        if stderr.len() < HELPER_STDERR_LIMIT {
-                            stderr.extend_from_slice(&data);
-                        }
+                    ChannelMsg::ExtendedData { data, .. } if stderr.len() < HELPER_STDERR_LIMIT => {
+                        stderr.extend_from_slice(&data);
                     }
                     ChannelMsg::ExitStatus { exit_status } => {
                         result.status = exit_status;
@@ -250,8 +266,9 @@ impl SshTransport {
                 }
             }
             if !exited {
+                let why = send_error.map_or_else(|| "the connection closed".to_string(), |e| e.to_string());
                 return Err(TransportError::ConnectionLost(format!(
-                    "{}: the connection closed before the command ended",
+                    "{}: the command never ended: {why}",
                     self.target.name()
                 )));
             }

@@ -216,6 +216,10 @@ async fn files_are_written_and_read_inside_the_home_only() {
     ] {
         assert!(matches!(result, Err(TransportError::PathEscapes(_))), "{result:?}");
     }
+    // Refused before the remote end read a byte of a large input: still the path error.
+    let big = vec![b'x'; 8 << 20];
+    let result = r.transport.write_file("out/big", big).await;
+    assert!(matches!(result, Err(TransportError::PathEscapes(_))), "{result:?}");
     assert!(matches!(r.transport.read_file("out/secret", 10).await, Err(TransportError::PathEscapes(_))));
     assert!(matches!(r.transport.read_file("../etc/passwd", 10).await, Err(TransportError::PathEscapes(_))));
     assert!(!outside.path().join("x").exists());
