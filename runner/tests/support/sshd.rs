@@ -147,12 +147,20 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // Sessions first, while the listener still lives to reap them (this machine's init may
+        // not reap orphans), then the listener.
         let sessions = self.session_processes();
+        for pid in &sessions {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + KILL_DEADLINE;
+        while Instant::now() < deadline
+            && sessions.iter().any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        {
+            std::thread::sleep(POLL_INTERVAL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in sessions {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
     }
 }
 
