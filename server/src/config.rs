@@ -302,12 +302,20 @@ impl Config {
             if repo.poll_interval == Some(Duration::ZERO) {
                 problems.push(format!("repo {:?}: poll_interval must be longer than zero", repo.name));
             }
-            if repo.provider != ProviderKind::Local {
-                problems.push(format!(
-                    "repo {:?}: provider {:?} is not available in this build yet; use \"local\"",
-                    repo.name,
-                    repo.provider.as_str()
-                ));
+            match repo.provider {
+                ProviderKind::Local => {}
+                ProviderKind::Ssh => {
+                    if self.provider.ssh.as_ref().is_none_or(|ssh| ssh.machines.is_empty()) {
+                        problems.push(format!(
+                            "repo {:?}: provider \"ssh\" needs at least one [[provider.ssh.machine]]",
+                            repo.name
+                        ));
+                    }
+                }
+                ProviderKind::Ec2 => problems.push(format!(
+                    "repo {:?}: provider \"ec2\" is not available in this build yet; use \"local\" or \"ssh\"",
+                    repo.name
+                )),
             }
         }
         // The local provider checks its address range itself when it is created.
@@ -484,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn ssh_and_ec2_parse_but_are_refused_at_start() {
+    fn ssh_needs_machines_and_ec2_is_refused_at_start() {
         let config = Config::from_toml_str(
             r#"
             [[repo]]
@@ -510,6 +518,11 @@ mod tests {
         assert_eq!(config.provider.ssh.as_ref().unwrap().machines[0].port, 22);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("not available in this build yet"), "{err}");
+
+        let machineless = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"s\"\nprovider = \"ssh\"\n")
+            .unwrap();
+        let err = machineless.validate().unwrap_err().to_string();
+        assert!(err.contains("needs at least one [[provider.ssh.machine]]"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
+use gantry_runner::provider::ssh_pool::{SshMachine, SshPoolConfig, SshPoolProvider};
 use gantry_runner::provider::Provider;
 
 use crate::config::{Config, ProviderKind};
@@ -28,7 +29,24 @@ impl Providers {
             run_as: Some(config.provider.local.run_as.clone()),
         })
         .context("failed to set up the local provider")?;
-        Ok(Providers::from_providers([Arc::new(local) as Arc<dyn Provider>]))
+        let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(local)];
+        if let Some(ssh) = &config.provider.ssh {
+            let machines = ssh
+                .machines
+                .iter()
+                .map(|m| SshMachine {
+                    address: m.address,
+                    port: m.port,
+                    user: m.user.clone(),
+                    key_file: m.key_file.clone(),
+                    host_key: m.host_key.clone(),
+                })
+                .collect();
+            let pool = SshPoolProvider::new(SshPoolConfig::new(machines))
+                .context("failed to set up the SSH pool provider ([[provider.ssh.machine]])")?;
+            providers.push(Arc::new(pool));
+        }
+        Ok(Providers::from_providers(providers))
     }
 
     /// A set of ready-made providers, keyed by their own names.

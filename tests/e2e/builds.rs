@@ -5,7 +5,7 @@ use crate::helpers::*;
 
 /// `db` serves a file on its own address from a background process its setup leaves running;
 /// `web` receives the code and a rendered config naming `db`'s address, and fetches from `db`.
-const TWO_HOSTS: &str = r#"version: 1
+pub const TWO_HOSTS: &str = r#"version: 1
 hosts:
   db:
     setup:
@@ -58,7 +58,7 @@ stages:
       python3 -c 'import socket, os; s = socket.socket(); s.bind((os.environ["GANTRY_HOST_ADDR"], 8000)); print("bound", s.getsockname())'
 "#;
 
-fn two_host_repo() -> (TestRepo, String) {
+pub fn two_host_repo() -> (TestRepo, String) {
     let repo = TestRepo::new();
     let sha = repo.commit(
         "main",

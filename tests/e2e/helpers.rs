@@ -133,6 +133,8 @@ pub struct RepoConfig {
     pub url: PathBuf,
     pub poll_interval: Option<&'static str>,
     pub cancel_superseded: bool,
+    /// `local` when `None`.
+    pub provider: Option<&'static str>,
 }
 
 impl RepoConfig {
@@ -142,6 +144,7 @@ impl RepoConfig {
             url: repo.path().to_path_buf(),
             poll_interval: None,
             cancel_superseded: true,
+            provider: None,
         }
     }
 }
@@ -164,6 +167,9 @@ pub fn config_toml(data_dir: &Path, repos: &[RepoConfig], max_concurrent_builds:
         if let Some(interval) = repo.poll_interval {
             toml.push_str(&format!("poll_interval = \"{interval}\"\n"));
         }
+        if let Some(provider) = repo.provider {
+            toml.push_str(&format!("provider = \"{provider}\"\n"));
+        }
     }
     toml
 }
@@ -182,13 +188,14 @@ pub async fn spawn_app(repos: &[RepoConfig]) -> TestApp {
 }
 
 pub async fn spawn_app_with(repos: &[RepoConfig], max_concurrent_builds: usize) -> TestApp {
+    spawn_app_with_toml(repos, max_concurrent_builds, "").await
+}
+
+/// A server whose configuration has `extra` (more `[provider.*]` sections) after the repos.
+pub async fn spawn_app_with_toml(repos: &[RepoConfig], max_concurrent_builds: usize, extra: &str) -> TestApp {
     let data_dir = TempDir::new().unwrap();
-    let config = gantry::config::Config::from_toml_str(&config_toml(
-        data_dir.path(),
-        repos,
-        max_concurrent_builds,
-    ))
-    .expect("test configuration parses");
+    let toml = config_toml(data_dir.path(), repos, max_concurrent_builds) + extra;
+    let config = gantry::config::Config::from_toml_str(&toml).expect("test configuration parses");
     let app = gantry::Application::build(config).await.expect("server starts");
     let address = app.address();
     let shutdown = app.shutdown_handle();

@@ -9,4 +9,7 @@ mod crash;
 mod demo;
 mod helpers;
 mod poller;
+mod ssh;
+#[path = "../../runner/tests/support/sshd.rs"]
+mod sshd;
 mod webhooks;

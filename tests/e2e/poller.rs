@@ -46,6 +46,7 @@ async fn an_unreachable_repo_shows_its_fetch_error_and_the_server_keeps_serving(
         url: missing.path().join("no-such-repo"),
         poll_interval: Some("100ms"),
         cancel_superseded: true,
+        provider: None,
     };
     let app = spawn_app(&[config]).await;
 
