@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
+use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR};
 use crate::provider::HostId;
@@ -443,21 +443,6 @@ async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: Stream, lines: mps
             let _ = lines.send(line).await;
         }
     }
-}
-
-/// `path` as a relative path that stays inside the home: no root, no `..`.
-fn relative(path: &str) -> Result<PathBuf, TransportError> {
-    let mut rel = PathBuf::new();
-    for part in Path::new(path).components() {
-        match part {
-            Component::Normal(part) => rel.push(part),
-            Component::CurDir => {}
-            Component::RootDir | Component::ParentDir | Component::Prefix(_) => {
-                return Err(TransportError::PathEscapes(path.to_string()));
-            }
-        }
-    }
-    Ok(rel)
 }
 
 fn io(op: &str) -> impl FnOnce(std::io::Error) -> TransportError + '_ {

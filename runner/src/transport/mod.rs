@@ -9,6 +9,7 @@ pub mod local;
 pub mod ssh;
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -86,6 +87,22 @@ pub trait Transport: Send + Sync {
 
     /// Read a file if it exists, at most `max_bytes` of it.
     async fn read_file(&self, path: &str, max_bytes: usize) -> Result<Option<Vec<u8>>, TransportError>;
+}
+
+/// `path` as a relative path that stays inside a host's home: no root, no `..`. Every transport
+/// checks paths it is given through this one function.
+pub(crate) fn relative(path: &str) -> Result<PathBuf, TransportError> {
+    let mut rel = PathBuf::new();
+    for part in Path::new(path).components() {
+        match part {
+            Component::Normal(part) => rel.push(part),
+            Component::CurDir => {}
+            Component::RootDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(TransportError::PathEscapes(path.to_string()));
+            }
+        }
+    }
+    Ok(rel)
 }
 
 /// Cuts a byte stream into lines: splits on `\n`, drops a trailing `\r`, cuts lines longer than

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use super::{ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
+use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR, REAP_DEADLINE, REAP_GRACE};
 use crate::provider::HostId;
@@ -709,21 +709,6 @@ fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `path` as a relative path that stays inside the home: no root, no `..`.
-fn relative(path: &str) -> Result<std::path::PathBuf, TransportError> {
-    let mut rel = std::path::PathBuf::new();
-    for part in Path::new(path).components() {
-        match part {
-            Component::Normal(part) => rel.push(part),
-            Component::CurDir => {}
-            Component::RootDir | Component::ParentDir | Component::Prefix(_) => {
-                return Err(TransportError::PathEscapes(path.to_string()));
-            }
-        }
-    }
-    Ok(rel)
 }
 
 /// The remote path of `rel` inside `home`.
