@@ -30,7 +30,7 @@ use crate::source::Source;
 use crate::transport::{ExecOutcome, ExecRequest, OutputLine, Transport};
 
 /// How long tearing one host down may take before it is reported as failed.
-pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A step's log keeps at most this many lines; then one truncation notice.
 pub const MAX_LOG_LINES_PER_STEP: usize = 50_000;
@@ -56,6 +56,9 @@ const SYSTEM_PREFIX: &str = "[gantry]";
 /// What the build is, as steps see it in `GANTRY_*` variables and templates see it in `build.*`.
 #[derive(Debug, Clone)]
 pub struct BuildInfo {
+    /// The build's key on its server (`b42`), unique among the server's builds; its hosts'
+    /// ids start with it and providers group a build's hosts by it.
+    pub key: String,
     pub number: u64,
     pub commit: String,
     pub branch: String,
@@ -293,6 +296,7 @@ impl<'a> Run<'a> {
         };
         let request = HostRequest {
             id: id.clone(),
+            build: self.plan.info.key.clone(),
             role: host.role.clone(),
             image: host.image.clone(),
             size: host.size.clone(),
@@ -818,7 +822,13 @@ mod tests {
 
     #[test]
     fn host_variables_are_upper_cased_with_underscores() {
-        let info = BuildInfo { number: 7, commit: "c".repeat(40), branch: "main".into(), repo: "shop".into() };
+        let info = BuildInfo {
+            key: "b7".into(),
+            number: 7,
+            commit: "c".repeat(40),
+            branch: "main".into(),
+            repo: "shop".into(),
+        };
         let addresses = BTreeMap::from([
             ("db".to_string(), IpAddr::from([127, 0, 10, 1])),
             ("web-app".to_string(), IpAddr::from([127, 0, 10, 2])),

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gantry_runner::provider::ec2;
 use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -138,9 +139,7 @@ impl ProviderKind {
 pub struct ProvidersConfig {
     #[serde(default)]
     pub local: LocalProviderConfig,
-    /// Parsed so the file format is stable; this build cannot use it yet.
     pub ssh: Option<SshProviderConfig>,
-    /// Parsed so the file format is stable; this build cannot use it yet.
     pub ec2: Option<Ec2ProviderConfig>,
 }
 
@@ -197,6 +196,32 @@ pub struct Ec2ProviderConfig {
     pub images: BTreeMap<String, String>,
     #[serde(default)]
     pub sizes: BTreeMap<String, String>,
+    /// How long one host may take from the first API call to an answering SSH server.
+    #[serde(default = "default_ec2_provision_timeout", with = "humantime_serde")]
+    pub provision_timeout: Duration,
+}
+
+impl Ec2ProviderConfig {
+    /// The runner's provider configuration, with its defaults for what the file does not set.
+    pub fn to_runner(&self) -> ec2::Ec2Config {
+        let mut config = ec2::Ec2Config::new(&self.region, &self.server_id, &self.ssh_user);
+        config.endpoint_url = self.endpoint_url.clone();
+        config.subnet_id = self.subnet_id.clone();
+        config.connect = match self.connect {
+            Ec2Connect::Private => ec2::Connect::Private,
+            Ec2Connect::Public => ec2::Connect::Public,
+        };
+        config.ssh_port = self.ssh_port;
+        config.allow_ssh_from = self.allow_ssh_from;
+        config.images = self.images.clone();
+        config.sizes = self.sizes.clone();
+        config.provision_timeout = self.provision_timeout;
+        config
+    }
+}
+
+fn default_ec2_provision_timeout() -> Duration {
+    ec2::DEFAULT_PROVISION_TIMEOUT
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -312,10 +337,11 @@ impl Config {
                         ));
                     }
                 }
-                ProviderKind::Ec2 => problems.push(format!(
-                    "repo {:?}: provider \"ec2\" is not available in this build yet; use \"local\" or \"ssh\"",
-                    repo.name
-                )),
+                ProviderKind::Ec2 => {
+                    if self.provider.ec2.is_none() {
+                        problems.push(format!("repo {:?}: provider \"ec2\" needs a [provider.ec2] section", repo.name));
+                    }
+                }
             }
         }
         // The local provider checks its address range itself when it is created.
@@ -492,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn ssh_needs_machines_and_ec2_is_refused_at_start() {
+    fn ssh_needs_machines_and_ec2_needs_its_section() {
         let config = Config::from_toml_str(
             r#"
             [[repo]]
@@ -516,11 +542,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.provider.ssh.as_ref().unwrap().machines[0].port, 22);
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("not available in this build yet"), "{err}");
+        config.validate().unwrap();
+        let ec2 = config.provider.ec2.as_ref().unwrap().to_runner();
+        assert_eq!((ec2.ssh_port, ec2.connect, ec2.allow_ssh_from), (22, ec2::Connect::Private, None));
+        assert_eq!(ec2.provision_timeout, ec2::DEFAULT_PROVISION_TIMEOUT);
+        assert_eq!(ec2.images["debian-12"], "ami-1");
 
-        let machineless = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"s\"\nprovider = \"ssh\"\n")
-            .unwrap();
+        let sectionless =
+            Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"s\"\nprovider = \"ec2\"\n")
+                .unwrap();
+        let err = sectionless.validate().unwrap_err().to_string();
+        assert!(err.contains("needs a [provider.ec2] section"), "{err}");
+
+        let machineless =
+            Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"s\"\nprovider = \"ssh\"\n")
+                .unwrap();
         let err = machineless.validate().unwrap_err().to_string();
         assert!(err.contains("needs at least one [[provider.ssh.machine]]"), "{err}");
     }

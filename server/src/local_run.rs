@@ -72,11 +72,8 @@ pub async fn run_local(dir: &Path, data_dir: &Path) -> anyhow::Result<i32> {
         Arc::new(LocalProvider::new(provider_config(data_dir)).context("failed to set up the local provider")?);
     let info = build_info(&root);
     println!("gantry run: {} at {} ({})", info.repo, &info.commit[..12], info.branch);
-    let host_ids: BTreeMap<String, HostId> = pipeline
-        .hosts
-        .iter()
-        .map(|h| (h.role.clone(), HostId(format!("run-{}-{}", std::process::id(), h.role))))
-        .collect();
+    let host_ids: BTreeMap<String, HostId> =
+        pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("{}-{}", info.key, h.role)))).collect();
     let plan = BuildPlan { info, pipeline: Arc::new(pipeline), source, host_ids };
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
@@ -130,7 +127,7 @@ fn build_info(root: &Path) -> BuildInfo {
         },
         Err(_) => (NO_COMMIT.to_string(), NO_BRANCH.to_string()),
     };
-    BuildInfo { number: 1, commit, branch, repo: repo_name }
+    BuildInfo { key: format!("run-{}", std::process::id()), number: 1, commit, branch, repo: repo_name }
 }
 
 /// One row of the summary.

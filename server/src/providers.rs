@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use gantry_runner::provider::ec2::Ec2Provider;
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
 use gantry_runner::provider::ssh_pool::{SshMachine, SshPoolConfig, SshPoolProvider};
 use gantry_runner::provider::Provider;
@@ -46,6 +47,12 @@ impl Providers {
                 .context("failed to set up the SSH pool provider ([[provider.ssh.machine]])")?;
             providers.push(Arc::new(pool));
         }
+        if let Some(ec2) = &config.provider.ec2 {
+            let ec2 = Ec2Provider::from_env(ec2.to_runner())
+                .await
+                .context("failed to set up the EC2 provider ([provider.ec2])")?;
+            providers.push(Arc::new(ec2));
+        }
         Ok(Providers::from_providers(providers))
     }
 
@@ -57,6 +64,11 @@ impl Providers {
     /// The provider of `kind`, if this server runs it.
     pub fn get(&self, kind: ProviderKind) -> Option<&Arc<dyn Provider>> {
         self.by_name(kind.as_str())
+    }
+
+    /// Every provider, for the reaper.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.by_name.values()
     }
 
     /// The provider recorded by `name` in a host row.

@@ -9,9 +9,11 @@
 //! Concurrency: a provider is shared by every build of a server and must be safe to call
 //! concurrently; it never hands one address or machine to two live hosts.
 
+pub mod ec2;
 pub mod local;
 pub mod ssh_pool;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,8 @@ impl std::fmt::Display for HostId {
 #[derive(Debug, Clone)]
 pub struct HostRequest {
     pub id: HostId,
+    /// The build's key (`b42`), shared by all its hosts: providers group and tag by it.
+    pub build: String,
     pub role: String,
     pub image: Option<String>,
     pub size: Option<String>,
@@ -59,6 +63,43 @@ pub enum ProviderError {
     Teardown { host: HostId, message: String },
     #[error("provider configuration: {0}")]
     Config(String),
+    #[error("reaping failed: {0}")]
+    Reap(String),
+}
+
+/// The hosts and builds a server has recorded and not yet torn down.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSet {
+    pub hosts: HashSet<HostId>,
+    pub builds: HashSet<String>,
+}
+
+/// Where [`Provider::reap`] learns what is live, at the moment it asks.
+#[async_trait]
+pub trait LiveHosts: Send + Sync {
+    /// Every host recorded and not torn down, read now: a host recorded before this call is in it.
+    async fn live(&self) -> Result<LiveSet, String>;
+}
+
+#[async_trait]
+impl LiveHosts for LiveSet {
+    async fn live(&self) -> Result<LiveSet, String> {
+        Ok(self.clone())
+    }
+}
+
+/// What one [`Provider::reap`] destroyed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub instances: usize,
+    pub key_pairs: usize,
+    pub security_groups: usize,
+}
+
+impl ReapReport {
+    pub fn is_empty(&self) -> bool {
+        *self == ReapReport::default()
+    }
 }
 
 #[async_trait]
@@ -72,4 +113,12 @@ pub trait Provider: Send + Sync {
     /// Destroy everything created for `id` (processes, files, machines, addresses). Idempotent:
     /// tearing down a host that never finished provisioning, or is already gone, succeeds.
     async fn teardown(&self, id: &HostId, provider_id: Option<&str>) -> Result<(), ProviderError>;
+
+    /// Destroy what this provider made for hosts that are no longer live (a crashed server, a
+    /// failed teardown), found by the provider's own marks. Providers whose hosts cannot outlive
+    /// their `teardown` keep this default, which finds nothing.
+    async fn reap(&self, live: &dyn LiveHosts) -> Result<ReapReport, ProviderError> {
+        let _ = live;
+        Ok(ReapReport::default())
+    }
 }

@@ -163,7 +163,13 @@ pub fn host_ids(pipeline: &Pipeline) -> BTreeMap<String, HostId> {
 }
 
 pub fn info() -> BuildInfo {
-    BuildInfo { number: 42, commit: "a".repeat(40), branch: "main".to_string(), repo: "shop".to_string() }
+    BuildInfo {
+        key: "b42".to_string(),
+        number: 42,
+        commit: "a".repeat(40),
+        branch: "main".to_string(),
+        repo: "shop".to_string(),
+    }
 }
 
 pub fn plan(pipeline: Pipeline, source: Arc<dyn Source>) -> BuildPlan {

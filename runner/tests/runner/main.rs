@@ -1,8 +1,15 @@
 //! The runner's integration tests: real git repositories, real directories, real processes and
 //! real loopback sockets. One test binary (it links once); each module covers one seam.
 
+mod ec2;
+#[path = "../support/ec2_cloud.rs"]
+mod ec2_cloud;
 mod executor;
+#[path = "../support/fault_proxy.rs"]
+mod fault_proxy;
 mod helpers;
+#[path = "../support/moto.rs"]
+mod moto;
 mod process;
 mod provider;
 mod source;

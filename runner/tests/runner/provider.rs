@@ -17,7 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::*;
 
 fn request(id: &HostId) -> HostRequest {
-    HostRequest { id: id.clone(), role: "web".into(), image: None, size: None, build_timeout: Duration::from_secs(60) }
+    HostRequest {
+        id: id.clone(),
+        build: "b1".into(),
+        role: "web".into(),
+        image: None,
+        size: None,
+        build_timeout: Duration::from_secs(60),
+    }
 }
 
 fn new_id(name: &str) -> HostId {

@@ -334,7 +334,14 @@ fn pool(machines: Vec<SshMachine>, work_root: &Path, lease_timeout: Duration) ->
 }
 
 fn host_request(id: &HostId) -> HostRequest {
-    HostRequest { id: id.clone(), role: "app".into(), image: None, size: None, build_timeout: Duration::from_secs(600) }
+    HostRequest {
+        id: id.clone(),
+        build: "b1".into(),
+        role: "app".into(),
+        image: None,
+        size: None,
+        build_timeout: Duration::from_secs(600),
+    }
 }
 
 #[tokio::test]

@@ -56,17 +56,38 @@ impl Sshd {
 
     /// Start a server on `address`.
     pub fn start_on(address: Ipv4Addr) -> Sshd {
-        assert!(Path::new(SSHD).exists(), "{SSHD} is missing: install Debian's openssh-server");
-        std::fs::create_dir_all(PRIVSEP_DIR).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let host_key = dir.path().join("host_ed25519");
         let client_key = dir.path().join("client_ed25519");
         keygen(&host_key);
         keygen(&client_key);
-        let host_key_public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap().trim().to_string();
         std::fs::copy(client_key.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
-        let user = current_user();
         let port = free_port(address);
+        Sshd::launch(dir, address, port, client_key)
+    }
+
+    /// Start a server on `address:port` with a host key and an authorized client key chosen by
+    /// someone else (the way cloud-init sets up a VM from user-data). `client_key` is then
+    /// unknown: it names a file that does not exist.
+    pub fn start_with(address: Ipv4Addr, port: u16, host_key_private: &str, authorized_key: &str) -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host_ed25519");
+        std::fs::write(&host_key, host_key_private).unwrap();
+        std::fs::set_permissions(&host_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let public = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&host_key).output().unwrap();
+        assert!(public.status.success(), "not a private key: {}", String::from_utf8_lossy(&public.stderr));
+        std::fs::write(host_key.with_extension("pub"), &public.stdout).unwrap();
+        std::fs::write(dir.path().join("authorized_keys"), format!("{}\n", authorized_key.trim())).unwrap();
+        let client_key = dir.path().join("client_key_unknown");
+        Sshd::launch(dir, address, port, client_key)
+    }
+
+    fn launch(dir: tempfile::TempDir, address: Ipv4Addr, port: u16, client_key: PathBuf) -> Sshd {
+        assert!(Path::new(SSHD).exists(), "{SSHD} is missing: install Debian's openssh-server");
+        std::fs::create_dir_all(PRIVSEP_DIR).unwrap();
+        let host_key = dir.path().join("host_ed25519");
+        let host_key_public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap().trim().to_string();
+        let user = current_user();
         let config = dir.path().join("sshd_config");
         let mut file = std::fs::File::create(&config).unwrap();
         write!(
@@ -187,7 +208,7 @@ fn keygen(path: &Path) {
 }
 
 /// A port nobody listens on at `address` right now.
-fn free_port(address: Ipv4Addr) -> u16 {
+pub fn free_port(address: Ipv4Addr) -> u16 {
     TcpListener::bind((address, 0)).unwrap().local_addr().unwrap().port()
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use gantry_runner::pipeline::{self, Diagnostics, Pipeline, PIPELINE_FILE};
-use gantry_runner::provider::HostId;
+use gantry_runner::provider::{HostId, LiveHosts, LiveSet};
 use gantry_runner::source::Source;
 use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
 use git2::Oid;
@@ -49,6 +49,9 @@ pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
 
 /// Why a running build was cancelled, recorded as its error.
+/// How often providers sweep for resources no live build owns (besides the sweep at start).
+pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
+
 const SUPERSEDED: &str = "superseded by a newer build of the same branch";
 const CANCELLED_BY_USER: &str = "cancelled through the API";
 const SERVER_STOPPED: &str = "the server shut down while this build ran";
@@ -215,10 +218,42 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Start the claim loop.
+    /// Start the claim loop and the reaper.
     pub fn start(&self) {
         let this = self.clone();
         self.inner.tasks.spawn(async move { this.claim_loop().await });
+        let this = self.clone();
+        self.inner.tasks.spawn(async move { this.reap_loop().await });
+    }
+
+    /// Every provider sweeps for what no live host owns: at once, then every [`REAP_INTERVAL`].
+    /// A sweep stopped by shutdown is simply redone at the next start.
+    async fn reap_loop(self) {
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = self.reap() => {}
+                () = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REAP_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sweep of every provider (see [`gantry_runner::provider::Provider::reap`]).
+    pub async fn reap(&self) {
+        let live = StoreLiveHosts(self.inner.store.clone());
+        for provider in self.inner.providers.all() {
+            match provider.reap(&live).await {
+                Ok(report) if report.is_empty() => {}
+                Ok(report) => {
+                    tracing::warn!(provider = provider.name(), ?report, "reaped resources no live build owns")
+                }
+                Err(error) => tracing::error!(provider = provider.name(), %error, "reaping failed"),
+            }
+        }
     }
 
     /// Queue a build. With a `delivery` id, a repeated delivery queues nothing. When the repo's
@@ -449,13 +484,19 @@ impl Scheduler {
         }
 
         // Every host is recorded before the provider hears of it, so a crash cannot lose one.
-        let host_ids: BTreeMap<String, HostId> =
-            pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("b{}-{}", build.id, h.role)))).collect();
-        self.record_hosts(build.id, &host_ids, provider.name()).await.map_err(|e| format!("could not record the build's hosts: {e}"))?;
+        let host_ids: BTreeMap<String, HostId> = pipeline
+            .hosts
+            .iter()
+            .map(|h| (h.role.clone(), HostId(format!("{}-{}", build_key(build.id), h.role))))
+            .collect();
+        self.record_hosts(build.id, &host_ids, provider.name())
+            .await
+            .map_err(|e| format!("could not record the build's hosts: {e}"))?;
 
         let source: Arc<dyn Source> = Arc::new(inner.mirrors.source(&repo.name, commit));
         let plan = BuildPlan {
             info: BuildInfo {
+                key: build_key(build.id),
                 number: u64::try_from(build.number).unwrap_or_default(),
                 commit: commit.to_string(),
                 branch: build.branch.clone(),
@@ -489,6 +530,25 @@ impl Scheduler {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The hosts the store knows as not torn down, for the providers' reapers.
+struct StoreLiveHosts(Store);
+
+#[async_trait::async_trait]
+impl LiveHosts for StoreLiveHosts {
+    async fn live(&self) -> Result<LiveSet, String> {
+        let hosts = self.0.hosts_not_torn_down().await.map_err(|e| e.to_string())?;
+        Ok(LiveSet {
+            builds: hosts.iter().map(|h| build_key(h.build_id)).collect(),
+            hosts: hosts.into_iter().map(|h| HostId(h.host_id)).collect(),
+        })
+    }
+}
+
+/// A build's key on this server: the prefix of its hosts' ids, and what providers tag with.
+pub fn build_key(build: BuildId) -> String {
+    format!("b{build}")
 }
 
 /// Read and validate `.gantry.yml` at `commit` (already in the mirror).
