@@ -1,58 +1,11 @@
 //! A server killed with SIGKILL in the middle of a build: after a restart the build is
 //! `interrupted` and every process its hosts started is gone.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
 
 use crate::helpers::*;
-
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl ServerProcess {
-    /// Start the real `gantry` binary and wait until it answers.
-    async fn start(config: &std::path::Path, listen: &str) -> ServerProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["serve", "--config", config.to_str().unwrap(), "--listen", listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = ServerProcess { child, base: format!("http://{listen}") };
-        let start = Instant::now();
-        while reqwest::get(format!("{}/api/repos", server.base)).await.is_err() {
-            assert!(start.elapsed() < EVENT_DEADLINE, "gantry serve never answered");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        server
-    }
-
-    async fn build(&self, id: i64) -> Value {
-        reqwest::get(format!("{}/api/builds/{id}", self.base)).await.unwrap().json().await.unwrap()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_loopback_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
 #[tokio::test]
 async fn a_build_interrupted_by_a_crash_is_marked_and_its_host_processes_killed() {
@@ -82,7 +35,9 @@ async fn a_build_interrupted_by_a_crash_is_marked_and_its_host_processes_killed(
     let start = Instant::now();
     loop {
         let build = server.build(id).await;
-        let hanging = build["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "hang" && s["status"] == "running"));
+        let hanging = build["stages"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "hang" && s["status"] == "running"));
         if hanging {
             break;
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,8 @@ pub struct TestRepo {
 impl TestRepo {
     pub fn new() -> TestRepo {
         let dir = TempDir::new().unwrap();
-        let repo = git2::Repository::init_opts(
-            dir.path(),
-            git2::RepositoryInitOptions::new().initial_head("main"),
-        )
-        .unwrap();
+        let repo =
+            git2::Repository::init_opts(dir.path(), git2::RepositoryInitOptions::new().initial_head("main")).unwrap();
         TestRepo { dir, repo }
     }
 
@@ -200,13 +198,7 @@ pub async fn spawn_app_with_toml(repos: &[RepoConfig], max_concurrent_builds: us
     let address = app.address();
     let shutdown = app.shutdown_handle();
     let task = tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        data_dir,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    }
+    TestApp { address, client: reqwest::Client::new(), data_dir, shutdown: Some(shutdown), task: Some(task) }
 }
 
 impl TestApp {
@@ -243,11 +235,7 @@ impl TestApp {
     }
 
     pub async fn builds(&self, repo: &str) -> Vec<Value> {
-        self.get_json(&format!("/api/repos/{repo}/builds?limit=100"))
-            .await
-            .as_array()
-            .unwrap()
-            .clone()
+        self.get_json(&format!("/api/repos/{repo}/builds?limit=100")).await.as_array().unwrap().clone()
     }
 
     /// Poll the API until `check` accepts the build, or fail after `deadline`.
@@ -286,11 +274,8 @@ impl TestApp {
 
     /// Deliver a webhook with the given headers and body.
     pub async fn deliver(&self, repo: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/hooks/{repo}")))
-            .header("content-type", "application/json")
-            .body(body);
+        let mut request =
+            self.client.post(self.url(&format!("/hooks/{repo}"))).header("content-type", "application/json").body(body);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -429,4 +414,58 @@ pub fn shows_escaped(html: &str, text: &str) -> bool {
     let named = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let numeric = text.replace('&', "&#38;").replace('<', "&#60;").replace('>', "&#62;");
     html.contains(&named) || html.contains(&numeric)
+}
+
+/// The real `gantry` binary in a process of its own, for tests that kill it or give it an
+/// environment of its own.
+pub struct ServerProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Start the real `gantry` binary and wait until it answers.
+    pub async fn start(config: &Path, listen: &str) -> ServerProcess {
+        ServerProcess::start_with_env(config, listen, &[]).await
+    }
+
+    /// Start it with extra environment variables.
+    pub async fn start_with_env(config: &Path, listen: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["serve", "--config", config.to_str().unwrap(), "--listen", listen])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = ServerProcess { child, base: format!("http://{listen}") };
+        let start = Instant::now();
+        while reqwest::get(format!("{}/api/repos", server.base)).await.is_err() {
+            assert!(start.elapsed() < EVENT_DEADLINE, "gantry serve never answered");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        server
+    }
+
+    pub async fn build(&self, id: i64) -> Value {
+        reqwest::get(format!("{}/api/builds/{id}", self.base)).await.unwrap().json().await.unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_loopback_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }

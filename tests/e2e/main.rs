@@ -1,13 +1,21 @@
 //! Gantry end to end: the real server on an ephemeral port with a fresh data directory, real git
 //! repositories, signed webhooks as the forges send them, real host processes (PostgreSQL
-//! included) on the local provider. One test binary for the whole suite, so it links once.
+//! included) on the local provider, real OpenSSH servers for the SSH pool, moto's EC2 API on
+//! loopback for the EC2 provider. One test binary for the whole suite, so it links once.
 
 mod api;
 mod browser;
 mod builds;
 mod crash;
 mod demo;
+mod ec2;
+#[path = "../../runner/tests/support/ec2_cloud.rs"]
+mod ec2_cloud;
+#[path = "../../runner/tests/support/fault_proxy.rs"]
+mod fault_proxy;
 mod helpers;
+#[path = "../../runner/tests/support/moto.rs"]
+mod moto;
 mod poller;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
