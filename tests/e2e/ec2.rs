@@ -27,13 +27,23 @@ const AWS_ENV: &[(&str, &str)] = &[
 ];
 
 fn write_config(dir: &Path, cloud: &Cloud, repo: &TestRepo, provision_timeout: &str) -> std::path::PathBuf {
+    write_config_with_ami(dir, cloud, repo, provision_timeout, MOTO_AMI)
+}
+
+fn write_config_with_ami(
+    dir: &Path,
+    cloud: &Cloud,
+    repo: &TestRepo,
+    provision_timeout: &str,
+    ami: &str,
+) -> std::path::PathBuf {
     let mut repo_config = RepoConfig::new("shop", repo);
     repo_config.provider = Some("ec2");
     let mut toml = config_toml(dir, &[repo_config], 2);
     toml.push_str(&format!(
         "\n[provider.ec2]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\nsubnet_id = \"{}\"\nssh_user = \"{}\"\n\
          ssh_port = {}\nserver_id = \"{SERVER_ID}\"\nprovision_timeout = \"{provision_timeout}\"\n\
-         images = {{ default = \"{MOTO_AMI}\" }}\n",
+         images = {{ default = \"{ami}\" }}\n",
         cloud.proxy.endpoint,
         cloud.subnet_id,
         current_user(),
@@ -151,4 +161,25 @@ async fn a_server_killed_between_launch_and_teardown_reaps_its_instances_after_r
         tokio::time::sleep(POLL_EVERY).await;
     }
     assert_eq!(running_of(&cloud, "another-server").await, [foreign], "another server's VM is not ours to reap");
+}
+
+#[tokio::test]
+async fn an_error_from_aws_ends_the_build_as_errored_with_aws_words_on_its_page() {
+    let cloud = Cloud::start().await;
+    let (repo, _sha) = two_host_repo();
+    let data = tempfile::TempDir::new().unwrap();
+    let config = write_config_with_ami(data.path(), &cloud, &repo, "2m", "ami-00000000deadbeef0");
+    let server = ServerProcess::start_with_env(&config, &free_loopback_port(), AWS_ENV).await;
+
+    let id = trigger(&server).await;
+    let build = wait_final(&server, id).await;
+    assert_eq!(build["status"], "errored", "{build:#}");
+    let error = build["error"].as_str().unwrap_or_default();
+    assert!(error.contains("RunInstances: InvalidAMIID.NotFound"), "{build:#}");
+    let page = reqwest::get(format!("{}/builds/{id}", server.base)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("InvalidAMIID.NotFound"), "the page does not show AWS's error");
+
+    assert!(cloud.live_instances().await.is_empty());
+    assert!(cloud.groups().await.is_empty(), "{:?}", cloud.groups().await);
+    assert!(cloud.key_names().await.is_empty(), "{:?}", cloud.key_names().await);
 }
