@@ -170,9 +170,9 @@ async fn a_host_is_launched_tagged_closed_and_verified_then_torn_down_to_nothing
 async fn the_hosts_of_a_build_launch_concurrently_and_share_one_group() {
     let cloud = Cloud::start().await;
     let provider = new_provider(&cloud, config(&cloud));
-    // Every launch is held for a second: launched one after the other, the second would
+    // Every launch is held for two seconds: launched one after the other, the second would
     // arrive only after the first was answered.
-    let hold = Duration::from_secs(1);
+    let hold = Duration::from_secs(2);
     cloud.proxy.delay("RunInstances", hold);
     let (web, db) = (request("b2", "web"), request("b2", "db"));
     let (hosts, _servers) = tokio::join!(
