@@ -1,4 +1,4 @@
-//! The JSON API and the pages it mirrors.
+//! The JSON API and the pages it mirrors, JUnit report summaries included.
 
 use crate::helpers::*;
 
@@ -65,5 +65,69 @@ async fn a_manual_build_shows_up_in_the_api_and_on_the_pages() {
         .await
         .unwrap();
     assert!(unknown_branch.status().is_client_error(), "{}", unknown_branch.status());
+    app.stop().await;
+}
+
+/// A stage writes a JUnit file with a heredoc and names it in `reports:`; a second, unreadable
+/// report sits beside it.
+const JUNIT_PIPELINE: &str = r#"version: 1
+hosts:
+  app: {}
+stages:
+  - name: unit
+    host: app
+    run: |
+      mkdir -p reports
+      cat > reports/unit.xml <<'XML'
+      <?xml version="1.0" encoding="utf-8"?>
+      <testsuites><testsuite name="pytest" tests="2" failures="1">
+      <testcase classname="tests.test_cart" name="test_empty" time="0.001"/>
+      <testcase classname="tests.test_cart" name="test_total" time="0.002"><failure message="assert 41 == 42">E   assert total() == 42 &lt;script&gt;</failure></testcase>
+      </testsuite></testsuites>
+      XML
+      printf '<testsuite><testcase' > reports/broken.xml
+      echo tests ran
+    reports: [reports/unit.xml, reports/broken.xml]
+"#;
+
+#[tokio::test]
+async fn junit_reports_are_summarised_in_the_api_and_on_the_build_page() {
+    let repo = TestRepo::new();
+    repo.commit("main", &[(".gantry.yml", JUNIT_PIPELINE)]);
+    let app = spawn_app(&[RepoConfig::new("shop", &repo)]).await;
+
+    let id = app.trigger("shop", "main").await;
+    let build = app.wait_for_build(id).await;
+    assert_eq!(build["status"], "passed", "{build}");
+
+    let reports = app.get_json(&format!("/api/builds/{id}/reports")).await;
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let broken = reports.iter().find(|r| r["path"] == "reports/broken.xml").unwrap();
+    assert!(broken["error"].as_str().unwrap().starts_with("not valid JUnit XML: "), "{broken}");
+    let unit = reports.iter().find(|r| r["path"] == "reports/unit.xml").unwrap();
+    assert_eq!(unit["stage"], "unit");
+    assert_eq!(unit["error"], serde_json::Value::Null);
+    assert_eq!(
+        (&unit["tests"], &unit["failures"], &unit["errors"], &unit["skipped"]),
+        (&2.into(), &1.into(), &0.into(), &0.into())
+    );
+    let failing = unit["failing"].as_array().unwrap();
+    assert_eq!(failing.len(), 1);
+    assert_eq!(failing[0]["classname"], "tests.test_cart");
+    assert_eq!(failing[0]["name"], "test_total");
+    assert_eq!(failing[0]["message"], "assert 41 == 42");
+    assert_eq!(failing[0]["text"], "E   assert total() == 42 <script>");
+
+    let (status, html) = app.get_text(&format!("/builds/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<h2>Test reports</h2>"));
+    assert!(html.contains("test_total"), "the failing test is named");
+    assert!(html.contains("reports/unit.xml"));
+    assert!(!html.contains("<script>"), "the failure text stays text");
+    assert!(shows_escaped(&html, "E   assert total() == 42 <script>"));
+
+    assert_eq!(app.get_text("/api/builds/999999/reports").await.0, 404);
+    assert_eq!(app.get_text("/api/builds/nope/reports").await.0, 404);
     app.stop().await;
 }

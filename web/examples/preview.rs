@@ -7,12 +7,28 @@ use std::path::PathBuf;
 
 use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
 use gantry_web::{
-    BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage, RepoSummary,
-    StepSummary, StepView, CSS, CSS_PATH,
+    parse_junit, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage,
+    RepoSummary, ReportView, StepSummary, StepView, CSS, CSS_PATH,
 };
 
 const NOW: i64 = 1_714_643_000_000;
 const MINUTE: i64 = 60_000;
+
+/// A pytest JUnit report with one failure, one error and a skip.
+const UNIT_REPORT: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="5">
+<testcase classname="tests.test_cart" name="test_total" time="0.002"/>
+<testcase classname="tests.test_cart" name="test_total_with_discount" time="0.004"><failure message="AssertionError: assert 90 == 81">def test_total_with_discount():
+        cart = Cart(items=[Item(price=100)], discount="10%")
+&gt;       assert cart.total() == 81
+E       assert 90 == 81
+E        +  where 90 = Cart(items=[Item(price=100)], discount="10%").total()
+
+tests/test_cart.py:31: AssertionError</failure></testcase>
+<testcase classname="tests.test_orders" name="test_refund" time="0.001"><error message="failed on setup with &quot;ConnectionRefusedError&quot;">ConnectionRefusedError: [Errno 111] Connection refused</error></testcase>
+<testcase classname="tests.test_orders" name="test_export" time="0.000"><skipped message="needs S3"/></testcase>
+<testcase classname="tests.test_orders" name="test_list" time="0.003"/>
+</testsuite></testsuites>"#;
 
 fn sha(seed: u32) -> String {
     // A stable, sha-looking hex string per seed.
@@ -255,9 +271,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         ],
         steps,
+        reports: vec![ReportView {
+            stage: "unit".to_string(),
+            path: "reports/unit.xml".to_string(),
+            summary: parse_junit(UNIT_REPORT.as_bytes()),
+        }],
         now_ms: NOW,
     };
     let mut errored = build_page.clone();
+    errored.reports.clear();
     errored.build = build(15, BuildStatus::Errored, "main", 0, 80);
     errored.hosts.clear();
     errored.steps.clear();

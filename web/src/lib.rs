@@ -13,13 +13,15 @@
 //!   for `/repos/{name}`; build it with [`RepoPage::new`] from the builds (newest first), each
 //!   with its [`StepSummary`]s in plan order, and the stage grid is computed.
 //! - [`BuildPage`] `{ build: BuildSummary, commit_message, error, hosts: Vec<HostView>,
-//!   steps: Vec<StepView>, now_ms }` for `/builds/{id}`.
+//!   steps: Vec<StepView>, reports: Vec<ReportView>, now_ms }` for `/builds/{id}`.
 //! - [`ErrorPage`] `{ status, title, message }` for anything that went wrong.
 //!
 //! Parts: [`BuildSummary`] (id, repo, number, status, [`GitRef`], full commit, trigger, times),
 //! [`RepoSummary`], [`StepSummary`] (index, kind, name, host, status, exit code, times),
 //! [`StepView`] (a step, the last lines of its log as [`LogLineView`]s, and how many earlier
-//! lines were left out), [`HostView`], [`StageGrid`] / [`GridColumn`] / [`GridRow`].
+//! lines were left out), [`HostView`], [`ReportView`] (a stage's JUnit report as a
+//! [`JunitSummary`] with its [`FailingCase`]s, which [`parse_junit`] makes from the report's
+//! bytes and never fails), [`StageGrid`] / [`GridColumn`] / [`GridRow`].
 //!
 //! Times are unix milliseconds; each page carries the `now_ms` it is rendered at, for ages and
 //! the durations of running builds. Formatting helpers: [`format_duration_ms`] (`1.2s`,
@@ -30,15 +32,17 @@
 
 mod format;
 mod grid;
+mod junit;
 mod pages;
 mod view;
 
 pub use format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha, SHORT_SHA_LEN};
 pub use grid::{GridColumn, GridRow, StageGrid};
+pub use junit::{parse_junit, FailingCase, FailureKind, JunitSummary, MAX_FAILING_CASES, MAX_FAILURE_TEXT_BYTES};
 pub use pages::{Page, RenderError, REFRESH_SECONDS};
 pub use view::{
     step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, RepoListPage, RepoPage,
-    RepoSummary, StepSummary, StepView,
+    RepoSummary, ReportView, StepSummary, StepView,
 };
 
 /// The dashboard's stylesheet, served at [`CSS_PATH`].

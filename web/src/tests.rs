@@ -234,9 +234,29 @@ fn build_page() -> BuildPage {
             error: None,
         }],
         steps,
+        reports: vec![
+            ReportView {
+                stage: "unit".to_string(),
+                path: format!("reports/{HOSTILE}.xml"),
+                summary: parse_junit(UNIT_REPORT.as_bytes()),
+            },
+            ReportView {
+                stage: "lint".to_string(),
+                path: "reports/lint.xml".to_string(),
+                summary: parse_junit(b"<testsuite><testcase"),
+            },
+        ],
         now_ms: NOW,
     }
 }
+
+/// A JUnit report whose failure message and text carry markup.
+const UNIT_REPORT: &str = r#"<testsuites><testsuite name="unit">
+<testcase classname="tests.test_cart" name="test_empty"/>
+<testcase classname="tests.test_cart" name="test_render"><failure message="&lt;script&gt;alert(1)&lt;/script&gt; in the message">assert render() == ""
+E   AssertionError: got &lt;script&gt;alert(1)&lt;/script&gt;</failure></testcase>
+<testcase classname="tests.test_cart" name="test_later"><skipped/></testcase>
+</testsuite></testsuites>"#;
 
 #[test]
 fn build_page_shows_the_build_its_hosts_and_its_steps() {
@@ -281,6 +301,54 @@ fn build_page_logs_keep_streams_apart_and_show_notices() {
     let log = &html[html.find("<pre class=\"log\">").unwrap()..];
     let log = &log[..log.find("</pre>").unwrap()];
     assert_eq!(log.matches('\n').count(), 5, "{log}");
+}
+
+#[test]
+fn build_page_shows_test_reports_and_their_failing_cases_escaped() {
+    let html = build_page().render().unwrap();
+    let section = &html[html.find("<h2>Test reports</h2>").expect("the section is there")..];
+    let section = &section[..section.find("<h2>Steps</h2>").expect("before the steps")];
+    assert!(!section.contains("<script>"), "markup in a report stays text: {section}");
+    assert_escaped(section, "test reports");
+    assert!(section.contains("reports/&#60;script&#62;alert(1)&#60;/script&#62;.xml"), "the path is escaped");
+    // Counts: 3 tests, 1 passed, 1 failure, 0 errors, 1 skipped.
+    assert!(
+        section.contains("<td>3</td>\n      <td>1</td>\n      <td>1</td>\n      <td>0</td>\n      <td>1</td>"),
+        "{section}"
+    );
+    assert!(section.contains(r#"<span class="badge status-failed">failed</span>"#));
+    // The failing case: its class, name, message, and text in a <pre> inside a <details>.
+    let case = &section[section.find(r#"<details class="step test-case status-failed">"#).unwrap()..];
+    let case = &case[..case.find("</details>").unwrap()];
+    assert!(case.contains("tests.test_cart") && case.contains("test_render"));
+    assert!(case.contains("&#60;script&#62;alert(1)&#60;/script&#62; in the message"), "{case}");
+    assert!(
+        case.contains(
+            "<pre class=\"log test-text\">assert render() == &#34;&#34;\nE   AssertionError: got &#60;script&#62;"
+        ),
+        "{case}"
+    );
+    assert!(!section.contains("test_empty") && !section.contains("test_later"), "only failing cases are listed");
+    // An unreadable report says why, without failing the page.
+    assert!(section.contains(r#"<span class="badge status-errored">unreadable</span> <code>reports/lint.xml</code>"#));
+    assert!(section.contains("not valid JUnit XML: "));
+    assert!(html.contains(r#"href="/api/builds/52/reports""#), "links to the reports' JSON");
+}
+
+#[test]
+fn build_page_without_reports_has_no_report_section() {
+    let mut page = build_page();
+    page.reports.clear();
+    let html = page.render().unwrap();
+    assert!(!html.contains("Test reports"));
+}
+
+#[test]
+fn build_page_says_how_many_failing_cases_it_left_out() {
+    let mut page = build_page();
+    page.reports[0].summary.omitted_failing = 7;
+    let html = page.render().unwrap();
+    assert!(html.contains("… and 7 more failing tests not shown here."));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
 
 use crate::format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha};
 use crate::grid::StageGrid;
+use crate::junit::JunitSummary;
 
 /// What a build built: a branch or a tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +310,8 @@ pub struct BuildPage {
     pub hosts: Vec<HostView>,
     /// In plan order.
     pub steps: Vec<StepView>,
+    /// The stages' JUnit reports, in plan order.
+    pub reports: Vec<ReportView>,
     pub now_ms: i64,
 }
 
@@ -316,6 +319,38 @@ impl BuildPage {
     /// The commit message's first line.
     pub fn commit_title(&self) -> Option<&str> {
         self.commit_message.as_deref().and_then(|m| m.lines().next()).map(str::trim).filter(|t| !t.is_empty())
+    }
+}
+
+/// One JUnit report of a stage, summarised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportView {
+    /// The stage that wrote it.
+    pub stage: String,
+    /// The path the pipeline names, relative to the stage's working directory.
+    pub path: String,
+    pub summary: JunitSummary,
+}
+
+impl ReportView {
+    /// The CSS tone of the report: failed when a case failed, errored when the file could not
+    /// be read.
+    pub fn tone(&self) -> &'static str {
+        if self.summary.error.is_some() {
+            "errored"
+        } else if self.summary.went_wrong() {
+            "failed"
+        } else {
+            "passed"
+        }
+    }
+
+    /// The report's verdict for people.
+    pub fn status_label(&self) -> &'static str {
+        match self.tone() {
+            "errored" => "unreadable",
+            other => other,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The JSON API of the contract (§4): repos, their builds, one build with its hosts and steps,
-//! a build's log as plain text, and queueing (or cancelling) a build by hand.
+//! a build's log as plain text, its JUnit reports summarised, and queueing (or cancelling) a
+//! build by hand.
 //!
 //! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue or cancel;
 //! they never run git or SQL themselves beyond what the scheduler and store offer.
@@ -10,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gantry_web::{parse_junit, ReportView};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -17,6 +19,7 @@ use super::{rfc3339, AppState, HttpError};
 use crate::config::RepoConfig;
 use crate::git::GitError;
 use crate::scheduler::{Cancelled, Enqueued};
+use crate::store::reports::ReportRow;
 use crate::store::{BuildId, BuildRow, HostRow, NewBuild, RefKind, StepRow, Trigger};
 
 /// `GET /api/repos/{repo}/builds` returns this many builds without `?limit=`.
@@ -31,6 +34,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/repos/{repo}/builds", get(list_builds).post(queue_build))
         .route("/api/builds/{id}", get(get_build))
         .route("/api/builds/{id}/log", get(get_log))
+        .route("/api/builds/{id}/reports", get(get_reports))
         .route("/api/builds/{id}/cancel", post(cancel_build))
 }
 
@@ -90,6 +94,67 @@ pub struct StageJson {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub duration_ms: Option<i64>,
+}
+
+/// One stage's JUnit report, summarised (see `gantry_web::parse_junit`).
+#[derive(Debug, Serialize)]
+pub struct ReportJson {
+    pub stage: String,
+    pub path: String,
+    pub tests: u64,
+    pub failures: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// Why the report could not be read (`not valid JUnit XML: …`); the counts are then zero.
+    pub error: Option<String>,
+    /// The first failed or errored cases, in file order.
+    pub failing: Vec<FailingCaseJson>,
+    /// How many more failed or errored cases the report has than `failing` lists.
+    pub failing_omitted: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailingCaseJson {
+    pub classname: String,
+    pub name: String,
+    pub message: Option<String>,
+    pub text: String,
+}
+
+impl From<ReportView> for ReportJson {
+    fn from(r: ReportView) -> ReportJson {
+        let s = r.summary;
+        ReportJson {
+            stage: r.stage,
+            path: r.path,
+            tests: s.tests,
+            failures: s.failures,
+            errors: s.errors,
+            skipped: s.skipped,
+            error: s.error,
+            failing: s
+                .failing
+                .into_iter()
+                .map(|c| FailingCaseJson { classname: c.classname, name: c.name, message: c.message, text: c.text })
+                .collect(),
+            failing_omitted: s.omitted_failing,
+        }
+    }
+}
+
+/// The build's stored reports summarised, each named after the stage (of `steps`) that wrote it.
+pub(super) fn report_views(steps: &[StepRow], reports: Vec<ReportRow>) -> Vec<ReportView> {
+    reports
+        .into_iter()
+        .map(|report| ReportView {
+            stage: steps
+                .iter()
+                .find(|s| s.idx == report.step_idx)
+                .map_or_else(|| format!("step {}", report.step_idx), |s| s.name.clone()),
+            summary: parse_junit(&report.content),
+            path: report.path,
+        })
+        .collect()
 }
 
 impl From<&BuildRow> for BuildJson {
@@ -257,6 +322,17 @@ async fn get_build(State(state): State<AppState>, Path(id): Path<String>) -> Res
         hosts: hosts.iter().map(HostJson::from).collect(),
         stages: steps.iter().map(StageJson::from).collect(),
     }))
+}
+
+async fn get_reports(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ReportJson>>, HttpError> {
+    let id = parse_build_id(&id)?;
+    state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
+    let steps = state.store.steps(id).await?;
+    let reports = state.store.reports(id).await?;
+    Ok(Json(report_views(&steps, reports).into_iter().map(ReportJson::from).collect()))
 }
 
 #[derive(Debug, Deserialize)]

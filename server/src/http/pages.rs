@@ -1,5 +1,5 @@
 //! The dashboard's pages: `/` (repos), `/repos/{repo}` (history and stage grid), `/builds/{id}`
-//! (hosts, steps and their logs), and the stylesheet.
+//! (hosts, test reports, steps and their logs), and the stylesheet.
 //!
 //! Handlers fill the `web` crate's view models from store rows and let it render; all markup and
 //! escaping is the `web` crate's. Errors are shown as an HTML error page with the right status.
@@ -14,7 +14,7 @@ use gantry_web::{
     StepSummary, StepView, CSS, CSS_PATH,
 };
 
-use super::api::{configured_repo, parse_build_id};
+use super::api::{configured_repo, parse_build_id, report_views};
 use super::{AppState, HttpError};
 use crate::store::{now_ms, BuildRow, HostRow, RefKind, StepRow};
 
@@ -156,8 +156,10 @@ async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let build = state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
     let hosts = state.store.hosts_of_build(id).await?;
     let counts = state.store.log_line_counts(id).await?;
+    let step_rows = state.store.steps(id).await?;
+    let reports = report_views(&step_rows, state.store.reports(id).await?);
     let mut steps = Vec::new();
-    for step in state.store.steps(id).await? {
+    for step in step_rows {
         let lines = state.store.log_lines(id, Some(step.idx), Some(BUILD_PAGE_LINES_PER_STEP)).await?;
         let total = counts.iter().find(|(idx, _)| *idx == step.idx).map_or(0, |(_, n)| *n);
         steps.push(StepView {
@@ -179,6 +181,7 @@ async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Re
         error: build.error.clone(),
         hosts: hosts.iter().map(host_view).collect(),
         steps,
+        reports,
         now_ms: now_ms(),
     })
 }
