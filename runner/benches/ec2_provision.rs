@@ -163,7 +163,8 @@ fn config(cloud: &Cloud) -> Ec2Config {
     config.sizes = BTreeMap::from([("default".into(), "t3.small".into())]);
     config.provision_timeout = PROVISION_TIMEOUT;
     config.terminate_timeout = TERMINATE_TIMEOUT;
-    config.retry = RetryPolicy { min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100), max_retries: 8 };
+    config.retry =
+        RetryPolicy { min_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100), max_retries: 8 };
     config.poll_interval = POLL_INTERVAL;
     config
 }
@@ -193,17 +194,16 @@ async fn measure(cloud: &Cloud, provider: &Ec2Provider, build: &str, roles: &[&s
         (vms, started.elapsed())
     };
     let ((hosts, wall), (vms, served)) = tokio::join!(provisioning, serving);
-    let hosts: Vec<_> = hosts
-        .into_iter()
-        .map(|host| host.unwrap_or_else(|e| panic!("{e}\nmoto: {}", cloud.moto.log())))
-        .collect();
+    let hosts: Vec<_> =
+        hosts.into_iter().map(|host| host.unwrap_or_else(|e| panic!("{e}\nmoto: {}", cloud.moto.log()))).collect();
     let calls = cloud.proxy.calls();
     let first = calls.iter().map(|call| call.at).min().expect("provisioning called EC2");
     let last = calls.iter().map(|call| call.at).max().expect("provisioning called EC2");
 
     let instances: Vec<String> = hosts.iter().map(|host| host.provider_id.clone()).collect();
     drop(hosts);
-    let teardowns = requests.iter().zip(&instances).map(|(request, instance)| provider.teardown(&request.id, Some(instance)));
+    let teardowns =
+        requests.iter().zip(&instances).map(|(request, instance)| provider.teardown(&request.id, Some(instance)));
     for torn_down in futures::future::join_all(teardowns).await {
         torn_down.unwrap();
     }

@@ -172,20 +172,43 @@ pub type StepIndex = usize;
 #[derive(Debug, Clone)]
 pub enum BuildEvent {
     /// Always the first event: every entry the build will show, all pending.
-    Planned { steps: Vec<StepId> },
+    Planned {
+        steps: Vec<StepId>,
+    },
     /// The build moved from provisioning to running its setup and stages.
-    Running { at: SystemTime },
-    StepStarted { step: StepIndex, at: SystemTime },
+    Running {
+        at: SystemTime,
+    },
+    StepStarted {
+        step: StepIndex,
+        at: SystemTime,
+    },
     /// One line of output (without its newline), already capped and made valid UTF-8.
-    Log { step: StepIndex, at: SystemTime, stream: Stream, text: String },
+    Log {
+        step: StepIndex,
+        at: SystemTime,
+        stream: Stream,
+        text: String,
+    },
     StepFinished {
         step: StepIndex,
         at: SystemTime,
         status: StepStatus,
         exit_code: Option<i32>,
     },
-    HostProvisioned { role: String, address: IpAddr, provider_id: String },
-    HostTornDown { role: String, error: Option<String> },
+    HostProvisioned {
+        role: String,
+        address: IpAddr,
+        provider_id: String,
+    },
+    HostTornDown {
+        role: String,
+        error: Option<String>,
+    },
     /// A JUnit XML file named in a stage's `reports`, fetched from the host before teardown.
-    Report { step: StepIndex, path: String, content: Vec<u8> },
+    Report {
+        step: StepIndex,
+        path: String,
+        content: Vec<u8>,
+    },
 }

@@ -82,13 +82,8 @@ impl Application {
         let providers = Providers::from_config(&config).await?;
         let mirrors = Arc::new(Mirrors::new(config.data_dir.join("repos")));
         let shutdown = CancellationToken::new();
-        let scheduler = Scheduler::new(
-            store.clone(),
-            Arc::clone(&mirrors),
-            providers,
-            Arc::clone(&config),
-            shutdown.clone(),
-        );
+        let scheduler =
+            Scheduler::new(store.clone(), Arc::clone(&mirrors), providers, Arc::clone(&config), shutdown.clone());
         scheduler.recover().await.context("failed to recover from the previous run")?;
         scheduler.start();
         let tasks = TaskTracker::new();

@@ -219,7 +219,14 @@ fn ms(d: Duration) -> String {
 }
 
 /// The same work with plain tools: a fresh directory, `git archive | tar -x`, `sh -c STEP`.
-fn floor_once(repo: &Path, sha: &str, work: &Path, i: usize, fifo: &Path, rx: &std::sync::mpsc::Receiver<Instant>) -> Duration {
+fn floor_once(
+    repo: &Path,
+    sha: &str,
+    work: &Path,
+    i: usize,
+    fifo: &Path,
+    rx: &std::sync::mpsc::Receiver<Instant>,
+) -> Duration {
     let start = Instant::now();
     let dir = work.join(format!("floor-{i}"));
     std::fs::create_dir(&dir).unwrap();
@@ -288,7 +295,11 @@ async fn main() {
             if last_sample.elapsed() >= RSS_SAMPLE_EVERY {
                 last_sample = Instant::now();
                 if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                    if let Some(kib) = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()) {
+                    if let Some(kib) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    {
                         peak_rss = peak_rss.max(kib);
                     }
                 }
@@ -300,9 +311,23 @@ async fn main() {
     let (f50, f99) = (percentile(&floors, 0.5), percentile(&floors, 0.99));
     println!("| measure ({} builds) | Gantry | plain tools | ratio |", args.builds);
     println!("|---|---|---|---|");
-    println!("| webhook → step running, p50 | {} | {} | {:.2}× |", ms(p50), ms(f50), p50.as_secs_f64() / f50.as_secs_f64());
-    println!("| webhook → step running, p99 | {} | {} | {:.2}× |", ms(p99), ms(f99), p99.as_secs_f64() / f99.as_secs_f64());
+    println!(
+        "| webhook → step running, p50 | {} | {} | {:.2}× |",
+        ms(p50),
+        ms(f50),
+        p50.as_secs_f64() / f50.as_secs_f64()
+    );
+    println!(
+        "| webhook → step running, p99 | {} | {} | {:.2}× |",
+        ms(p99),
+        ms(f99),
+        p99.as_secs_f64() / f99.as_secs_f64()
+    );
     println!("| trivial builds per second | {throughput:.1} | | |");
-    println!("| server RSS idle (start / after the latency run) | {:.1} / {:.1} MiB | | |", idle_rss as f64 / 1024.0, idle_after_rss as f64 / 1024.0);
+    println!(
+        "| server RSS idle (start / after the latency run) | {:.1} / {:.1} MiB | | |",
+        idle_rss as f64 / 1024.0,
+        idle_after_rss as f64 / 1024.0
+    );
     println!("| server RSS peak, {} concurrent builds | {:.1} MiB | | |", args.concurrent, peak_rss as f64 / 1024.0);
 }
