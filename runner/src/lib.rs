@@ -8,7 +8,6 @@
 //! It must not know about HTTP, SQL or the dashboard: the server persists and shows the events,
 //! `gantry run` prints them.
 
-pub mod event;
 pub mod executor;
 pub mod pipeline;
 pub mod process;
@@ -18,3 +17,6 @@ pub mod transport;
 
 pub use event::{BuildEvent, BuildStatus, StepId, StepKind, StepStatus};
 pub use executor::{execute, BuildInfo, BuildPlan, BuildResult};
+/// The event vocabulary lives in its own std-only crate so the dashboard can use it without
+/// linking the runner; `gantry_runner::event` stays its path inside the runner.
+pub use gantry_event as event;

@@ -10,15 +10,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
-use gantry_runner::event::{BuildEvent, BuildStatus, StepId, StepStatus};
+use gantry_event::{BuildEvent, BuildStatus, StepId, StepStatus};
 use gantry_runner::pipeline::{self, PIPELINE_FILE};
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
 use gantry_runner::provider::HostId;
 use gantry_runner::source::{Source, WorkDirSource};
 use gantry_runner::{execute, BuildInfo, BuildPlan};
+use gantry_web::format_duration_ms;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -193,19 +194,13 @@ fn print_summary(rows: &[StepRow]) {
     println!("{:<width$}  {:<9}  {:>10}  exit", "step", "status", "duration");
     for row in rows {
         let duration = match (row.started, row.finished) {
-            (Some(start), Some(end)) => format_duration(end.duration_since(start).unwrap_or_default()),
+            (Some(start), Some(end)) => format_duration_ms(
+                end.duration_since(start).unwrap_or_default().as_millis().try_into().unwrap_or(i64::MAX),
+            ),
             _ => "-".to_string(),
         };
         let exit = row.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".to_string());
         println!("{:<width$}  {:<9}  {:>10}  {exit}", row.id.name, row.status.as_str(), duration);
-    }
-}
-
-fn format_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
+use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 use gantry_web::{
     parse_junit, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage,
     RepoSummary, ReportView, StepSummary, StepView, CSS, CSS_PATH,

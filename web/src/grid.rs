@@ -6,7 +6,7 @@
 //! name first seen in an older build is placed after the step that precedes it there, and the
 //! kinds never interleave.
 
-use gantry_runner::event::StepKind;
+use gantry_event::StepKind;
 
 use crate::view::{BuildSummary, StepSummary};
 
@@ -104,7 +104,7 @@ impl StageGrid {
 
 #[cfg(test)]
 mod tests {
-    use gantry_runner::event::{BuildStatus, StepStatus};
+    use gantry_event::{BuildStatus, StepStatus};
 
     use super::*;
     use crate::view::GitRef;

@@ -1,7 +1,7 @@
 //! Rendering tests: every page renders with realistic data, hostile text stays text, and the
 //! parts people look for (grid columns, open failed steps, notices, links) are there.
 
-use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
+use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 
 use super::*;
 

@@ -4,7 +4,7 @@
 //! display helpers the templates call; they never hold a database row or a connection, and they
 //! never contain markup: every string is text that the templates escape.
 
-use gantry_runner::event::{BuildStatus, StepKind, StepStatus, Stream};
+use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 
 use crate::format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha};
 use crate::grid::StageGrid;

@@ -10,9 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use gantry_event::{BuildEvent, StepId, StepKind};
 use gantry_runner::provider::HostId;
-use gantry_runner::{BuildEvent, StepId, StepKind};
-use sqlx::SqliteConnection;
 use tokio::sync::{broadcast, mpsc};
 
 use super::BuildUpdate;
@@ -75,7 +74,7 @@ impl BuildLog {
     /// the batch.
     async fn apply(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut store::Connection,
         event: &BuildEvent,
         lines: &mut Vec<LogLine>,
     ) -> store::Result<()> {

@@ -4,7 +4,7 @@
 //! could never claim one build; superseding and finishing only ever move a build forward to a
 //! final status. Deciding *when* to do these things is the scheduler's job, not this file's.
 
-use gantry_runner::BuildStatus;
+use gantry_event::BuildStatus;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 

@@ -2,7 +2,7 @@
 //! produced. This is the store's hot path: lines arrive in batches and are written with
 //! multi-row inserts inside the caller's transaction.
 
-use gantry_runner::event::Stream;
+use gantry_event::Stream;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 

@@ -60,6 +60,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// One database connection, for a caller that runs several store functions in one transaction
+/// (a [`Store::begin`] transaction derefs to it). Callers outside `store` name it only by this
+/// alias, so the database library stays inside this module.
+pub type Connection = sqlx::SqliteConnection;
+
 /// The handle every part of the server uses to reach the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

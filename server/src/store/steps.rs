@@ -1,7 +1,7 @@
 //! The `steps` table: the entries of a build's plan (provision, push, setup, stages, teardown)
 //! with their status, exit code and times, as the executor reported them.
 
-use gantry_runner::{StepId, StepKind, StepStatus};
+use gantry_event::{StepId, StepKind, StepStatus};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(steps[1].duration_ms(), Some(250));
         assert_eq!(steps[0].status, StepStatus::Pending);
 
-        store.finish_build(build.id, gantry_runner::BuildStatus::Failed, None).await.unwrap();
+        store.finish_build(build.id, gantry_event::BuildStatus::Failed, None).await.unwrap();
         let steps = store.steps(build.id).await.unwrap();
         assert_eq!(steps[0].status, StepStatus::Cancelled);
         assert_eq!(steps[1].status, StepStatus::Failed);
