@@ -201,25 +201,6 @@ pub struct Ec2ProviderConfig {
     pub provision_timeout: Duration,
 }
 
-impl Ec2ProviderConfig {
-    /// The runner's provider configuration, with its defaults for what the file does not set.
-    pub fn to_runner(&self) -> ec2::Ec2Config {
-        let mut config = ec2::Ec2Config::new(&self.region, &self.server_id, &self.ssh_user);
-        config.endpoint_url = self.endpoint_url.clone();
-        config.subnet_id = self.subnet_id.clone();
-        config.connect = match self.connect {
-            Ec2Connect::Private => ec2::Connect::Private,
-            Ec2Connect::Public => ec2::Connect::Public,
-        };
-        config.ssh_port = self.ssh_port;
-        config.allow_ssh_from = self.allow_ssh_from;
-        config.images = self.images.clone();
-        config.sizes = self.sizes.clone();
-        config.provision_timeout = self.provision_timeout;
-        config
-    }
-}
-
 fn default_ec2_provision_timeout() -> Duration {
     ec2::DEFAULT_PROVISION_TIMEOUT
 }
@@ -543,8 +524,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.provider.ssh.as_ref().unwrap().machines[0].port, 22);
         config.validate().unwrap();
-        let ec2 = config.provider.ec2.as_ref().unwrap().to_runner();
-        assert_eq!((ec2.ssh_port, ec2.connect, ec2.allow_ssh_from), (22, ec2::Connect::Private, None));
+        let ec2 = config.provider.ec2.as_ref().unwrap();
+        assert_eq!((ec2.ssh_port, ec2.connect, ec2.allow_ssh_from), (22, Ec2Connect::Private, None));
         assert_eq!(ec2.provision_timeout, ec2::DEFAULT_PROVISION_TIMEOUT);
         assert_eq!(ec2.images["debian-12"], "ami-1");
 
