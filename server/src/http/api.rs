@@ -11,16 +11,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gantry_web::{parse_junit, ReportView};
+use gantry_web::ReportView;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{rfc3339, AppState, HttpError};
-use crate::config::RepoConfig;
+use super::{configured_repo, parse_build_id, report_views, rfc3339, AppState, HttpError};
 use crate::git::GitError;
 use crate::scheduler::{Cancelled, Enqueued};
-use crate::store::reports::ReportRow;
-use crate::store::{BuildId, BuildRow, HostRow, NewBuild, RefKind, StepRow, Trigger};
+use crate::store::{BuildRow, HostRow, NewBuild, RefKind, StepRow, Trigger};
 
 /// `GET /api/repos/{repo}/builds` returns this many builds without `?limit=`.
 pub const DEFAULT_BUILD_LIST_LIMIT: u32 = 50;
@@ -142,21 +140,6 @@ impl From<ReportView> for ReportJson {
     }
 }
 
-/// The build's stored reports summarised, each named after the stage (of `steps`) that wrote it.
-pub(super) fn report_views(steps: &[StepRow], reports: Vec<ReportRow>) -> Vec<ReportView> {
-    reports
-        .into_iter()
-        .map(|report| ReportView {
-            stage: steps
-                .iter()
-                .find(|s| s.idx == report.step_idx)
-                .map_or_else(|| format!("step {}", report.step_idx), |s| s.name.clone()),
-            summary: parse_junit(&report.content),
-            path: report.path,
-        })
-        .collect()
-}
-
 impl From<&BuildRow> for BuildJson {
     fn from(b: &BuildRow) -> BuildJson {
         BuildJson {
@@ -205,16 +188,6 @@ impl From<&StepRow> for StageJson {
             duration_ms: s.duration_ms(),
         }
     }
-}
-
-/// A build id from the path; anything that is not one names no build.
-pub(super) fn parse_build_id(raw: &str) -> Result<BuildId, HttpError> {
-    raw.parse().map(BuildId).map_err(|_| HttpError::NotFound(format!("no build {raw:?}")))
-}
-
-/// The configured repo named in the path.
-pub(super) fn configured_repo<'a>(state: &'a AppState, name: &str) -> Result<&'a RepoConfig, HttpError> {
-    state.config.repo(name).ok_or_else(|| HttpError::NotFound(format!("no repo named {name:?}")))
 }
 
 async fn list_repos(State(state): State<AppState>) -> Result<Json<Vec<RepoJson>>, HttpError> {

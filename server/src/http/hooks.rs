@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::json;
 
-use super::api::configured_repo;
+use super::configured_repo;
 use super::{AppState, HttpError};
 use crate::config::RepoConfig;
 use crate::forge::{self, PushEvent, WebhookError, WebhookEvent};

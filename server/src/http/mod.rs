@@ -17,13 +17,15 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use gantry_web::{parse_junit, ReportView};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
+use crate::config::{Config, RepoConfig};
 use crate::git::Mirrors;
 use crate::scheduler::Scheduler;
-use crate::store::{Store, StoreError};
+use crate::store::reports::ReportRow;
+use crate::store::{BuildId, StepRow, Store, StoreError};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -53,6 +55,31 @@ async fn not_found(uri: Uri) -> Response {
     } else {
         pages::PageError(error).into_response()
     }
+}
+
+/// A build id from the path; anything that is not one names no build.
+fn parse_build_id(raw: &str) -> Result<BuildId, HttpError> {
+    raw.parse().map(BuildId).map_err(|_| HttpError::NotFound(format!("no build {raw:?}")))
+}
+
+/// The configured repo named in the path.
+fn configured_repo<'a>(state: &'a AppState, name: &str) -> Result<&'a RepoConfig, HttpError> {
+    state.config.repo(name).ok_or_else(|| HttpError::NotFound(format!("no repo named {name:?}")))
+}
+
+/// The build's stored reports summarised, each named after the stage (of `steps`) that wrote it.
+fn report_views(steps: &[StepRow], reports: Vec<ReportRow>) -> Vec<ReportView> {
+    reports
+        .into_iter()
+        .map(|report| ReportView {
+            stage: steps
+                .iter()
+                .find(|s| s.idx == report.step_idx)
+                .map_or_else(|| format!("step {}", report.step_idx), |s| s.name.clone()),
+            summary: parse_junit(&report.content),
+            path: report.path,
+        })
+        .collect()
 }
 
 /// Every way a request can fail.

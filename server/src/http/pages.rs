@@ -14,8 +14,7 @@ use gantry_web::{
     StepSummary, StepView, CSS, CSS_PATH,
 };
 
-use super::api::{configured_repo, parse_build_id, report_views};
-use super::{AppState, HttpError};
+use super::{configured_repo, parse_build_id, report_views, AppState, HttpError};
 use crate::store::{now_ms, BuildRow, HostRow, RefKind, StepRow};
 
 /// The repo page shows this many of the newest builds.
