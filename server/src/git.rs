@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_runner::source::{GitCommitSource, Source};
-use git2::{AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository};
+use git2::{
+    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository,
+};
 
 /// The refspecs of a mirror: every branch and every tag, force-updated.
 const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
@@ -118,19 +120,15 @@ impl Mirrors {
         if spec.is_empty() || spec.len() > 40 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(GitError::BadCommitId { what: spec.to_string() });
         }
-        let (path, repo, spec) = (self.path(repo), repo.to_string(), spec.to_string());
-        blocking(move || {
-            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
-            let object = match mirror.revparse_single(&spec) {
-                Ok(object) => object,
-                Err(e) if matches!(e.code(), git2::ErrorCode::NotFound | git2::ErrorCode::Ambiguous) => {
-                    return Ok(None)
-                }
-                Err(source) => return Err(GitError::Mirror { repo, source }),
-            };
-            Ok(object.peel_to_commit().ok().map(|c| c.id()))
-        })
-        .await
+        let spec = spec.to_string();
+        let found = self
+            .read_mirror(repo, move |mirror, repo| {
+                let object =
+                    absent_as_none(mirror.revparse_single(&spec), repo, &[ErrorCode::NotFound, ErrorCode::Ambiguous])?;
+                Ok(object.and_then(|o| o.peel_to_commit().ok()).map(|c| c.id()))
+            })
+            .await?;
+        Ok(found.flatten())
     }
 
     /// The commit `branch` points at in the mirror (as of the last fetch).
@@ -144,48 +142,57 @@ impl Mirrors {
     }
 
     async fn resolve_ref(&self, repo: &str, name: String) -> Result<Option<Oid>, GitError> {
-        let (path, repo) = (self.path(repo), repo.to_string());
-        blocking(move || {
-            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
-            let reference = match mirror.find_reference(&name) {
-                Ok(reference) => reference,
-                Err(e) if matches!(e.code(), git2::ErrorCode::NotFound | git2::ErrorCode::InvalidSpec) => {
-                    return Ok(None)
-                }
-                Err(source) => return Err(GitError::Mirror { repo, source }),
-            };
-            Ok(reference.peel_to_commit().ok().map(|c| c.id()))
-        })
-        .await
+        let found = self
+            .read_mirror(repo, move |mirror, repo| {
+                let reference =
+                    absent_as_none(mirror.find_reference(&name), repo, &[ErrorCode::NotFound, ErrorCode::InvalidSpec])?;
+                Ok(reference.and_then(|r| r.peel_to_commit().ok()).map(|c| c.id()))
+            })
+            .await?;
+        Ok(found.flatten())
     }
 
     /// Every branch of the mirror and the commit it points at.
     pub async fn branch_heads(&self, repo: &str) -> Result<BTreeMap<String, String>, GitError> {
-        let (path, repo) = (self.path(repo), repo.to_string());
-        blocking(move || {
-            let Some(mirror) = open(&path, &repo)? else { return Ok(BTreeMap::new()) };
-            let mirror_err = |source| GitError::Mirror { repo: repo.clone(), source };
-            let mut heads = BTreeMap::new();
-            for reference in mirror.references_glob("refs/heads/*").map_err(mirror_err)? {
-                let reference = reference.map_err(mirror_err)?;
-                let (Ok(name), Ok(commit)) = (reference.shorthand(), reference.peel_to_commit()) else {
-                    continue;
-                };
-                heads.insert(name.to_string(), commit.id().to_string());
-            }
-            Ok(heads)
-        })
-        .await
+        let heads = self
+            .read_mirror(repo, |mirror, repo| {
+                let mirror_err = |source| GitError::Mirror { repo: repo.to_string(), source };
+                let mut heads = BTreeMap::new();
+                for reference in mirror.references_glob("refs/heads/*").map_err(mirror_err)? {
+                    let reference = reference.map_err(mirror_err)?;
+                    let (Ok(name), Ok(commit)) = (reference.shorthand(), reference.peel_to_commit()) else {
+                        continue;
+                    };
+                    heads.insert(name.to_string(), commit.id().to_string());
+                }
+                Ok(heads)
+            })
+            .await?;
+        Ok(heads.unwrap_or_default())
     }
 
     /// The message of `commit`, `None` when the mirror does not have it.
     pub async fn commit_message(&self, repo: &str, commit: Oid) -> Result<Option<String>, GitError> {
+        let message = self
+            .read_mirror(repo, move |mirror, _| {
+                Ok(mirror.find_commit(commit).ok().map(|c| String::from_utf8_lossy(c.message_bytes()).into_owned()))
+            })
+            .await?;
+        Ok(message.flatten())
+    }
+
+    /// Run `read` on the repo's mirror off the async threads; `None` when the mirror was never
+    /// fetched. `read` gets the repo's name for its errors.
+    async fn read_mirror<T: Send + 'static>(
+        &self,
+        repo: &str,
+        read: impl FnOnce(&Repository, &str) -> Result<T, GitError> + Send + 'static,
+    ) -> Result<Option<T>, GitError> {
         let (path, repo) = (self.path(repo), repo.to_string());
-        blocking(move || {
-            let Some(mirror) = open(&path, &repo)? else { return Ok(None) };
-            let message =
-                mirror.find_commit(commit).ok().map(|c| String::from_utf8_lossy(c.message_bytes()).into_owned());
-            Ok(message)
+        blocking(move || match Repository::open_bare(&path) {
+            Ok(mirror) => read(&mirror, &repo).map(Some),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(source) => Err(GitError::Mirror { repo, source }),
         })
         .await
     }
@@ -215,11 +222,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, GitError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| GitError::Task(e.to_string()))?
 }
 
-/// Open a mirror, `None` when it was never fetched.
-fn open(path: &Path, repo: &str) -> Result<Option<Repository>, GitError> {
-    match Repository::open_bare(path) {
-        Ok(mirror) => Ok(Some(mirror)),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+/// A lookup's result, with the error codes that mean "not there" as `None`.
+fn absent_as_none<T>(result: Result<T, git2::Error>, repo: &str, absent: &[ErrorCode]) -> Result<Option<T>, GitError> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if absent.contains(&e.code()) => Ok(None),
         Err(source) => Err(GitError::Mirror { repo: repo.to_string(), source }),
     }
 }
