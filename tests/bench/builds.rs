@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
+
+#[path = "../support/client.rs"]
+mod client;
+use client::Client;
 
 const SECRET: &str = "bench-secret";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -102,8 +104,7 @@ fn fifo_reader(fifo: &Path) -> std::sync::mpsc::Receiver<Instant> {
 
 struct Server {
     child: Child,
-    base: String,
-    client: reqwest::Client,
+    api: Client,
 }
 
 impl Drop for Server {
@@ -136,9 +137,9 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server { child, base: format!("http://{listen}"), client: reqwest::Client::new() };
+        let server = Server { child, api: Client { http: reqwest::Client::new(), base: format!("http://{listen}") } };
         let start = Instant::now();
-        while server.client.get(format!("{}/api/repos", server.base)).send().await.is_err() {
+        while server.api.http.get(server.api.url("/api/repos")).send().await.is_err() {
             assert!(start.elapsed() < READY_DEADLINE, "gantry did not start");
             tokio::time::sleep(POLL_EVERY).await;
         }
@@ -157,39 +158,19 @@ impl Server {
             "repository": { "full_name": "bench/bench", "clone_url": "https://example.invalid/x.git" },
         }))
         .unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(&body);
-        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        let response = self
-            .client
-            .post(format!("{}/hooks/bench", self.base))
-            .header("content-type", "application/json")
-            .header("X-GitHub-Event", "push")
-            .header("X-GitHub-Delivery", format!("bench-{delivery}"))
-            .header("X-Hub-Signature-256", signature)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+        let headers = client::github_headers(SECRET, "push", &body, &format!("bench-{delivery}"));
+        let (status, answer) = self.api.deliver("bench", &headers, body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["build"].as_i64().unwrap()
     }
 
     async fn trigger(&self, branch: &str) -> i64 {
-        let response = self
-            .client
-            .post(format!("{}/api/repos/bench/builds", self.base))
-            .json(&json!({ "branch": branch }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+        self.api.trigger("bench", branch).await
     }
 
     async fn status(&self, id: i64) -> String {
         let build: Value =
-            self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap();
+            self.api.http.get(self.api.url(&format!("/api/builds/{id}"))).send().await.unwrap().json().await.unwrap();
         build["status"].as_str().unwrap().to_string()
     }
 

@@ -3,72 +3,14 @@
 
 use crate::helpers::*;
 
-/// `db` serves a file on its own address from a background process its setup leaves running;
-/// `web` receives the code and a rendered config naming `db`'s address, and fetches from `db`.
-pub const TWO_HOSTS: &str = r#"version: 1
-hosts:
-  db:
-    setup:
-      - mkdir -p www && cp data/seed.txt www/
-      - cd www && nohup python3 -m http.server --bind "$GANTRY_HOST_ADDR" 8000 >../http.log 2>&1 &
-  web:
-    setup: echo "web setup sees $GANTRY_HOST_DB"
-push:
-  code:
-    to: [web]
-  data:
-    - from: ci/seed.txt
-      to: db
-  config:
-    - template: ci/app.env.j2
-      to: web:src/app.env
-env:
-  APP_ENV: test
-stages:
-  - name: check-env
-    host: web
-    run: |
-      cat app.env
-      test "$GANTRY_HOST" = web
-      test "$GANTRY_HOST_ADDR" = "$GANTRY_HOST_WEB"
-      test "$GANTRY_BRANCH" = main
-      test "$APP_ENV" = test
-      test -x ci/tool.sh
-  - name: fetch-from-db
-    host: web
-    needs: [check-env]
-    run: |
-      . ./app.env
-      python3 - "$DB" <<'PY'
-      import sys, time, urllib.request
-      deadline = time.monotonic() + 30
-      while True:
-          try:
-              print(urllib.request.urlopen(f"http://{sys.argv[1]}:8000/seed.txt", timeout=5).read().decode().strip())
-              break
-          except OSError:
-              if time.monotonic() > deadline:
-                  raise
-              time.sleep(0.05)
-      PY
-  - name: web-listens-too
-    host: web
-    needs: [check-env]
-    run: |
-      python3 -c 'import socket, os; s = socket.socket(); s.bind((os.environ["GANTRY_HOST_ADDR"], 8000)); print("bound", s.getsockname())'
-"#;
-
+/// A repo whose `main` holds the two-host pipeline of `tests/fixtures/pipelines/two-hosts` (shared
+/// with the runner's tests): `db` serves a file, `web` gets the code and a rendered config naming
+/// `db`'s address and fetches from `db`.
 pub fn two_host_repo() -> (TestRepo, String) {
     let repo = TestRepo::new();
-    let sha = repo.commit(
-        "main",
-        &[
-            (".gantry.yml", TWO_HOSTS),
-            ("ci/seed.txt", "hello from the db host"),
-            ("ci/app.env.j2", "DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nCOMMIT={{ build.commit }}\n"),
-            ("ci/tool.sh", "#!/bin/sh\necho tool\n"),
-        ],
-    );
+    let files = fixture_tree("two-hosts");
+    let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
+    let sha = repo.commit("main", &files);
     (repo, sha)
 }
 

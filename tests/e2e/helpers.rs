@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tempfile::TempDir;
+
+use crate::client::{self, Client};
 
 /// How long a build may take before a test gives up on it. Generous: CI machines are slow and
 /// shared, and the demo starts PostgreSQL.
@@ -114,6 +114,26 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
 /// The path of a file shipped in the repository (fixtures, the demo).
 pub fn workspace_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Every file of the pipeline fixture `tests/fixtures/pipelines/NAME`, as (path in the repo, text).
+pub fn fixture_tree(name: &str) -> Vec<(String, String)> {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let relative = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                files.push((relative, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let root = workspace_path(&format!("tests/fixtures/pipelines/{name}"));
+    let mut files = Vec::new();
+    walk(&root, &root, &mut files);
+    assert!(!files.is_empty(), "no fixture at {}", root.display());
+    files
 }
 
 /// A distinct /24 of 127.0.0.0/8 for each app this test process starts, so concurrently running
@@ -219,15 +239,12 @@ impl TestApp {
 
     /// Queue a manual build of `branch` and return its id.
     pub async fn trigger(&self, repo: &str, branch: &str) -> i64 {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/repos/{repo}/builds")))
-            .json(&json!({ "branch": branch }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        response.json::<Value>().await.unwrap()["build"].as_i64().unwrap()
+        self.api().trigger(repo, branch).await
+    }
+
+    /// The calls the benchmark makes too, on this server.
+    pub fn api(&self) -> Client {
+        Client { http: self.client.clone(), base: format!("http://{}", self.address) }
     }
 
     pub async fn build(&self, id: i64) -> Value {
@@ -274,15 +291,7 @@ impl TestApp {
 
     /// Deliver a webhook with the given headers and body.
     pub async fn deliver(&self, repo: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
-        let mut request =
-            self.client.post(self.url(&format!("/hooks/{repo}"))).header("content-type", "application/json").body(body);
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        self.api().deliver(repo, headers, body).await
     }
 
     /// Deliver GitHub's published push payload, pointed at `sha` on `git_ref`.
@@ -389,18 +398,13 @@ pub fn push_payload(fixture: &str, git_ref: &str, sha: &str) -> Vec<u8> {
     serde_json::to_vec(&payload).unwrap()
 }
 
+/// The signature Gitea and Forgejo send for `body` under the tests' webhook secret.
 pub fn hmac_hex(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    client::hmac_hex(SECRET, body)
 }
 
 pub fn github_headers(event: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("X-GitHub-Event", event.to_string()),
-        ("X-GitHub-Delivery", delivery.to_string()),
-        ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(body))),
-    ]
+    client::github_headers(SECRET, event, body, delivery)
 }
 
 /// A pipeline file of one host and one stage running `script`.

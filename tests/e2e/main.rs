@@ -6,6 +6,8 @@
 mod api;
 mod browser;
 mod builds;
+#[path = "../support/client.rs"]
+mod client;
 mod crash;
 mod demo;
 mod ec2;

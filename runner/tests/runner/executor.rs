@@ -15,22 +15,11 @@ use gantry_runner::source::{GitCommitSource, Source};
 
 use crate::helpers::*;
 
-/// A script that waits, with a deadline, until `url` answers, then prints the body.
+/// A script that waits, with a deadline, until `url` answers, then prints the body: the two-host
+/// fixture's `ci/fetch.py`, inline.
 fn fetch_script(url_expr: &str) -> String {
-    format!(
-        r#"python3 - "{url_expr}" <<'PY'
-import sys, time, urllib.request
-deadline = time.monotonic() + 30
-while True:
-    try:
-        print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-PY"#
-    )
+    let fetch = include_str!("../../../tests/fixtures/pipelines/two-hosts/ci/fetch.py");
+    format!("python3 - \"{url_expr}\" <<'PY'\n{fetch}PY")
 }
 
 fn git_source(repo: &TestRepo, commit: git2::Oid) -> Arc<dyn Source> {
@@ -437,7 +426,7 @@ fn postgres_bin() -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn a_postgresql_server_started_by_a_setup_serves_other_hosts_and_is_gone_after_teardown() {
     let Some(bin) = postgres_bin() else {
-        println!("note: PostgreSQL is not installed (scripts/install-deps installs it); test skipped");
+        missing_prerequisite("PostgreSQL is not installed", "scripts/install-deps installs it");
         return;
     };
     let as_root = nix::unistd::geteuid().is_root();
@@ -486,56 +475,20 @@ async fn a_postgresql_server_started_by_a_setup_serves_other_hosts_and_is_gone_a
     assert!(test.leftover_dirs().is_empty());
 }
 
-/// The end-to-end shape of a real pipeline file: loaded from YAML in a commit, code, data and a
-/// rendered config pushed, a service on one host used from the other.
-const TWO_HOSTS_YAML: &str = r#"version: 1
-hosts:
-  db:
-    setup:
-      - mkdir -p www && cp data/seed.txt www/
-      - cd www && nohup python3 -m http.server --bind "$GANTRY_HOST_ADDR" 8000 >../http.log 2>&1 &
-  web:
-    setup: echo "web setup sees $GANTRY_HOST_DB"
-push:
-  code:
-    to: [web]
-  data:
-    - from: ci/seed.txt
-      to: db
-  config:
-    - template: ci/app.env.j2
-      to: web:src/conf/app.env
-env:
-  APP_ENV: test
-stages:
-  - name: show-config
-    host: web
-    run: cat conf/app.env
-  - name: fetch
-    host: web
-    needs: [show-config]
-    run: |
-      . conf/app.env
-      test "$APP_ENV" = test
-      ./ci/tool.sh
-"#;
-
+/// The end-to-end shape of a real pipeline file (`tests/fixtures/pipelines/two-hosts`, shared with
+/// the end-to-end suite): loaded from YAML in a commit, code, data and a config rendered into a
+/// subdirectory pushed, a service on one host used from the other.
 #[tokio::test]
 async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
     let repo = TestRepo::new();
-    let fetch = fetch_script("http://$DB:8000/seed.txt");
-    let yaml = format!("{TWO_HOSTS_YAML}{}", fetch.lines().map(|l| format!("      {l}\n")).collect::<String>());
-    let commit = repo.commit(&[
-        (".gantry.yml", Entry::File(&yaml)),
-        ("ci/seed.txt", Entry::File("hello from the db host\n")),
-        (
-            "ci/app.env.j2",
-            Entry::File(
-                "DB={{ hosts.db.address }}\nBUILD={{ build.number }}\nREPO={{ repo.name }}\nAPP={{ env.APP_ENV }}\n",
-            ),
-        ),
-        ("ci/tool.sh", Entry::Executable("#!/bin/sh\necho tool ran\n")),
-    ]);
+    let files = fixture_tree("two-hosts");
+    let entries: Vec<(&str, Entry<'_>)> = files
+        .iter()
+        .map(|(path, text, executable)| {
+            (path.as_str(), if *executable { Entry::Executable(text) } else { Entry::File(text) })
+        })
+        .collect();
+    let commit = repo.commit(&entries);
     let source = git_source(&repo, commit);
     let text = String::from_utf8(source.read_file(".gantry.yml").unwrap().unwrap()).unwrap();
     let pipeline = gantry_runner::pipeline::load(".gantry.yml", &text, source.as_ref()).unwrap();
@@ -548,15 +501,23 @@ async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
         "{:?}\n{:?}\n{:?}",
         build.result,
         build.log("push:web"),
-        build.log("fetch")
+        build.log("fetch-from-db")
     );
     let db = build.addresses()["db"];
     assert_eq!(
-        build.log("show-config"),
-        [format!("DB={db}"), "BUILD=42".into(), "REPO=shop".into(), "APP=test".into()]
+        build.log("check-env"),
+        [
+            format!("DB={db}"),
+            "BUILD=42".into(),
+            format!("COMMIT={}", info().commit),
+            "REPO=shop".into(),
+            "APP=test".into(),
+            "tool ran".into()
+        ]
     );
-    assert!(build.log("fetch").contains(&"hello from the db host".to_string()), "{:?}", build.log("fetch"));
-    assert!(build.log("fetch").contains(&"tool ran".to_string()));
+    let fetched = build.log("fetch-from-db");
+    assert!(fetched.contains(&"hello from the db host".to_string()), "{fetched:?}");
+    assert_eq!(build.status("web-listens-too"), StepStatus::Passed);
     assert!(build.log("setup:web").contains(&format!("web setup sees {db}")));
     assert!(test.leftover_dirs().is_empty());
 }

@@ -66,16 +66,31 @@ impl TestProvider {
     }
 }
 
-/// The run-as user when the tests run as root and it exists; prints why the run-as part of a
-/// test is skipped otherwise.
+/// A prerequisite of a test is missing. Under `CI=true` that fails the test, naming the step that
+/// provides it, so a CI machine without it can never pass quietly; elsewhere the test is skipped,
+/// saying so. A test returns right after calling this.
+#[track_caller]
+pub fn missing_prerequisite(what: &str, provided_by: &str) {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{what}: under CI=true this test must run ({provided_by})");
+    }
+    println!("note: {what} ({provided_by}); test skipped");
+}
+
+/// The run-as user when the tests run as root and it exists; otherwise `None`, after
+/// [`missing_prerequisite`] said why.
+#[track_caller]
 pub fn run_as_user() -> Option<nix::unistd::User> {
     if !nix::unistd::geteuid().is_root() {
-        println!("note: not running as root; the run_as part of this test is skipped");
+        missing_prerequisite(
+            "not running as root, so steps cannot run as another user",
+            "run the suite as root, as CI does",
+        );
         return None;
     }
     let user = nix::unistd::User::from_name(RUN_AS_USER).unwrap();
     if user.is_none() {
-        println!("note: user {RUN_AS_USER} does not exist (scripts/install-deps creates it); the run_as part of this test is skipped");
+        missing_prerequisite(&format!("user {RUN_AS_USER} does not exist"), "scripts/install-deps creates it");
     }
     user
 }
@@ -160,6 +175,28 @@ pub fn host_ids(pipeline: &Pipeline) -> BTreeMap<String, HostId> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("t{}-{n}-{}", std::process::id(), h.role)))).collect()
+}
+
+/// Every file of the pipeline fixture `tests/fixtures/pipelines/NAME` (shared with the end-to-end
+/// suite), as (path in the repo, text, executable).
+pub fn fixture_tree(name: &str) -> Vec<(String, String, bool)> {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, String, bool)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let relative = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                let executable = path.metadata().unwrap().permissions().mode() & 0o111 != 0;
+                files.push((relative, std::fs::read_to_string(&path).unwrap(), executable));
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pipelines").join(name);
+    let mut files = Vec::new();
+    walk(&root, &root, &mut files);
+    assert!(!files.is_empty(), "no fixture at {}", root.display());
+    files
 }
 
 pub fn info() -> BuildInfo {
