@@ -1,8 +1,8 @@
 //! EC2 API calls under Gantry's one retry policy. `call` runs a call with backon's jittered
 //! exponential backoff until the operation's deadline; `ApiError::from_sdk` decides what is worth
 //! another attempt (throttling, capacity, AWS-side failures, lost connections) and keeps AWS's code
-//! and message for everything else; the listings of this server's resources by their
-//! `gantry:server` tag that teardown and the reaper share. Also the small helpers for tags and
+//! and message for everything else. `describe_own` is the one place that lists this server's
+//! resources by their `gantry:server` tag, every page of them. Also the small helpers for tags and
 //! instance states the other parts use. It decides nothing about what to create or delete: that is
 //! `launch`'s, teardown's (`mod.rs`) and `reap`'s.
 
@@ -120,23 +120,38 @@ impl Ec2Provider {
         }
     }
 
+    /// One Describe* call listing this server's resources: `describe` gets the `gantry:server`
+    /// tag filter followed by `filters`, and reads every page (through the SDK's paginator where
+    /// the operation has one); the whole listing runs under the retry policy.
+    async fn describe_own<T, E, F, Fut>(
+        &self,
+        action: &'static str,
+        filters: Vec<Filter>,
+        deadline: Instant,
+        describe: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Vec<Filter>) -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut all = vec![tag_filter(TAG_SERVER, &self.config.server_id)];
+        all.extend(filters);
+        self.call(action, deadline, || describe(all.clone())).await
+    }
+
     /// Instances of this server matching `filters`, in any state but terminated.
     pub(super) async fn instances(&self, filters: Vec<Filter>, deadline: Instant) -> Result<Vec<Instance>, ApiError> {
-        let mut all = vec![
-            tag_filter(TAG_SERVER, &self.config.server_id),
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "shutting-down", "stopping", "stopped"].map(String::from).to_vec(),
-                ))
-                .build(),
-        ];
+        let mut all = vec![Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(["pending", "running", "shutting-down", "stopping", "stopped"].map(String::from).to_vec()))
+            .build()];
         all.extend(filters);
         let reservations = self
-            .call("DescribeInstances", deadline, || {
+            .describe_own("DescribeInstances", all, deadline, |filters| {
                 self.client
                     .describe_instances()
-                    .set_filters(Some(all.clone()))
+                    .set_filters(Some(filters))
                     .into_paginator()
                     .items()
                     .send()
@@ -152,13 +167,11 @@ impl Ec2Provider {
         filters: Vec<Filter>,
         deadline: Instant,
     ) -> Result<Vec<(String, String)>, ApiError> {
-        let mut all = vec![tag_filter(TAG_SERVER, &self.config.server_id)];
-        all.extend(filters);
         let groups = self
-            .call("DescribeSecurityGroups", deadline, || {
+            .describe_own("DescribeSecurityGroups", filters, deadline, |filters| {
                 self.client
                     .describe_security_groups()
-                    .set_filters(Some(all.clone()))
+                    .set_filters(Some(filters))
                     .into_paginator()
                     .items()
                     .send()
@@ -173,11 +186,12 @@ impl Ec2Provider {
             .collect())
     }
 
-    /// This server's key pairs: (name, host tag).
+    /// This server's key pairs: (name, host tag). `DescribeKeyPairs` has no pages: one answer
+    /// holds them all.
     pub(super) async fn keys(&self, deadline: Instant) -> Result<Vec<(String, Option<String>)>, ApiError> {
         let out = self
-            .call("DescribeKeyPairs", deadline, || {
-                self.client.describe_key_pairs().filters(tag_filter(TAG_SERVER, &self.config.server_id)).send()
+            .describe_own("DescribeKeyPairs", Vec::new(), deadline, |filters| {
+                self.client.describe_key_pairs().set_filters(Some(filters)).send()
             })
             .await?;
         Ok(out
