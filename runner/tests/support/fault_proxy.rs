@@ -1,8 +1,10 @@
 //! An HTTP proxy on a free loopback port that stands between the AWS SDK and moto, records every
 //! EC2 call and injects what moto does not simulate: throttling, other API errors and latency.
-//! Faults are set per action at run time; everything else is forwarded unchanged. It owns no EC2
-//! behaviour of its own: it never answers a call successfully without moto. Its server task is
-//! aborted when it is dropped. Included with `#[path]` by the test binaries that need it.
+//! It can also hold a call until another of its action arrives (a barrier), which proves that two
+//! calls were in flight together without measuring time. Faults are set per action at run time;
+//! everything else is forwarded unchanged. It owns no EC2 behaviour of its own: it never answers a
+//! call successfully without moto. Its server task is aborted when it is dropped. Included with
+//! `#[path]` by the test binaries that need it.
 //!
 //! The SDK speaks EC2's Query protocol: every call is `POST /` with a form body
 //! `Action=RunInstances&Version=2016-11-15&…`; the action is read from that body (or, for a `GET`,
@@ -20,6 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
 
 /// How long a forwarded call may wait for moto.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,7 +58,8 @@ pub struct Recorded {
     pub params: BTreeMap<String, String>,
     /// When it arrived.
     pub at: Instant,
-    /// Whether the proxy answered it with an injected error instead of forwarding it.
+    /// Whether the proxy answered it with an error set by `fail` or `throttle` instead of
+    /// forwarding it (a barrier's error, known only later, does not count).
     pub faulted: bool,
 }
 
@@ -82,6 +86,17 @@ struct Faults {
     delays: HashMap<String, Duration>,
     /// How long every call is held, on top of its action's own delay.
     all: Duration,
+    /// Per action, a barrier its next two calls meet at.
+    barriers: HashMap<String, Barrier>,
+}
+
+/// Two calls of one action meet here: the first waits for the second, then both go on and the
+/// barrier is gone.
+struct Barrier {
+    /// How long the first call waits for the second before it is answered with an error.
+    deadline: Duration,
+    /// Set while the first call waits: the second call releases it through this.
+    release: Option<oneshot::Sender<()>>,
 }
 
 #[derive(Clone)]
@@ -139,7 +154,18 @@ impl FaultProxy {
         self.shared.faults.lock().unwrap().all = by;
     }
 
-    /// Drop every pending error and delay; the log stays.
+    /// Hold the next call of `action` until a second one arrives, then let both go on (to their
+    /// delays, errors or moto): a test that passes proves the two were in flight at the same time,
+    /// however slow the machine. If no second call arrives within `deadline`, the held one is
+    /// answered with a 500 `FaultProxyBarrier` error saying that the calls came one after the
+    /// other, the barrier is gone, and later calls pass. One barrier per action, for one pair.
+    pub fn barrier(&self, action: &str, deadline: Duration) {
+        let barrier = Barrier { deadline, release: None };
+        self.shared.faults.lock().unwrap().barriers.insert(action.to_string(), barrier);
+    }
+
+    /// Drop every pending error, delay and barrier (a call held at a barrier goes on); the log
+    /// stays.
     pub fn clear(&self) {
         *self.shared.faults.lock().unwrap() = Faults::default();
     }
@@ -195,18 +221,65 @@ async fn handle(
 ) -> Response {
     let params = parse_params(&method, &uri, &body).await;
     let action = params.get("Action").cloned().unwrap_or_default();
-    let (injected, delay) = {
+    let (injected, delay, held) = {
         let mut faults = shared.faults.lock().unwrap();
         let injected = faults.errors.get_mut(&action).and_then(next_error);
-        (injected, faults.delays.get(&action).copied().unwrap_or_default() + faults.all)
+        let held = meet(&mut faults.barriers, &action);
+        (injected, faults.delays.get(&action).copied().unwrap_or_default() + faults.all, held)
     };
-    shared.log.lock().unwrap().push(Recorded { action, params, at: Instant::now(), faulted: injected.is_some() });
+    shared.log.lock().unwrap().push(Recorded {
+        action: action.clone(),
+        params,
+        at: Instant::now(),
+        faulted: injected.is_some(),
+    });
+    if let Some((released, deadline)) = held {
+        // A dropped sender (`clear`) releases the call as well.
+        if tokio::time::timeout(deadline, released).await.is_err() {
+            {
+                // Remove the barrier this call waited at (nobody listens to its release any
+                // more), not one set since.
+                let mut faults = shared.faults.lock().unwrap();
+                let abandoned =
+                    faults.barriers.get(&action).and_then(|b| b.release.as_ref()).is_some_and(|r| r.is_closed());
+                if abandoned {
+                    faults.barriers.remove(&action);
+                }
+            }
+            return error_response(&Injected {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "FaultProxyBarrier".to_string(),
+                message: format!(
+                    "the second {action} never arrived within {deadline:?} of the first: the calls are sequential"
+                ),
+            });
+        }
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     match injected {
         Some(injected) => error_response(&injected),
         None => forward(&shared, method, &uri, &headers, body).await,
+    }
+}
+
+/// A call of `action` at its barrier, if it has one: the first call gets what to wait on and for
+/// how long; the second releases the first and removes the barrier.
+fn meet(barriers: &mut HashMap<String, Barrier>, action: &str) -> Option<(oneshot::Receiver<()>, Duration)> {
+    let barrier = barriers.get_mut(action)?;
+    match barrier.release.take() {
+        Some(release) => {
+            // Sending fails only if the first call has just given up: then nothing waits.
+            let _ = release.send(());
+            barriers.remove(action);
+            None
+        }
+        None => {
+            let (release, released) = oneshot::channel();
+            barrier.release = Some(release);
+            Some((released, barrier.deadline))
+        }
     }
 }
 
