@@ -8,6 +8,7 @@
 //! It must not know about HTTP, SQL or the dashboard: the server persists and shows the events,
 //! `gantry run` prints them.
 
+pub(crate) mod env;
 pub mod executor;
 pub mod pipeline;
 pub mod process;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
+use crate::env::is_env_name;
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR, REAP_DEADLINE, REAP_GRACE};
 use crate::provider::HostId;
@@ -705,12 +706,6 @@ pub(crate) fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// The remote path of `rel` inside `home`.
 fn join_home(home: &str, rel: &Path) -> String {
     let rel = rel.to_string_lossy();
@@ -769,14 +764,5 @@ mod tests {
         assert_eq!(join_home("/h", &relative("").unwrap()), "/h");
         assert!(matches!(relative("/etc"), Err(TransportError::PathEscapes(_))));
         assert!(matches!(relative("a/../../b"), Err(TransportError::PathEscapes(_))));
-    }
-
-    #[test]
-    fn environment_names_are_identifiers() {
-        assert!(is_env_name("DATABASE_URL"));
-        assert!(is_env_name("_x1"));
-        assert!(!is_env_name("1X"));
-        assert!(!is_env_name("A=B"));
-        assert!(!is_env_name(""));
     }
 }
