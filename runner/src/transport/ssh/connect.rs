@@ -6,9 +6,11 @@
 //! Nothing here runs a command on the host.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
@@ -125,34 +127,52 @@ enum AttemptError {
     Fatal(TransportError),
 }
 
+/// Connect to `target`, retrying what may be a machine still booting (a refused, reset or
+/// unanswered attempt) with exponential backoff from [`CONNECT_BACKOFF_START`] to
+/// [`CONNECT_BACKOFF_MAX`], each attempt under [`CONNECT_ATTEMPT_TIMEOUT`] and the remaining
+/// budget, until `timeout` is spent: no retry starts when its pause would reach the end of the
+/// budget. A wrong host key or a refused client key fails at once.
 pub(super) async fn connect_with_retry(
     target: &SshTarget,
     timeout: Duration,
 ) -> Result<Handle<Client>, TransportError> {
     let give_up = tokio::time::Instant::now() + timeout;
-    let mut backoff = CONNECT_BACKOFF_START;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
+    let attempts = AtomicU32::new(0);
+    let attempt = || async {
+        attempts.fetch_add(1, Ordering::Relaxed);
         let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
         let attempt_timeout = CONNECT_ATTEMPT_TIMEOUT.min(remaining.max(Duration::from_millis(1)));
-        let last_error = match tokio::time::timeout(attempt_timeout, connect_once(target)).await {
-            Ok(Ok(handle)) => return Ok(handle),
-            Ok(Err(AttemptError::Fatal(error))) => return Err(error),
-            Ok(Err(AttemptError::Retry(message))) => message,
-            Err(_) => format!("no answer within {attempt_timeout:?}"),
-        };
-        let now = tokio::time::Instant::now();
-        if now + backoff >= give_up {
-            return Err(TransportError::Connect(format!(
-                "{}: gave up after {attempts} attempts in {timeout:?}: {last_error}",
-                target.name()
-            )));
+        match tokio::time::timeout(attempt_timeout, connect_once(target)).await {
+            Ok(result) => result,
+            Err(_) => Err(AttemptError::Retry(format!("no answer within {attempt_timeout:?}"))),
         }
-        tracing::debug!(machine = %target.name(), attempts, error = %last_error, "ssh connection attempt failed; retrying");
-        // Poll with a deadline: a booting machine gives no event to wait on.
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(CONNECT_BACKOFF_START)
+        .with_max_delay(CONNECT_BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times();
+    // Poll with a deadline: a booting machine gives no event to wait on.
+    let connected = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|error| matches!(error, AttemptError::Retry(_)))
+        .adjust(|_, pause| pause.filter(|pause| tokio::time::Instant::now() + *pause < give_up))
+        .notify(|error, _| {
+            if let AttemptError::Retry(message) = error {
+                let attempts = attempts.load(Ordering::Relaxed);
+                tracing::debug!(machine = %target.name(), attempts, error = %message, "ssh connection attempt failed; retrying");
+            }
+        })
+        .await;
+    match connected {
+        Ok(handle) => Ok(handle),
+        Err(AttemptError::Fatal(error)) => Err(error),
+        Err(AttemptError::Retry(last_error)) => Err(TransportError::Connect(format!(
+            "{}: gave up after {} attempts in {timeout:?}: {last_error}",
+            target.name(),
+            attempts.load(Ordering::Relaxed)
+        ))),
     }
 }
 
@@ -217,4 +237,57 @@ fn abbreviate(text: &str) -> String {
 
 pub(super) fn lost(target: &SshTarget) -> impl Fn(russh::Error) -> TransportError + '_ {
     move |error| TransportError::ConnectionLost(format!("{}: {error}", target.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+
+    use super::*;
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
+    }
+
+    /// A loopback port that accepts every connection and drops it at once, as a machine whose
+    /// sshd is not up yet may.
+    async fn dropping_listener() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn retries_back_off_and_give_up_within_the_budget() {
+        let target = SshTarget {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: dropping_listener().await,
+            user: "gantry".into(),
+            key: Arc::new(key(1)),
+            host_key: key(2).public_key().clone(),
+            home: "/nowhere".into(),
+            host_id: HostId("h-retry".into()),
+        };
+        let budget = Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        let error = connect_with_retry(&target, budget).await.err().expect("nothing can connect");
+        let elapsed = started.elapsed();
+        let TransportError::Connect(message) = &error else { panic!("not a connect error: {error}") };
+        let attempts: u32 = message
+            .split("gave up after ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no attempt count in {message:?}"));
+        // The pauses of 0.1 s, 0.2 s and 0.4 s all fit in the budget; the fourth attempt follows them.
+        assert!(attempts >= 4, "only {attempts} attempts: {message}");
+        assert!(elapsed >= Duration::from_millis(700), "gave up after {elapsed:?}, before the pauses ran");
+        // No pause reaches past the budget, so only the last quick attempt may overrun it.
+        assert!(elapsed < budget + Duration::from_secs(1), "gave up after {elapsed:?}");
+    }
 }
