@@ -10,6 +10,7 @@
 
 pub(crate) mod env;
 pub mod executor;
+pub mod mask;
 pub mod pipeline;
 pub mod process;
 pub mod provider;
