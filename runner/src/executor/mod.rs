@@ -27,10 +27,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{BuildEvent, BuildStatus, StepId, StepIndex, StepKind, StepStatus, Stream};
+use crate::mask::Masker;
 use crate::pipeline::Pipeline;
 use crate::provider::{HostRequest, Provider};
 use crate::transport::Transport;
@@ -86,6 +88,7 @@ pub async fn execute(
         hosts: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(Vec::new()),
         code_archive: OnceCell::new(),
+        mask: Masker::new(plan.secrets.values().map(|value| value.expose_secret())),
     };
     run.emit(BuildEvent::Planned { steps: run.steps.clone() }).await;
     tracing::info!(build = plan.info.number, repo = %plan.info.repo, commit = %plan.info.commit, "build started");
@@ -119,6 +122,8 @@ struct Run<'a> {
     errors: Mutex<Vec<String>>,
     /// The tree of the commit as `src/…`, packed once for every host that receives it.
     code_archive: OnceCell<Result<Arc<Vec<u8>>, String>>,
+    /// Masks the build's secrets in every log line, report and error before it leaves the build.
+    mask: Masker,
 }
 
 /// How a phase ended, deciding whether the next one starts.
@@ -133,7 +138,18 @@ impl<'a> Run<'a> {
         &self.plan.pipeline
     }
 
+    /// Report an event, with the build's secrets masked in what it carries of a step's output.
     async fn emit(&self, event: BuildEvent) {
+        let event = match event {
+            BuildEvent::Log { step, at, stream, text } => {
+                BuildEvent::Log { step, at, stream, text: self.mask.mask(&text).into_owned() }
+            }
+            BuildEvent::Report { step, path, mut content } => {
+                self.mask.mask_bytes(&mut content);
+                BuildEvent::Report { step, path, content }
+            }
+            other => other,
+        };
         // A caller that stopped listening still gets its hosts torn down; nothing to do here.
         let _ = self.events.send(event).await;
     }
@@ -151,6 +167,7 @@ impl<'a> Run<'a> {
     }
 
     fn error(&self, message: String) {
+        let message = self.mask.mask(&message).into_owned();
         tracing::warn!(build = self.plan.info.number, error = %message, "build error");
         self.errors.lock().expect("errors poisoned").push(message);
     }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use secrecy::SecretString;
+
 use super::{Run, CODE_DIR};
 use crate::event::{StepId, StepKind, StepStatus};
 use crate::pipeline::{Pipeline, Stage, TemplateContext};
@@ -34,6 +36,9 @@ pub struct BuildPlan {
     pub source: Arc<dyn Source>,
     /// One id per host role, recorded durably by the caller before `execute` runs.
     pub host_ids: BTreeMap<String, HostId>,
+    /// The secrets this build may hand to the steps and templates that name them, by name. Their
+    /// values are masked in everything the build reports, whether a step named them or not.
+    pub secrets: BTreeMap<String, SecretString>,
 }
 
 /// The steps of a build, in the order [`BuildEvent::Planned`] announces them.

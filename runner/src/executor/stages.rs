@@ -7,6 +7,7 @@
 //! What a stage waits for is decided in `plan`; provisioning, pushing and teardown are not done
 //! here.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ impl Run<'_> {
                     script: script.clone(),
                     cwd: self.working_dir(&host.role).to_string(),
                     env: self.step_env(&host.role, None),
+                    secrets: BTreeMap::new(),
+                    mask: self.mask.clone(),
                     timeout: host.setup_timeout,
                 };
                 self.run_script(step, &host.role, &request).await;
@@ -109,6 +112,8 @@ impl Run<'_> {
             script: stage.run.clone(),
             cwd: self.working_dir(&stage.host).to_string(),
             env: self.step_env(&stage.host, Some(&stage.env)),
+            secrets: BTreeMap::new(),
+            mask: self.mask.clone(),
             timeout: stage.timeout,
         };
         let status = self

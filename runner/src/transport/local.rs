@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +138,7 @@ impl LocalTransport {
             .env_clear()
             .envs(self.base_env())
             .envs(&request.env)
+            .envs(request.secrets.iter().map(|(name, value)| (name, value.expose_secret())))
             // The marker goes last so a pipeline's `env` can never hide a process from teardown.
             .env(HOST_MARKER_VAR, self.host_id.to_string())
             .env(HOST_HOME_VAR, &self.home)
@@ -319,10 +321,10 @@ impl Transport for LocalTransport {
         let mut guard = GroupGuard { pgid };
         let (line_tx, mut lines) = mpsc::channel(OUTPUT_BUFFER_LINES);
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone()));
+            tokio::spawn(read_lines(stdout, LineSplitter::new(Stream::Stdout, request.mask.clone()), line_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx));
+            tokio::spawn(read_lines(stderr, LineSplitter::new(Stream::Stderr, request.mask.clone()), line_tx));
         }
 
         let deadline = tokio::time::Instant::now() + request.timeout;
@@ -423,8 +425,7 @@ impl Drop for GroupGuard {
 
 /// Read a pipe to its end, cutting it into lines. Once the exec loop stops listening the rest is
 /// read and dropped, so a background process holding the pipe never blocks on a full one.
-async fn read_lines(mut pipe: impl AsyncRead + Unpin, stream: Stream, lines: mpsc::Sender<OutputLine>) {
-    let mut splitter = LineSplitter::new(stream);
+async fn read_lines(mut pipe: impl AsyncRead + Unpin, mut splitter: LineSplitter, lines: mpsc::Sender<OutputLine>) {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut listening = true;
     loop {

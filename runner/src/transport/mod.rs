@@ -13,10 +13,12 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Stream;
+use crate::mask::Masker;
 
 /// Longest line kept whole; longer lines are cut into several.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -48,6 +50,11 @@ pub struct ExecRequest {
     pub cwd: String,
     /// Added to the host's base environment (HOME, PATH, USER, LANG, ...).
     pub env: BTreeMap<String, String>,
+    /// The secrets this step names, added to its environment after `env`. Kept apart from `env`
+    /// so that printing a request never prints them.
+    pub secrets: BTreeMap<String, SecretString>,
+    /// Masks the build's secrets in the output before a line leaves the transport.
+    pub mask: Masker,
     pub timeout: Duration,
 }
 
@@ -106,16 +113,21 @@ pub(crate) fn relative(path: &str) -> Result<PathBuf, TransportError> {
 }
 
 /// Cuts a byte stream into lines: splits on `\n`, drops a trailing `\r`, cuts lines longer than
-/// [`MAX_LINE_BYTES`], replaces invalid UTF-8 and control characters other than tab so binary
-/// output is stored safely.
+/// [`MAX_LINE_BYTES`], masks the build's secrets, and replaces invalid UTF-8 and control
+/// characters other than tab so binary output is stored safely.
+///
+/// Masking happens on the bytes before a line is cut: when an overlong line is cut, the last
+/// [`Masker::longest`]` - 1` bytes stay for the next line, so a secret that straddles the cut (or
+/// arrives in two writes) is still seen whole.
 pub struct LineSplitter {
     stream: Stream,
     pending: Vec<u8>,
+    mask: Masker,
 }
 
 impl LineSplitter {
-    pub fn new(stream: Stream) -> LineSplitter {
-        LineSplitter { stream, pending: Vec::new() }
+    pub fn new(stream: Stream, mask: Masker) -> LineSplitter {
+        LineSplitter { stream, pending: Vec::new(), mask }
     }
 
     /// Feed bytes; returns the complete lines they finish.
@@ -127,7 +139,7 @@ impl LineSplitter {
             } else {
                 self.pending.push(b);
                 if self.pending.len() >= MAX_LINE_BYTES {
-                    lines.push(self.take());
+                    lines.extend(self.cut());
                 }
             }
         }
@@ -139,11 +151,26 @@ impl LineSplitter {
         (!self.pending.is_empty()).then(|| self.take())
     }
 
+    /// Cut an overlong pending line, keeping back the bytes a secret could still be running
+    /// through; nothing when masking made it short again.
+    fn cut(&mut self) -> Option<OutputLine> {
+        self.mask.mask_bytes(&mut self.pending);
+        if self.pending.len() < MAX_LINE_BYTES {
+            return None;
+        }
+        let keep = self.mask.longest().saturating_sub(1).min(MAX_LINE_BYTES / 2);
+        let rest = self.pending.split_off(self.pending.len() - keep);
+        let line = self.take();
+        self.pending = rest;
+        Some(line)
+    }
+
     fn take(&mut self) -> OutputLine {
         let mut bytes = std::mem::take(&mut self.pending);
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
         }
+        self.mask.mask_bytes(&mut bytes);
         let text = String::from_utf8_lossy(&bytes)
             .chars()
             .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
@@ -158,7 +185,7 @@ mod tests {
 
     #[test]
     fn splits_lines_and_keeps_the_unterminated_rest() {
-        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut s = LineSplitter::new(Stream::Stdout, Masker::default());
         let lines = s.push(b"one\r\ntw");
         assert_eq!(lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["one"]);
         assert!(s.push(b"o").is_empty());
@@ -168,16 +195,39 @@ mod tests {
 
     #[test]
     fn binary_output_becomes_replacement_characters() {
-        let mut s = LineSplitter::new(Stream::Stderr);
+        let mut s = LineSplitter::new(Stream::Stderr, Masker::default());
         let lines = s.push(b"a\x00b\xff\x1b[0m\tc\n");
         assert_eq!(lines[0].text, "a\u{FFFD}b\u{FFFD}\u{FFFD}[0m\tc");
     }
 
     #[test]
     fn overlong_lines_are_cut() {
-        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut s = LineSplitter::new(Stream::Stdout, Masker::default());
         let lines = s.push(&vec![b'x'; MAX_LINE_BYTES * 2 + 5]);
         assert_eq!(lines.len(), 2);
         assert_eq!(s.finish().unwrap().text.len(), 5);
+    }
+
+    #[test]
+    fn a_secret_is_masked_when_it_arrives_in_pieces() {
+        let mut s = LineSplitter::new(Stream::Stdout, Masker::new(["hunter2"]));
+        assert!(s.push(b"pw=hun").is_empty());
+        let lines = s.push(b"ter2 done\n");
+        assert_eq!(lines[0].text, format!("pw={} done", crate::mask::MASK));
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_of_an_overlong_line_is_masked() {
+        let secret = "s3cr3t-value-0123456789";
+        let mut s = LineSplitter::new(Stream::Stdout, Masker::new([secret]));
+        // The secret starts 5 bytes before the line limit, so a plain cut would split it.
+        let mut bytes = vec![b'x'; MAX_LINE_BYTES - 5];
+        bytes.extend_from_slice(secret.as_bytes());
+        bytes.extend_from_slice(b" tail\n");
+        let lines = s.push(&bytes);
+        let all: String = lines.iter().map(|l| l.text.as_str()).collect();
+        assert!(!all.contains("s3cr3t") && !all.contains("0123456789"), "a piece of the secret leaked");
+        assert!(all.contains(crate::mask::MASK) && all.ends_with(" tail"), "{}", &all[all.len() - 40..]);
+        assert!(lines.iter().all(|l| l.text.len() <= MAX_LINE_BYTES + crate::mask::MASK.len()));
     }
 }

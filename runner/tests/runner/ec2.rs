@@ -62,6 +62,8 @@ async fn run(transport: &dyn Transport, script: &str) -> (ExecOutcome, String) {
         script: script.to_string(),
         cwd: String::new(),
         env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        mask: Default::default(),
         timeout: Duration::from_secs(30),
     };
     let outcome = transport.exec(&request, &lines, &CancellationToken::new()).await.unwrap();

@@ -211,7 +211,7 @@ pub fn info() -> BuildInfo {
 
 pub fn plan(pipeline: Pipeline, source: Arc<dyn Source>) -> BuildPlan {
     let host_ids = host_ids(&pipeline);
-    BuildPlan { info: info(), pipeline: Arc::new(pipeline), source, host_ids }
+    BuildPlan { info: info(), pipeline: Arc::new(pipeline), source, host_ids, secrets: BTreeMap::new() }
 }
 
 /// A source with nothing in it, for pipelines that push nothing.

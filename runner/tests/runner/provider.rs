@@ -37,6 +37,8 @@ async fn run(host: &ProvisionedHost, script: &str) -> (ExecOutcome, Vec<String>)
         script: script.to_string(),
         cwd: String::new(),
         env: Default::default(),
+        secrets: Default::default(),
+        mask: Default::default(),
         timeout: Duration::from_secs(30),
     };
     let outcome = host.transport.exec(&req, &tx, &CancellationToken::new()).await.unwrap();

@@ -67,7 +67,14 @@ async fn remote() -> Remote {
 }
 
 fn request(script: &str) -> ExecRequest {
-    ExecRequest { script: script.to_string(), cwd: String::new(), env: BTreeMap::new(), timeout: STEP_TIMEOUT }
+    ExecRequest {
+        script: script.to_string(),
+        cwd: String::new(),
+        env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        mask: Default::default(),
+        timeout: STEP_TIMEOUT,
+    }
 }
 
 /// Run a script to its end and collect its lines.

@@ -32,6 +32,8 @@ fn request(script: &str) -> ExecRequest {
         script: script.to_string(),
         cwd: String::new(),
         env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        mask: Default::default(),
         timeout: Duration::from_secs(30),
     }
 }

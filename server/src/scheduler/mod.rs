@@ -505,6 +505,7 @@ impl Scheduler {
             pipeline: Arc::new(pipeline),
             source,
             host_ids: host_ids.clone(),
+            secrets: BTreeMap::new(),
         };
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let persister =

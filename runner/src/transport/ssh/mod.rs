@@ -142,8 +142,8 @@ impl Transport for SshTransport {
         channel.exec(true, command.as_bytes()).await.map_err(lost(&self.target))?;
         channel.eof().await.map_err(lost(&self.target))?;
 
-        let mut stdout = LineSplitter::new(Stream::Stdout);
-        let mut stderr = LineSplitter::new(Stream::Stderr);
+        let mut stdout = LineSplitter::new(Stream::Stdout, request.mask.clone());
+        let mut stderr = LineSplitter::new(Stream::Stderr, request.mask.clone());
         // The first stdout line is the script's pid, printed by the wrapper before the script.
         let mut pid_line: Option<Vec<u8>> = Some(Vec::new());
         let mut pgid: Option<i32> = None;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use russh::{ChannelMsg, Sig};
+use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
 use super::connect::lost;
@@ -134,11 +135,12 @@ impl SshTransport {
             ("TMPDIR".to_string(), join_home(home, Path::new(TMP_DIR))),
             ("SHELL".to_string(), SHELL.to_string()),
         ]);
-        for (name, value) in &request.env {
+        let secrets = request.secrets.iter().map(|(name, value)| (name, value.expose_secret()));
+        for (name, value) in request.env.iter().map(|(name, value)| (name, value.as_str())).chain(secrets) {
             if !is_env_name(name) {
                 return Err(TransportError::Other(format!("invalid environment variable name {name:?}")));
             }
-            env.insert(name.clone(), value.clone());
+            env.insert(name.clone(), value.to_string());
         }
         // The marker goes last so a pipeline's `env` can never hide a process from teardown.
         env.insert(HOST_MARKER_VAR.to_string(), self.target.host_id.to_string());
