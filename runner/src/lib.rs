@@ -8,7 +8,7 @@
 //! It must not know about HTTP, SQL or the dashboard: the server persists and shows the events,
 //! `gantry run` prints them.
 
-pub(crate) mod env;
+pub mod env;
 pub mod executor;
 pub mod mask;
 pub mod pipeline;

@@ -16,6 +16,8 @@ use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::secrets::SecretSource;
+
 /// Where the server listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 
@@ -82,6 +84,13 @@ pub struct RepoConfig {
     /// Whether a new build of a branch cancels the older queued or running builds of that branch.
     #[serde(default = "default_cancel_superseded")]
     pub cancel_superseded: bool,
+    /// The secrets this repo's pipelines may name, and where each value comes from (contract §6).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Whether builds of pull requests get the secrets too (off: a pull request's code is not
+    /// the team's yet).
+    #[serde(default)]
+    pub secrets_for_pull_requests: bool,
 }
 
 impl RepoConfig {
@@ -94,6 +103,8 @@ impl RepoConfig {
             poll_interval: None,
             provider: ProviderKind::Local,
             cancel_superseded: default_cancel_superseded(),
+            secrets: BTreeMap::new(),
+            secrets_for_pull_requests: false,
         }
     }
 }
@@ -304,6 +315,12 @@ impl Config {
             }
             if repo.url.trim().is_empty() {
                 problems.push(format!("repo {:?}: url is empty", repo.name));
+            }
+            for name in repo.secrets.keys().filter(|name| !gantry_runner::env::is_env_name(name)) {
+                problems.push(format!(
+                    "repo {:?}: secret {name:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                    repo.name
+                ));
             }
             if repo.poll_interval == Some(Duration::ZERO) {
                 problems.push(format!("repo {:?}: poll_interval must be longer than zero", repo.name));

@@ -14,6 +14,7 @@ pub mod local_run;
 pub mod poller;
 pub mod providers;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 
 use std::net::SocketAddr;

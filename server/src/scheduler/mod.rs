@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, RepoConfig};
 use crate::git::{GitError, Mirrors};
 use crate::providers::Providers;
-use crate::store::{self, BuildId, BuildRow, NewBuild, Store, StoreError};
+use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
 
 /// How many events of one build may wait for the persister before the executor waits.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -473,6 +473,12 @@ impl Scheduler {
             inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
         let commit = self.ensure_commit(repo, &build.commit).await.map_err(|e| e.to_string())?;
         let pipeline = load_pipeline(&inner.mirrors, &repo.name, commit).await.map_err(|e| e.to_string())?;
+        // Branches and tags are the team's own code; pull requests (when they arrive) are not.
+        let is_pull_request = match build.ref_kind {
+            RefKind::Branch | RefKind::Tag => false,
+        };
+        let secrets = crate::secrets::for_build(&repo.secrets, is_pull_request, repo.secrets_for_pull_requests)
+            .map_err(|e| e.to_string())?;
         let provider = Arc::clone(
             inner
                 .providers
@@ -505,7 +511,7 @@ impl Scheduler {
             pipeline: Arc::new(pipeline),
             source,
             host_ids: host_ids.clone(),
-            secrets: BTreeMap::new(),
+            secrets,
         };
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let persister =
