@@ -4,9 +4,11 @@
 //!
 //! Sources are synchronous (git2 is); callers run them on a blocking thread. A source only ever
 //! reads: it never writes into the repository or the directory it serves, and it never lets a
-//! path (`..`, an absolute path, `.git`) reach outside the tree it describes.
+//! path (`..`, an absolute path, `.git`) reach outside the tree it describes. A file that must be
+//! small (the pipeline file) is read with [`Source::read_file_at_most`], which learns the size
+//! before it reads: from the blob's header in git's object database, from the metadata of a file.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,27 @@ pub enum EntryKind {
     Dir,
 }
 
+/// A file read under a size limit: its contents, or only its size when it is over the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limited {
+    /// The whole file, at most the limit long.
+    Read(Vec<u8>),
+    /// The file holds `size` bytes, more than the limit; its contents were not read.
+    TooLarge { size: u64 },
+}
+
+impl Limited {
+    /// `bytes`, already in memory, judged against `limit`.
+    fn of(bytes: Vec<u8>, limit: u64) -> Limited {
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if size > limit {
+            Limited::TooLarge { size }
+        } else {
+            Limited::Read(bytes)
+        }
+    }
+}
+
 pub trait Source: Send + Sync {
     /// For messages: `acme@1a2b3c4` or `/home/me/shop`.
     fn describe(&self) -> String;
@@ -51,6 +74,13 @@ pub trait Source: Send + Sync {
 
     /// The contents of the file at `path`, `None` when there is none.
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError>;
+
+    /// [`Source::read_file`] for a file that must hold at most `limit` bytes: a larger file is
+    /// [`Limited::TooLarge`]. Both sources here learn the size before reading, so a huge file costs
+    /// no memory; this default, for sources that hold their files in memory anyway, reads first.
+    fn read_file_at_most(&self, path: &str, limit: u64) -> Result<Option<Limited>, SourceError> {
+        Ok(self.read_file(path)?.map(|bytes| Limited::of(bytes, limit)))
+    }
 
     /// Write a tar archive of `path` (a file or a directory; `""` for the whole tree) to `out`.
     /// Entry names start with `prefix` followed by the path's last component (or, for `""`,
@@ -178,6 +208,25 @@ impl GitCommitSource {
         }
     }
 
+    /// The blob at `path` of the commit's tree, `None` when there is no file there.
+    fn blob_id(&self, repo: &git2::Repository, path: &str) -> Result<Option<git2::Oid>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let (tree, _) = self.commit_tree(repo)?;
+        let Some(entry) = self.entry(&tree, &parts)? else { return Ok(None) };
+        Ok((entry.kind() == Some(git2::ObjectType::Blob)).then(|| entry.id()))
+    }
+
+    /// The size of blob `id` from its header in the object database, without inflating the blob.
+    fn blob_size(&self, repo: &git2::Repository, id: git2::Oid, path: &str) -> Result<u64, SourceError> {
+        let what = || format!("{path} in {}", self.describe());
+        let odb = repo.odb().map_err(self.git_err(what()))?;
+        let (size, _) = odb.read_header(id).map_err(self.git_err(what()))?;
+        Ok(u64::try_from(size).unwrap_or(u64::MAX))
+    }
+
     fn append_tree(
         &self,
         repo: &git2::Repository,
@@ -247,18 +296,21 @@ impl Source for GitCommitSource {
     }
 
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let Some(parts) = components(path) else { return Ok(None) };
-        if parts.is_empty() {
-            return Ok(None);
-        }
         let repo = self.open()?;
-        let (tree, _) = self.commit_tree(&repo)?;
-        let Some(entry) = self.entry(&tree, &parts)? else { return Ok(None) };
-        if entry.kind() != Some(git2::ObjectType::Blob) {
-            return Ok(None);
-        }
-        let blob = repo.find_blob(entry.id()).map_err(self.git_err(format!("{path} in {}", self.describe())))?;
+        let Some(id) = self.blob_id(&repo, path)? else { return Ok(None) };
+        let blob = repo.find_blob(id).map_err(self.git_err(format!("{path} in {}", self.describe())))?;
         Ok(Some(blob.content().to_vec()))
+    }
+
+    fn read_file_at_most(&self, path: &str, limit: u64) -> Result<Option<Limited>, SourceError> {
+        let repo = self.open()?;
+        let Some(id) = self.blob_id(&repo, path)? else { return Ok(None) };
+        let size = self.blob_size(&repo, id, path)?;
+        if size > limit {
+            return Ok(Some(Limited::TooLarge { size }));
+        }
+        let blob = repo.find_blob(id).map_err(self.git_err(format!("{path} in {}", self.describe())))?;
+        Ok(Some(Limited::of(blob.content().to_vec(), limit)))
     }
 
     fn archive(&self, path: &str, prefix: &str, out: &mut dyn Write) -> Result<(), SourceError> {
@@ -330,6 +382,44 @@ impl WorkDirSource {
     }
 }
 
+/// What a path of a working directory holds for reading.
+enum FileAt {
+    /// A symlink, read like a git blob of mode 120000: the link's target, never what it points to,
+    /// so a working tree reads exactly as its commit would.
+    Link(Vec<u8>),
+    /// A regular file, at this full path.
+    File(PathBuf),
+}
+
+impl WorkDirSource {
+    /// What `path` holds, `None` when it does not exist or is neither a file nor a symlink.
+    fn file_at(&self, path: &str) -> Result<Option<FileAt>, SourceError> {
+        let Some(parts) = components(path) else { return Ok(None) };
+        let full: PathBuf = self.root.join(parts.iter().collect::<PathBuf>());
+        let Some(meta) = Self::metadata(&full)? else { return Ok(None) };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&full).map_err(Self::io_err(&full))?;
+            return Ok(Some(FileAt::Link(target.into_os_string().into_encoded_bytes())));
+        }
+        Ok(meta.is_file().then_some(FileAt::File(full)))
+    }
+}
+
+/// Read the file at `path` (a symlink is followed) when it holds at most `limit` bytes. The length
+/// in its metadata is checked before reading, and the read stops at `limit + 1` bytes, so a file
+/// that grows meanwhile is refused as well and never read whole.
+pub fn read_at_most(path: &Path, limit: u64) -> Result<Limited, SourceError> {
+    let io = |source| SourceError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limit {
+        return Ok(Limited::TooLarge { size });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io)?;
+    Ok(Limited::of(bytes, limit))
+}
+
 impl Source for WorkDirSource {
     fn describe(&self) -> String {
         self.root.display().to_string()
@@ -352,19 +442,19 @@ impl Source for WorkDirSource {
     }
 
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let Some(parts) = components(path) else { return Ok(None) };
-        let full: PathBuf = self.root.join(parts.iter().collect::<PathBuf>());
-        let Some(meta) = Self::metadata(&full)? else { return Ok(None) };
-        if meta.file_type().is_symlink() {
-            // Like a git blob of mode 120000: the link's target, never what it points to, so a
-            // working tree reads exactly as its commit would.
-            let target = std::fs::read_link(&full).map_err(Self::io_err(&full))?;
-            return Ok(Some(target.into_os_string().into_encoded_bytes()));
+        match self.file_at(path)? {
+            Some(FileAt::Link(target)) => Ok(Some(target)),
+            Some(FileAt::File(full)) => std::fs::read(&full).map(Some).map_err(Self::io_err(&full)),
+            None => Ok(None),
         }
-        if !meta.is_file() {
-            return Ok(None);
+    }
+
+    fn read_file_at_most(&self, path: &str, limit: u64) -> Result<Option<Limited>, SourceError> {
+        match self.file_at(path)? {
+            Some(FileAt::Link(target)) => Ok(Some(Limited::of(target, limit))),
+            Some(FileAt::File(full)) => read_at_most(&full, limit).map(Some),
+            None => Ok(None),
         }
-        std::fs::read(&full).map(Some).map_err(Self::io_err(&full))
     }
 
     fn archive(&self, path: &str, prefix: &str, out: &mut dyn Write) -> Result<(), SourceError> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gantry_runner::source::{EntryKind, GitCommitSource, Source, SourceError, WorkDirSource};
+use gantry_runner::source::{read_at_most, EntryKind, GitCommitSource, Limited, Source, SourceError, WorkDirSource};
 
 use crate::helpers::*;
 
@@ -130,4 +130,38 @@ fn a_working_directory_archives_without_git_and_keeps_modes_and_symlinks() {
     assert_eq!(source.read_file("ci/seed.sql").unwrap().unwrap(), b"INSERT 1;\n");
     assert_eq!(source.read_file(".git/HEAD").unwrap(), None);
     assert_eq!(entries(&archive(&source, "ci/seed.sql", "data")).keys().collect::<Vec<_>>(), ["data/seed.sql"]);
+}
+
+#[test]
+fn a_git_commit_reads_under_a_limit_from_the_blob_size() {
+    let (repo, commit) = sample_repo();
+    let source = GitCommitSource { repo_path: repo.path().to_path_buf(), commit, label: "shop".into() };
+    // `ci/seed.sql` is 10 bytes.
+    assert_eq!(source.read_file_at_most("ci/seed.sql", 10).unwrap(), Some(Limited::Read(b"INSERT 1;\n".to_vec())));
+    assert_eq!(source.read_file_at_most("ci/seed.sql", 9).unwrap(), Some(Limited::TooLarge { size: 10 }));
+    assert_eq!(source.read_file_at_most("link-to-readme", 100).unwrap(), Some(Limited::Read(b"README.md".to_vec())));
+    assert_eq!(source.read_file_at_most("ci", 100).unwrap(), None);
+    assert_eq!(source.read_file_at_most("missing", 100).unwrap(), None);
+    assert_eq!(source.read_file_at_most("../etc/passwd", 100).unwrap(), None);
+}
+
+#[test]
+fn a_working_directory_reads_under_a_limit_from_the_file_size() {
+    let (repo, _) = sample_repo();
+    let source = WorkDirSource { root: repo.path().to_path_buf() };
+    assert_eq!(source.read_file_at_most("ci/seed.sql", 10).unwrap(), Some(Limited::Read(b"INSERT 1;\n".to_vec())));
+    assert_eq!(source.read_file_at_most("ci/seed.sql", 9).unwrap(), Some(Limited::TooLarge { size: 10 }));
+    // A symlink reads as its target, as it does in a commit.
+    assert_eq!(source.read_file_at_most("link-to-readme", 100).unwrap(), Some(Limited::Read(b"README.md".to_vec())));
+    assert_eq!(source.read_file_at_most("link-to-readme", 5).unwrap(), Some(Limited::TooLarge { size: 9 }));
+    assert_eq!(source.read_file_at_most("ci", 100).unwrap(), None);
+    assert_eq!(source.read_file_at_most("missing", 100).unwrap(), None);
+    assert_eq!(source.read_file_at_most(".git/HEAD", 100).unwrap(), None);
+
+    // A file named by its path follows symlinks, and a missing one is an error that names it.
+    let path = repo.path().join("link-to-readme");
+    assert_eq!(read_at_most(&path, 6).unwrap(), Limited::Read(b"hello\n".to_vec()));
+    assert_eq!(read_at_most(&path, 5).unwrap(), Limited::TooLarge { size: 6 });
+    let missing = repo.path().join("missing");
+    assert!(matches!(read_at_most(&missing, 5), Err(SourceError::Io { path, .. }) if path == missing));
 }
