@@ -1,14 +1,21 @@
-//! The pipeline file, `.gantry.yml`: parse → validate → plan.
+//! The pipeline file, `.gantry.yml`: read → parse → validate → a [`Pipeline`].
 //!
-//! Parsing is two-staged (ripgrep's lowargs → hiargs): `raw` holds serde types that mirror the
-//! file, `validate` turns them into the [`Pipeline`] below and collects *every* problem as a
-//! [`Diagnostic`] with file:line:column and a hint. Nothing here touches a host; the executor only
-//! ever sees a validated `Pipeline`. Config templates are rendered by `template` (minijinja,
-//! strict undefined).
+//! [`load_file`] (in `file`) is the one entry for a file: the server (a commit's tree), `gantry run`
+//! (a working tree) and `gantry validate PATH` (a named file) all call it. It reads at most
+//! [`MAX_PIPELINE_BYTES`], checking the size before reading, decodes UTF-8 (locating a bad byte at
+//! its line and column) and hands the text to [`load`]. Parsing is two-staged (ripgrep's lowargs →
+//! hiargs): `yaml` reads the text with a position for every node, `raw` holds serde types that
+//! mirror the file, and `validate` turns them into the [`Pipeline`] below, collecting *every*
+//! problem as a [`Diagnostic`] with file:line:column and a hint. The `on:` branch patterns are
+//! compiled once into the pipeline's [`Trigger`] (`trigger`), which decides at run time whether a
+//! push builds. Config templates are rendered by `template` (minijinja, strict undefined). Nothing
+//! here touches a host; the executor only ever sees a validated `Pipeline`.
 
 mod diagnostic;
+mod file;
 mod raw;
 mod template;
+mod trigger;
 mod validate;
 mod yaml;
 
@@ -16,7 +23,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
+pub use file::{load_file, LoadError, PipelineFile};
 pub use template::{render_template, TemplateContext, TemplateError, TEMPLATE_FUEL};
+pub use trigger::Trigger;
 pub use validate::{MAX_NAME_LEN, MAX_STEP_TIMEOUT};
 
 use crate::source::Source;
@@ -24,14 +33,14 @@ use crate::source::Source;
 /// The file name Gantry reads from the root of a commit.
 pub const PIPELINE_FILE: &str = ".gantry.yml";
 
-/// Files larger than this are refused before parsing.
+/// Files larger than this are refused before they are read (see [`load_file`]).
 pub const MAX_PIPELINE_BYTES: usize = 256 * 1024;
 
 /// A stage (or setup step) without `timeout` is stopped after this long.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// A validated pipeline. Every name it mentions exists, `needs` is acyclic, every pushed path is
-/// present in the source.
+/// present in the source, every branch pattern is a valid glob.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     /// In file order.
@@ -93,19 +102,6 @@ pub struct Stage {
     pub reports: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Trigger {
-    /// Glob patterns; empty means every branch.
-    pub branches: Vec<String>,
-}
-
-impl Trigger {
-    /// Whether a push to `branch` should build.
-    pub fn matches_branch(&self, branch: &str) -> bool {
-        validate::branch_matches(&self.branches, branch)
-    }
-}
-
 impl Pipeline {
     pub fn host(&self, role: &str) -> Option<&HostDef> {
         self.hosts.iter().find(|h| h.role == role)
@@ -124,15 +120,9 @@ impl Pipeline {
     }
 }
 
-/// Parse and validate a pipeline file. `file_name` is only used in diagnostics; `source` is the
-/// tree the file came from, used to check that pushed paths and templates exist.
+/// Parse and validate a pipeline file already in memory as text (tests, tools). `file_name` is
+/// only used in diagnostics; `source` is the tree the file came from, used to check that pushed
+/// paths and templates exist. A file read from a commit or a disk goes through [`load_file`].
 pub fn load(file_name: &str, text: &str, source: &dyn Source) -> Result<Pipeline, Diagnostics> {
     validate::load(file_name, text, source)
-}
-
-/// [`load`] for a file read as bytes (a git blob, a file on disk): refuses a file over
-/// [`MAX_PIPELINE_BYTES`] before decoding it, and reports invalid UTF-8 at its line and column.
-/// This is what `gantry validate` and the server call; print the `Diagnostics` as they display.
-pub fn load_bytes(file_name: &str, bytes: &[u8], source: &dyn Source) -> Result<Pipeline, Diagnostics> {
-    validate::load_bytes(file_name, bytes, source)
 }
