@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gantry::config::{Config, Overrides};
-use gantry_runner::pipeline::{self, PIPELINE_FILE};
-use gantry_runner::source::WorkDirSource;
+use gantry_runner::pipeline::{self, LoadError, PipelineFile, PIPELINE_FILE};
+use gantry_runner::source::{SourceError, WorkDirSource};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -95,18 +95,22 @@ async fn wait_for_signal() {
 
 /// `gantry validate PATH`: every diagnostic on stderr, exit code 1 when there is one.
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let source = WorkDirSource { root: root.to_path_buf() };
-    match pipeline::load(&path.display().to_string(), &text, &source) {
+    match pipeline::load_file(&path.display().to_string(), PipelineFile::Path(path), &source) {
         Ok(pipeline) => {
             println!("{}: valid ({} hosts, {} stages)", path.display(), pipeline.hosts.len(), pipeline.stages.len());
             Ok(ExitCode::SUCCESS)
         }
-        Err(diagnostics) => {
+        Err(LoadError::Invalid(diagnostics)) => {
             eprintln!("{diagnostics}");
             eprintln!("{}: {} error(s)", path.display(), diagnostics.0.len());
             Ok(ExitCode::FAILURE)
         }
+        // The file system's own words, as `std::fs::read` would give them.
+        Err(LoadError::Read(SourceError::Io { source, .. })) => {
+            Err(source).with_context(|| format!("cannot read {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use gantry_runner::pipeline::{self, Diagnostics, Pipeline, PIPELINE_FILE};
+use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, PIPELINE_FILE};
 use gantry_runner::provider::{HostId, LiveHosts, LiveSet};
 use gantry_runner::source::Source;
 use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
@@ -107,8 +107,6 @@ pub enum Cancelled {
 pub enum PipelineError {
     #[error("no {PIPELINE_FILE} in commit {0}")]
     Missing(Oid),
-    #[error("{PIPELINE_FILE} in commit {0} is not UTF-8 text")]
-    NotText(Oid),
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("{0}")]
@@ -558,14 +556,24 @@ pub fn build_key(build: BuildId) -> String {
     format!("b{build}")
 }
 
-/// Read and validate `.gantry.yml` at `commit` (already in the mirror).
+/// Read and validate `.gantry.yml` at `commit` (already in the mirror), through the one loader
+/// of pipeline files: an oversized blob is refused from its size alone, a file that is not UTF-8
+/// is a diagnostic at the line and column of its first bad byte.
 pub async fn load_pipeline(mirrors: &Mirrors, repo: &str, commit: Oid) -> Result<Pipeline, PipelineError> {
-    let bytes = mirrors.read_file_at(repo, commit, PIPELINE_FILE).await?.ok_or(PipelineError::Missing(commit))?;
-    let text = String::from_utf8(bytes).map_err(|_| PipelineError::NotText(commit))?;
     let source = mirrors.source(repo, commit);
-    // Validation reads the commit's tree (pushed paths must exist): git2 blocks.
-    tokio::task::spawn_blocking(move || pipeline::load(PIPELINE_FILE, &text, &source))
-        .await
-        .map_err(|e| PipelineError::Git(GitError::Task(e.to_string())))?
-        .map_err(PipelineError::Invalid)
+    // Reading and validation walk the commit's tree (pushed paths must exist): git2 blocks.
+    let loaded = tokio::task::spawn_blocking(move || {
+        pipeline::load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &source)
+    })
+    .await
+    .map_err(|e| PipelineError::Git(GitError::Task(e.to_string())))?;
+    loaded.map_err(|error| match error {
+        LoadError::Missing { .. } => PipelineError::Missing(commit),
+        LoadError::Read(e) => PipelineError::Git(GitError::Read {
+            commit: commit.to_string(),
+            path: PIPELINE_FILE.to_string(),
+            message: e.to_string(),
+        }),
+        LoadError::Invalid(diagnostics) => PipelineError::Invalid(diagnostics),
+    })
 }
