@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::Report;
+use crate::env::is_env_name;
 use crate::pipeline::raw::EnvMap;
 use crate::pipeline::yaml::KeyPath;
 
@@ -56,13 +57,6 @@ pub(super) fn is_stage_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`.
-pub(super) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The candidate closest to `written`, when close enough to be a likely typo.
