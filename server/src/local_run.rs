@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use gantry_event::{BuildEvent, BuildStatus, StepId, StepStatus};
-use gantry_runner::pipeline::{self, LoadError, PipelineFile, PIPELINE_FILE};
+use gantry_runner::pipeline::{self, LoadError, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
 use gantry_runner::provider::HostId;
 use gantry_runner::source::WorkDirSource;
@@ -53,18 +53,20 @@ pub async fn run_local(dir: &Path, data_dir: &Path) -> anyhow::Result<i32> {
     let root = std::fs::canonicalize(dir).with_context(|| format!("failed to open {}", dir.display()))?;
     let source = Arc::new(WorkDirSource { root: root.clone() });
     let file_name = dir.join(PIPELINE_FILE).display().to_string();
-    let pipeline = match pipeline::load_file(&file_name, PipelineFile::InSource(PIPELINE_FILE), source.as_ref()) {
-        Ok(pipeline) => pipeline,
-        Err(LoadError::Missing { .. }) => {
-            eprintln!("{file_name}: no pipeline file (gantry run looks for {PIPELINE_FILE} at the root of DIR)");
-            return Ok(EXIT_INVALID);
-        }
-        Err(LoadError::Read(error)) => return Err(error).with_context(|| format!("failed to read {file_name}")),
-        Err(LoadError::Invalid(diagnostics)) => {
-            eprintln!("{diagnostics}");
-            return Ok(EXIT_INVALID);
-        }
-    };
+    let pipeline =
+        match pipeline::load_file(&file_name, PipelineFile::InSource(PIPELINE_FILE), source.as_ref(), SecretNames::Any)
+        {
+            Ok(pipeline) => pipeline,
+            Err(LoadError::Missing { .. }) => {
+                eprintln!("{file_name}: no pipeline file (gantry run looks for {PIPELINE_FILE} at the root of DIR)");
+                return Ok(EXIT_INVALID);
+            }
+            Err(LoadError::Read(error)) => return Err(error).with_context(|| format!("failed to read {file_name}")),
+            Err(LoadError::Invalid(diagnostics)) => {
+                eprintln!("{diagnostics}");
+                return Ok(EXIT_INVALID);
+            }
+        };
 
     let provider =
         Arc::new(LocalProvider::new(provider_config(data_dir)).context("failed to set up the local provider")?);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gantry::config::{Config, Overrides};
-use gantry_runner::pipeline::{self, LoadError, PipelineFile, PIPELINE_FILE};
+use gantry_runner::pipeline::{self, LoadError, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::source::{SourceError, WorkDirSource};
 use tracing_subscriber::EnvFilter;
 
@@ -97,7 +97,7 @@ async fn wait_for_signal() {
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let source = WorkDirSource { root: root.to_path_buf() };
-    match pipeline::load_file(&path.display().to_string(), PipelineFile::Path(path), &source) {
+    match pipeline::load_file(&path.display().to_string(), PipelineFile::Path(path), &source, SecretNames::Any) {
         Ok(pipeline) => {
             println!("{}: valid ({} hosts, {} stages)", path.display(), pipeline.hosts.len(), pipeline.stages.len());
             Ok(ExitCode::SUCCESS)

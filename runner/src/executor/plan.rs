@@ -100,16 +100,34 @@ pub(super) enum Readiness {
 }
 
 impl Run<'_> {
-    pub(super) fn template_context(&self) -> TemplateContext {
+    /// The context a config template renders with: the build, the hosts, the pipeline's `env`,
+    /// and the secrets its config push lists.
+    pub(super) fn template_context(&self, secrets: &[String]) -> Result<TemplateContext, String> {
         let info = &self.plan.info;
-        TemplateContext {
+        Ok(TemplateContext {
             hosts: self.addresses(),
             build_number: info.number,
             commit: info.commit.clone(),
             branch: info.branch.clone(),
             repo_name: info.repo.clone(),
             env: self.pipeline().env.clone(),
-        }
+            secrets: self.step_secrets(secrets)?,
+        })
+    }
+
+    /// The values of the secrets a step or template names. A name the build has no value for
+    /// (a pull request's build, `gantry run`) is an error that says why, never an empty value.
+    pub(super) fn step_secrets(&self, names: &[String]) -> Result<BTreeMap<String, SecretString>, String> {
+        names
+            .iter()
+            .map(|name| match self.plan.secrets.get(name) {
+                Some(value) => Ok((name.clone(), value.clone())),
+                None => Err(format!(
+                    "secret {name} is not available to this build (builds of pull requests get secrets only \
+                     when the repo sets secrets_for_pull_requests; gantry run gets none)"
+                )),
+            })
+            .collect()
     }
 
     pub(super) fn working_dir(&self, role: &str) -> &'static str {

@@ -75,8 +75,8 @@ impl Run<'_> {
         }
         let configs: Vec<_> = pipeline.push.config.iter().filter(|c| c.host == role).collect();
         if !configs.is_empty() {
-            let context = self.template_context();
             for config in configs {
+                let context = self.template_context(&config.secrets)?;
                 let template = config.template.clone();
                 let text = self
                     .pack(move |source, out| match source.read_file(&template)? {

@@ -7,7 +7,6 @@
 //! What a stage waits for is decided in `plan`; provisioning, pushing and teardown are not done
 //! here.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,11 +36,18 @@ impl Run<'_> {
                 if self.cancel.is_cancelled() {
                     return self.finish(step, StepStatus::Cancelled, None).await;
                 }
+                let secrets = match self.step_secrets(&host.secrets) {
+                    Ok(secrets) => secrets,
+                    Err(message) => {
+                        self.start(step).await;
+                        return self.refuse_step(step, message).await;
+                    }
+                };
                 let request = ExecRequest {
                     script: script.clone(),
                     cwd: self.working_dir(&host.role).to_string(),
                     env: self.step_env(&host.role, None),
-                    secrets: BTreeMap::new(),
+                    secrets,
                     mask: self.mask.clone(),
                     timeout: host.setup_timeout,
                 };
@@ -108,11 +114,18 @@ impl Run<'_> {
 
     async fn run_stage(&self, i: usize, step: StepIndex) -> (usize, StepStatus) {
         let stage = &self.pipeline().stages[i];
+        let secrets = match self.step_secrets(&stage.secrets) {
+            Ok(secrets) => secrets,
+            Err(message) => {
+                self.refuse_step(step, message).await;
+                return (i, StepStatus::Failed);
+            }
+        };
         let request = ExecRequest {
             script: stage.run.clone(),
             cwd: self.working_dir(&stage.host).to_string(),
             env: self.step_env(&stage.host, Some(&stage.env)),
-            secrets: BTreeMap::new(),
+            secrets,
             mask: self.mask.clone(),
             timeout: stage.timeout,
         };
@@ -120,6 +133,14 @@ impl Run<'_> {
             .run_started_script(step, &stage.host, &request, |transport| self.collect_reports(step, stage, transport))
             .await;
         (i, status)
+    }
+
+    /// A started step whose script cannot run (a secret it names is missing): it fails with the
+    /// reason in its log, and the build errors.
+    async fn refuse_step(&self, step: StepIndex, message: String) {
+        self.system_line(step, &message).await;
+        self.error(format!("{}: {message}", self.steps[step].name));
+        self.finish(step, StepStatus::Failed, None).await;
     }
 
     /// Run a step's script from start to finish.

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::diagnostic::{Diagnostic, Diagnostics};
-use super::{validate, Pipeline, MAX_PIPELINE_BYTES};
+use super::{validate, Pipeline, SecretNames, MAX_PIPELINE_BYTES};
 use crate::source::{read_at_most, Limited, Source, SourceError};
 
 /// Where a pipeline file is read from.
@@ -40,13 +40,18 @@ pub enum LoadError {
 
 /// Read, decode and validate a pipeline file. `file_name` names the file in diagnostics; `source`
 /// is the tree the pipeline runs on, against which pushed paths and templates are checked.
-pub fn load_file(file_name: &str, file: PipelineFile<'_>, source: &dyn Source) -> Result<Pipeline, LoadError> {
+pub fn load_file(
+    file_name: &str,
+    file: PipelineFile<'_>,
+    source: &dyn Source,
+    secrets: SecretNames<'_>,
+) -> Result<Pipeline, LoadError> {
     let bytes = match read_limited(file, source)? {
         Limited::Read(bytes) => bytes,
         Limited::TooLarge { size } => return Err(LoadError::Invalid(validate::too_large(file_name, size))),
     };
     let text = decode(file_name, &bytes).map_err(LoadError::Invalid)?;
-    validate::load(file_name, text, source).map_err(LoadError::Invalid)
+    validate::load(file_name, text, source, secrets).map_err(LoadError::Invalid)
 }
 
 /// The size step: the file's bytes when it holds at most [`MAX_PIPELINE_BYTES`], else only its
@@ -136,12 +141,18 @@ mod tests {
     fn invalid_utf8_is_located_in_a_commit_a_working_tree_and_a_named_file() {
         let bytes = not_utf8();
         let (_repo, commit) = git_commit(&[(PIPELINE_FILE, &bytes)]);
-        assert_eq!(diagnostics(load_file("ci.yml", PipelineFile::InSource(PIPELINE_FILE), &commit)), NOT_UTF8);
+        assert_eq!(
+            diagnostics(load_file("ci.yml", PipelineFile::InSource(PIPELINE_FILE), &commit, SecretNames::Any)),
+            NOT_UTF8
+        );
 
         let (dir, tree) = work_dir(&[(PIPELINE_FILE, &bytes)]);
-        assert_eq!(diagnostics(load_file("ci.yml", PipelineFile::InSource(PIPELINE_FILE), &tree)), NOT_UTF8);
+        assert_eq!(
+            diagnostics(load_file("ci.yml", PipelineFile::InSource(PIPELINE_FILE), &tree, SecretNames::Any)),
+            NOT_UTF8
+        );
         let named = dir.path().join(PIPELINE_FILE);
-        assert_eq!(diagnostics(load_file("ci.yml", PipelineFile::Path(&named), &tree)), NOT_UTF8);
+        assert_eq!(diagnostics(load_file("ci.yml", PipelineFile::Path(&named), &tree, SecretNames::Any)), NOT_UTF8);
     }
 
     #[test]
@@ -155,7 +166,7 @@ mod tests {
             (PipelineFile::InSource(PIPELINE_FILE), &tree),
             (PipelineFile::Path(&named), &tree),
         ] {
-            let pipeline = load_file(PIPELINE_FILE, file, source).unwrap();
+            let pipeline = load_file(PIPELINE_FILE, file, source, SecretNames::Any).unwrap();
             assert_eq!(pipeline.stages[0].name, "a", "{file:?}");
         }
     }
@@ -163,14 +174,17 @@ mod tests {
     #[test]
     fn a_missing_file_is_not_a_diagnostic() {
         let (_repo, commit) = git_commit(&[("README", b"no pipeline here")]);
-        let error = load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit).unwrap_err();
+        let error =
+            load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit, SecretNames::Any).unwrap_err();
         assert!(matches!(&error, LoadError::Missing { file, .. } if file == PIPELINE_FILE), "{error:?}");
         assert!(error.to_string().starts_with("no .gantry.yml in test@"), "{error}");
 
         let (dir, tree) = work_dir(&[]);
-        let error = load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &tree).unwrap_err();
+        let error =
+            load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &tree, SecretNames::Any).unwrap_err();
         assert!(matches!(error, LoadError::Missing { .. }), "{error:?}");
-        let error = load_file("x.yml", PipelineFile::Path(&dir.path().join("x.yml")), &tree).unwrap_err();
+        let error =
+            load_file("x.yml", PipelineFile::Path(&dir.path().join("x.yml")), &tree, SecretNames::Any).unwrap_err();
         assert!(matches!(error, LoadError::Read(SourceError::Io { .. })), "a named file that is not there: {error:?}");
     }
 
@@ -193,12 +207,17 @@ mod tests {
             (PipelineFile::InSource(PIPELINE_FILE), &tree),
             (PipelineFile::Path(&named), &tree),
         ] {
-            assert_eq!(diagnostics(load_file(PIPELINE_FILE, file, source)), too_large(size), "{file:?}");
+            assert_eq!(
+                diagnostics(load_file(PIPELINE_FILE, file, source, SecretNames::Any)),
+                too_large(size),
+                "{file:?}"
+            );
         }
         // At the limit exactly, the file is read (and then judged as YAML: one comment, no hosts).
         let bytes = vec![b'#'; MAX_PIPELINE_BYTES];
         let (_repo, commit) = git_commit(&[(PIPELINE_FILE, &bytes)]);
-        let found = diagnostics(load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit));
+        let found =
+            diagnostics(load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit, SecretNames::Any));
         assert!(!found.contains("limited to"), "{found}");
     }
 
@@ -222,7 +241,7 @@ mod tests {
         assert_eq!(reopened.odb().unwrap().read_header(blob).unwrap(), (size, git2::ObjectType::Blob));
         assert!(reopened.find_blob(blob).is_err(), "the blob's contents cannot be read");
 
-        let result = load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit);
+        let result = load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &commit, SecretNames::Any);
         assert_eq!(diagnostics(result), too_large(size));
     }
 }

@@ -39,6 +39,15 @@ pub const MAX_PIPELINE_BYTES: usize = 256 * 1024;
 /// A stage (or setup step) without `timeout` is stopped after this long.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
+/// The secrets a pipeline may name: the ones its repo defines (a name it does not define is a
+/// diagnostic), or any name, for a file checked without a server's configuration
+/// (`gantry validate`, `gantry run`).
+#[derive(Debug, Clone, Copy)]
+pub enum SecretNames<'a> {
+    Any,
+    Defined(&'a std::collections::BTreeSet<String>),
+}
+
 /// A validated pipeline. Every name it mentions exists, `needs` is acyclic, every pushed path is
 /// present in the source, every branch pattern is a valid glob.
 #[derive(Debug, Clone)]
@@ -61,6 +70,8 @@ pub struct HostDef {
     /// A shell script run with `sh -e` after the push; `None` when the host has no setup.
     pub setup: Option<String>,
     pub setup_timeout: Duration,
+    /// Secrets the setup gets as environment variables.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -87,6 +98,8 @@ pub struct ConfigPush {
     pub host: String,
     /// Relative to the host's home; never absolute, never escapes it with `..`.
     pub path: String,
+    /// Secrets the template sees as `secrets.NAME`; no other secret is in its context.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +113,8 @@ pub struct Stage {
     pub run: String,
     /// Paths of JUnit XML files, relative to the stage's working directory.
     pub reports: Vec<String>,
+    /// Secrets the stage gets as environment variables.
+    pub secrets: Vec<String>,
 }
 
 impl Pipeline {
@@ -124,5 +139,5 @@ impl Pipeline {
 /// only used in diagnostics; `source` is the tree the file came from, used to check that pushed
 /// paths and templates exist. A file read from a commit or a disk goes through [`load_file`].
 pub fn load(file_name: &str, text: &str, source: &dyn Source) -> Result<Pipeline, Diagnostics> {
-    validate::load(file_name, text, source)
+    validate::load(file_name, text, source, SecretNames::Any)
 }

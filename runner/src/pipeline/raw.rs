@@ -29,13 +29,15 @@ pub(super) struct RawFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a host: a mapping with `image`, `size`, `setup` or `timeout`")]
+#[serde(expecting = "a host: a mapping with `image`, `size`, `setup`, `timeout` or `secrets`")]
 pub(super) struct RawHost {
     pub(super) image: Option<String>,
     pub(super) size: Option<String>,
     pub(super) setup: Option<Script>,
     /// How long `setup` may run (an extension of the contract; the default is the step default).
     pub(super) timeout: Option<String>,
+    /// Secrets the setup gets as environment variables.
+    pub(super) secrets: Option<Names>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +67,8 @@ pub(super) struct RawConfig {
     pub(super) template: Option<String>,
     /// `HOST:PATH`.
     pub(super) to: Option<String>,
+    /// Secrets the template may use as `secrets.NAME`.
+    pub(super) secrets: Option<Names>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +81,7 @@ pub(super) struct RawStage {
     pub(super) env: Option<EnvMap>,
     pub(super) run: Option<Script>,
     pub(super) reports: Option<Names>,
+    pub(super) secrets: Option<Names>,
 }
 
 /// A stage as far as it could be read.
@@ -110,12 +115,12 @@ pub(super) struct EnvMap(pub(super) Vec<(String, String)>);
 
 /// The keys each mapping of the file accepts, for unknown-key hints.
 pub(super) const FILE_KEYS: &[&str] = &["version", "hosts", "push", "env", "stages", "on"];
-pub(super) const HOST_KEYS: &[&str] = &["image", "size", "setup", "timeout"];
+pub(super) const HOST_KEYS: &[&str] = &["image", "size", "setup", "timeout", "secrets"];
 pub(super) const PUSH_KEYS: &[&str] = &["code", "data", "config"];
 pub(super) const CODE_KEYS: &[&str] = &["to"];
 pub(super) const DATA_KEYS: &[&str] = &["from", "to"];
-pub(super) const CONFIG_KEYS: &[&str] = &["template", "to"];
-pub(super) const STAGE_KEYS: &[&str] = &["name", "host", "needs", "timeout", "env", "run", "reports"];
+pub(super) const CONFIG_KEYS: &[&str] = &["template", "to", "secrets"];
+pub(super) const STAGE_KEYS: &[&str] = &["name", "host", "needs", "timeout", "env", "run", "reports", "secrets"];
 pub(super) const ON_KEYS: &[&str] = &["branches"];
 
 /// The keys the mapping at `parent` accepts; empty for free-form mappings such as `env`.

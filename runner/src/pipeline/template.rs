@@ -12,13 +12,15 @@ use std::net::IpAddr;
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{context, AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use secrecy::{ExposeSecret, SecretString};
 
 /// The work (instructions and bytes) one render may spend, about 64 bytes of memory per unit:
 /// plenty for a config file, a bound for a runaway loop.
 pub const TEMPLATE_FUEL: u64 = 500_000;
 
 /// What a config template can see: `hosts.<role>.address`, `build.number`, `build.commit`,
-/// `build.branch`, `repo.name`, `env.<NAME>`.
+/// `build.branch`, `repo.name`, `env.<NAME>`, and `secrets.<NAME>` for the secrets its config push
+/// lists (and no other).
 #[derive(Debug, Clone)]
 pub struct TemplateContext {
     pub hosts: BTreeMap<String, IpAddr>,
@@ -27,6 +29,7 @@ pub struct TemplateContext {
     pub branch: String,
     pub repo_name: String,
     pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ fn context_value(ctx: &TemplateContext) -> Value {
         ctx.hosts.iter().map(|(role, address)| (role.clone(), context! { address => address.to_string() })).collect();
     let env: BTreeMap<String, Value> =
         ctx.env.iter().map(|(name, value)| (name.clone(), Value::from(value.as_str()))).collect();
+    let secrets: BTreeMap<String, Value> =
+        ctx.secrets.iter().map(|(name, value)| (name.clone(), Value::from(value.expose_secret()))).collect();
     context! {
         hosts => Value::from(hosts),
         build => context! {
@@ -68,6 +73,7 @@ fn context_value(ctx: &TemplateContext) -> Value {
         },
         repo => context! { name => ctx.repo_name.as_str() },
         env => Value::from(env),
+        secrets => Value::from(secrets),
     }
 }
 
@@ -83,9 +89,11 @@ fn template_error(name: &str, text: &str, ctx: &TemplateContext, error: &minijin
     if error.kind() == ErrorKind::UndefinedError {
         let roles = ctx.hosts.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
         let vars = ctx.env.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let secrets = ctx.secrets.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
         message.push_str(&format!(
             " (a template sees hosts.<role>.address for roles [{roles}], build.number, build.commit, \
-                build.branch, repo.name and env.<NAME> for [{vars}])"
+                build.branch, repo.name, env.<NAME> for [{vars}] and secrets.<NAME> for the secrets its \
+                config push lists: [{secrets}])"
         ));
     }
     TemplateError { name: name.to_owned(), line: error.line().unwrap_or(0), message }
@@ -106,6 +114,7 @@ mod tests {
             branch: "main".to_owned(),
             repo_name: "acme".to_owned(),
             env: BTreeMap::from([("APP_ENV".to_owned(), "test".to_owned())]),
+            secrets: BTreeMap::new(),
         }
     }
 

@@ -531,6 +531,7 @@ async fn a_template_naming_an_undefined_variable_errors_the_build_before_any_ste
         template: "ci/app.env.j2".into(),
         host: "web".into(),
         path: "app.env".into(),
+        secrets: Vec::new(),
     }];
     let test = TestProvider::new();
     let build = run_build(plan(pipeline, git_source(&repo, commit)), test.provider.clone()).await;

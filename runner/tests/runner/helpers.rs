@@ -151,6 +151,7 @@ pub fn host(role: &str, setup: Option<&str>) -> HostDef {
         size: None,
         setup: setup.map(str::to_string),
         setup_timeout: Duration::from_secs(60),
+        secrets: Vec::new(),
     }
 }
 
@@ -163,6 +164,7 @@ pub fn stage(name: &str, host: &str, needs: &[&str], run: &str) -> Stage {
         env: BTreeMap::new(),
         run: run.to_string(),
         reports: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

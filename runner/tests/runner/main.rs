@@ -12,6 +12,7 @@ mod helpers;
 mod moto;
 mod process;
 mod provider;
+mod secrets;
 mod source;
 mod ssh;
 #[path = "../support/sshd.rs"]

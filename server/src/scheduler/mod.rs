@@ -16,12 +16,12 @@ mod persist;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, PIPELINE_FILE};
+use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::provider::{HostId, LiveHosts, LiveSet};
 use gantry_runner::source::Source;
 use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
@@ -347,7 +347,7 @@ impl Scheduler {
     /// Whether a push of `branch` at `commit` should build, by the `on.branches` of the pipeline
     /// in that commit. A missing or invalid pipeline file builds (the build records the error).
     pub async fn wants_branch(&self, repo: &str, commit: Oid, branch: &str) -> bool {
-        match load_pipeline(&self.inner.mirrors, repo, commit).await {
+        match load_pipeline(&self.inner.mirrors, repo, commit, None).await {
             Ok(pipeline) => pipeline.on.matches_branch(branch),
             Err(_) => true,
         }
@@ -470,7 +470,9 @@ impl Scheduler {
         let repo: &RepoConfig =
             inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
         let commit = self.ensure_commit(repo, &build.commit).await.map_err(|e| e.to_string())?;
-        let pipeline = load_pipeline(&inner.mirrors, &repo.name, commit).await.map_err(|e| e.to_string())?;
+        let defined = repo.secrets.keys().cloned().collect();
+        let pipeline =
+            load_pipeline(&inner.mirrors, &repo.name, commit, Some(defined)).await.map_err(|e| e.to_string())?;
         // Branches and tags are the team's own code; pull requests (when they arrive) are not.
         let is_pull_request = match build.ref_kind {
             RefKind::Branch | RefKind::Tag => false,
@@ -559,11 +561,20 @@ pub fn build_key(build: BuildId) -> String {
 /// Read and validate `.gantry.yml` at `commit` (already in the mirror), through the one loader
 /// of pipeline files: an oversized blob is refused from its size alone, a file that is not UTF-8
 /// is a diagnostic at the line and column of its first bad byte.
-pub async fn load_pipeline(mirrors: &Mirrors, repo: &str, commit: Oid) -> Result<Pipeline, PipelineError> {
+///
+/// `secrets` are the names the repo defines, checked against what the file names; `None` checks
+/// no names (the branch filter only needs `on`).
+pub async fn load_pipeline(
+    mirrors: &Mirrors,
+    repo: &str,
+    commit: Oid,
+    secrets: Option<BTreeSet<String>>,
+) -> Result<Pipeline, PipelineError> {
     let source = mirrors.source(repo, commit);
     // Reading and validation walk the commit's tree (pushed paths must exist): git2 blocks.
     let loaded = tokio::task::spawn_blocking(move || {
-        pipeline::load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &source)
+        let names = secrets.as_ref().map_or(SecretNames::Any, SecretNames::Defined);
+        pipeline::load_file(PIPELINE_FILE, PipelineFile::InSource(PIPELINE_FILE), &source, names)
     })
     .await
     .map_err(|e| PipelineError::Git(GitError::Task(e.to_string())))?;

@@ -3,7 +3,7 @@
 //! host that is not declared, with the closest declared role as a suggestion. It only reads the
 //! raw file and reports; it decides nothing about how a host is provisioned.
 
-use super::names::{closest, is_role, list, MAX_NAME_LEN};
+use super::names::{check_secrets, closest, is_role, list, MAX_NAME_LEN};
 use super::values::check_timeout;
 use super::Report;
 use crate::pipeline::raw::RawHost;
@@ -37,7 +37,8 @@ pub(super) fn check_hosts(raw: Vec<(String, RawHost)>, report: &mut Report<'_>) 
         }
         let setup_timeout = check_timeout(host.timeout.as_deref(), &path.key("timeout"), report);
         let setup = host.setup.map(|script| script.0).filter(|script| !script.trim().is_empty());
-        hosts.push(HostDef { role, image: host.image, size: host.size, setup, setup_timeout });
+        let secrets = check_secrets(host.secrets, &path.key("secrets"), report);
+        hosts.push(HostDef { role, image: host.image, size: host.size, setup, setup_timeout, secrets });
     }
     (hosts, roles)
 }

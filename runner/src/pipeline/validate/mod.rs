@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::raw::{self, RawFile, RawProblem};
 use super::yaml::{self, KeyPath, Pos, Positions};
-use super::{Pipeline, MAX_PIPELINE_BYTES};
+use super::{Pipeline, SecretNames, MAX_PIPELINE_BYTES};
 use crate::source::Source;
 use hosts::HostRefs;
 pub use names::MAX_NAME_LEN;
@@ -36,7 +36,12 @@ pub use values::MAX_STEP_TIMEOUT;
 const SUPPORTED_VERSION: &str = "1";
 
 /// Parse and validate a pipeline file given as text. See [`super::load`].
-pub(super) fn load(file_name: &str, text: &str, source: &dyn Source) -> Result<Pipeline, Diagnostics> {
+pub(super) fn load(
+    file_name: &str,
+    text: &str,
+    source: &dyn Source,
+    secrets: SecretNames<'_>,
+) -> Result<Pipeline, Diagnostics> {
     if text.len() > MAX_PIPELINE_BYTES {
         return Err(too_large(file_name, u64::try_from(text.len()).unwrap_or(u64::MAX)));
     }
@@ -49,8 +54,13 @@ pub(super) fn load(file_name: &str, text: &str, source: &dyn Source) -> Result<P
             hint: problem.hint,
         }])
     })?;
-    let mut report =
-        Report { file: file_name, positions: &document.positions, diagnostics: Vec::new(), misspelled: HashSet::new() };
+    let mut report = Report {
+        file: file_name,
+        positions: &document.positions,
+        diagnostics: Vec::new(),
+        misspelled: HashSet::new(),
+        secrets,
+    };
     for problem in &document.problems {
         report.at(problem.pos, &problem.message, problem.hint.clone());
     }
@@ -85,6 +95,8 @@ struct Report<'a> {
     /// Top-level keys that an unknown key was reported as a likely misspelling of (`stags` →
     /// `stages`): their absence is not reported a second time.
     misspelled: HashSet<&'static str>,
+    /// The secrets steps and templates may name.
+    secrets: SecretNames<'a>,
 }
 
 impl Report<'_> {
@@ -516,7 +528,9 @@ mod tests {
             assert!(errors.is_empty(), "{}: schema errors: {errors:#?}", path.display());
             // Through the loader `gantry run` uses, on the example's directory.
             let source = WorkDirSource { root: dir.clone() };
-            if let Err(error) = load_file(&path.display().to_string(), PipelineFile::InSource(PIPELINE_FILE), &source) {
+            if let Err(error) =
+                load_file(&path.display().to_string(), PipelineFile::InSource(PIPELINE_FILE), &source, SecretNames::Any)
+            {
                 panic!("{error}");
             }
         }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use super::Report;
 use crate::env::is_env_name;
-use crate::pipeline::raw::EnvMap;
+use crate::pipeline::raw::{EnvMap, Names};
 use crate::pipeline::yaml::KeyPath;
+use crate::pipeline::SecretNames;
 
 /// The longest host role or stage name; both appear in URLs, paths and variable names.
 pub const MAX_NAME_LEN: usize = 63;
@@ -39,6 +40,41 @@ pub(super) fn check_env(env: Option<EnvMap>, path: &KeyPath, report: &mut Report
         vars.insert(name, value);
     }
     vars
+}
+
+/// The secrets a host's setup, a config push or a stage names (`secrets: [A, B]`), each an
+/// environment variable name the repo defines; duplicates are kept once.
+pub(super) fn check_secrets(raw: Option<Names>, path: &KeyPath, report: &mut Report<'_>) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for (j, name) in raw.map(|names| names.0).unwrap_or_default().into_iter().enumerate() {
+        let at = path.index(j);
+        if !is_env_name(&name) {
+            report.value(
+                &at,
+                &format!("invalid secret name `{name}`"),
+                Some("a secret is named like an environment variable: letters, digits and `_`".to_owned()),
+            );
+            continue;
+        }
+        if let SecretNames::Defined(defined) = report.secrets {
+            if !defined.contains(&name) {
+                let hint = match closest(&name, defined.iter().map(String::as_str)) {
+                    Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                    None if defined.is_empty() => {
+                        "this repo defines no secrets: add them to its `secrets` in the server's configuration"
+                            .to_owned()
+                    }
+                    None => format!("the secrets of this repo are {}", list(defined.iter().map(String::as_str))),
+                };
+                report.value(&at, &format!("secret `{name}` is not defined for this repo"), Some(hint));
+                continue;
+            }
+        }
+        if !secrets.contains(&name) {
+            secrets.push(name);
+        }
+    }
+    secrets
 }
 
 /// `[a-z0-9][a-z0-9-]*`, at most [`MAX_NAME_LEN`] characters.

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::hosts::HostRefs;
+use super::names::check_secrets;
 use super::values::normalise_relative;
 use super::Report;
 use crate::pipeline::raw;
@@ -108,6 +109,7 @@ pub(super) fn check_push(
                 None
             }
         };
+        let secrets = check_secrets(config.secrets, &entry.key("secrets"), report);
         if let (Some(template), Some((host, target_path))) = (template, target) {
             if !targets.insert((host.clone(), target_path.clone())) {
                 report.value(
@@ -116,7 +118,7 @@ pub(super) fn check_push(
                     Some("each rendered file needs its own path".to_owned()),
                 );
             }
-            push.config.push(ConfigPush { template, host, path: target_path });
+            push.config.push(ConfigPush { template, host, path: target_path, secrets });
         }
     }
     push

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::hosts::HostRefs;
-use super::names::{check_env, closest, is_stage_name, list, sorted, MAX_NAME_LEN};
+use super::names::{check_env, check_secrets, closest, is_stage_name, list, sorted, MAX_NAME_LEN};
 use super::values::{check_timeout, normalise_relative};
 use super::Report;
 use crate::pipeline::raw::{RawStage, StageSlot};
@@ -137,7 +137,8 @@ pub(super) fn check_stages(slots: Vec<StageSlot>, hosts: &HostRefs<'_>, report: 
                 }
             }
         }
-        stages.push(Stage { name, host, needs, timeout, env, run, reports });
+        let secrets = check_secrets(raw.secrets.clone(), &path.key("secrets"), report);
+        stages.push(Stage { name, host, needs, timeout, env, run, reports, secrets });
     }
 
     let stage_name = |i: usize| match &slots[i] {
