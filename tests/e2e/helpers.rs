@@ -153,6 +153,8 @@ pub struct RepoConfig {
     pub cancel_superseded: bool,
     /// `local` when `None`.
     pub provider: Option<&'static str>,
+    /// Pipeline secrets by name, each read from a file.
+    pub secrets: Vec<(&'static str, PathBuf)>,
 }
 
 impl RepoConfig {
@@ -163,6 +165,7 @@ impl RepoConfig {
             poll_interval: None,
             cancel_superseded: true,
             provider: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -187,6 +190,14 @@ pub fn config_toml(data_dir: &Path, repos: &[RepoConfig], max_concurrent_builds:
         }
         if let Some(provider) = repo.provider {
             toml.push_str(&format!("provider = \"{provider}\"\n"));
+        }
+        if !repo.secrets.is_empty() {
+            let entries: Vec<String> = repo
+                .secrets
+                .iter()
+                .map(|(name, file)| format!("{name} = {{ file = {:?} }}", file.to_str().unwrap()))
+                .collect();
+            toml.push_str(&format!("secrets = {{ {} }}\n", entries.join(", ")));
         }
     }
     toml

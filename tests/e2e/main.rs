@@ -19,6 +19,7 @@ mod helpers;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
+mod secrets;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;

@@ -47,6 +47,7 @@ async fn an_unreachable_repo_shows_its_fetch_error_and_the_server_keeps_serving(
         poll_interval: Some("100ms"),
         cancel_superseded: true,
         provider: None,
+        secrets: Vec::new(),
     };
     let app = spawn_app(&[config]).await;
 
