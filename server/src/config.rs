@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::repo_url::RepoUrl;
 use crate::secrets::SecretSource;
 
 /// Where the server listens when nothing says otherwise.
@@ -72,8 +73,9 @@ pub struct Config {
 pub struct RepoConfig {
     /// URL-safe and unique: it names the repo in URLs, the database and the mirror's directory.
     pub name: String,
-    /// Anything git2 can fetch, a local path included. Builds only ever fetch from here.
-    pub url: String,
+    /// Anything git2 can fetch, a local path included. Builds only ever fetch from here. It may
+    /// carry credentials, which it never shows.
+    pub url: RepoUrl,
     /// The webhook secret (HMAC key for GitHub and Gitea, token for GitLab).
     pub secret: SecretString,
     /// When set, the repo is also polled for new commits this often.
@@ -98,29 +100,13 @@ impl RepoConfig {
     pub fn new(name: &str, url: &str, secret: &str) -> RepoConfig {
         RepoConfig {
             name: name.to_string(),
-            url: url.to_string(),
+            url: RepoUrl::new(url),
             secret: SecretString::from(secret),
             poll_interval: None,
             provider: ProviderKind::Local,
             cancel_superseded: default_cancel_superseded(),
             secrets: BTreeMap::new(),
             secrets_for_pull_requests: false,
-        }
-    }
-}
-
-impl RepoConfig {
-    /// The URL without a password it may carry (`https://user:token@host/…`), for pages and the
-    /// API.
-    pub fn display_url(&self) -> String {
-        let Some((scheme, rest)) = self.url.split_once("://") else { return self.url.clone() };
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        match rest[..authority_end].rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
-            }
-            None => self.url.clone(),
         }
     }
 }
@@ -313,7 +299,7 @@ impl Config {
             if !names.insert(repo.name.as_str()) {
                 problems.push(format!("repo {:?} is declared twice; names must be unique", repo.name));
             }
-            if repo.url.trim().is_empty() {
+            if repo.url.is_empty() {
                 problems.push(format!("repo {:?}: url is empty", repo.name));
             }
             for name in repo.secrets.keys().filter(|name| !gantry_runner::env::is_env_name(name)) {
@@ -501,18 +487,13 @@ mod tests {
 
     #[test]
     fn secrets_are_not_debug_printed() {
-        let config = Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"/x\"\nsecret = \"hunter2\"\n").unwrap();
+        let config = Config::from_toml_str(
+            "[[repo]]\nname = \"a\"\nurl = \"https://bot:t0ken@host/a.git\"\nsecret = \"hunter2\"\n",
+        )
+        .unwrap();
         let printed = format!("{config:?}");
-        assert!(!printed.contains("hunter2"), "{printed}");
-    }
-
-    #[test]
-    fn urls_are_shown_without_their_password() {
-        let shown = |url: &str| RepoConfig::new("a", url, "s").display_url();
-        assert_eq!(shown("https://bot:tok3n@git.example.com/a/b.git"), "https://bot:***@git.example.com/a/b.git");
-        assert_eq!(shown("https://git.example.com/a@b.git"), "https://git.example.com/a@b.git");
-        assert_eq!(shown("/srv/git/a"), "/srv/git/a");
-        assert_eq!(shown("ssh://git@host/a.git"), "ssh://git:***@host/a.git");
+        assert!(!printed.contains("hunter2") && !printed.contains("t0ken"), "{printed}");
+        assert_eq!(config.repos[0].url.expose(), "https://bot:t0ken@host/a.git");
     }
 
     #[test]

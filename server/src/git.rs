@@ -4,7 +4,9 @@
 //! in a webhook payload), finding commits and branch heads, and reading a file at a commit. git2
 //! is blocking, so every operation runs on a blocking thread; fetches of one repo are serialized
 //! by a lock per repo. It records nothing in the database: callers decide what a fetch error
-//! means (a repo page's `last_error`, an errored build).
+//! means (a repo page's `last_error`, an errored build). A URL may carry credentials: this is the
+//! one place that exposes them (to libgit2), and its errors name the repo, never the URL, with
+//! the credentials scrubbed out of libgit2's own messages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use gantry_runner::source::{GitCommitSource, Source};
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository,
 };
+
+use crate::repo_url::RepoUrl;
 
 /// The refspecs of a mirror: every branch and every tag, force-updated.
 const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
@@ -35,10 +39,11 @@ pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("fetching {url} failed: {message}")]
-    Fetch { url: String, message: String },
-    #[error("commit {commit} is not in {url}")]
-    CommitNotFound { commit: String, url: String },
+    /// `message` is libgit2's, with the URL's credentials scrubbed out.
+    #[error("fetching repo {repo:?} failed: {message}")]
+    Fetch { repo: String, message: String },
+    #[error("commit {commit} is not in repo {repo:?}")]
+    CommitNotFound { commit: String, repo: String },
     #[error("{what:?} is not a commit id")]
     BadCommitId { what: String },
     #[error("git error in the mirror of {repo}: {source}")]
@@ -89,16 +94,16 @@ impl Mirrors {
     }
 
     /// Fetch every branch and tag of `url` into `repo`'s mirror, pruning what the remote deleted.
-    pub async fn fetch(&self, repo: &str, url: &str) -> Result<(), GitError> {
+    pub async fn fetch(&self, repo: &str, url: &RepoUrl) -> Result<(), GitError> {
         let lock = self.fetch_lock(repo);
         let _guard = lock.lock().await;
-        let (path, url) = (self.path(repo), url.to_string());
-        blocking(move || fetch_blocking(&path, &url)).await
+        let (path, repo, url) = (self.path(repo), repo.to_string(), url.clone());
+        blocking(move || fetch_blocking(&path, &repo, &url)).await
     }
 
     /// Make sure `commit` (a full sha, or an abbreviation the mirror can resolve) is in the
     /// mirror, fetching only when it is missing. Returns its full id.
-    pub async fn ensure_commit(&self, repo: &str, url: &str, commit: &str) -> Result<Oid, GitError> {
+    pub async fn ensure_commit(&self, repo: &str, url: &RepoUrl, commit: &str) -> Result<Oid, GitError> {
         if let Some(oid) = self.find_commit(repo, commit).await? {
             return Ok(oid);
         }
@@ -108,11 +113,11 @@ impl Mirrors {
         if let Some(oid) = self.find_commit(repo, commit).await? {
             return Ok(oid);
         }
-        let (path, fetch_url) = (self.path(repo), url.to_string());
-        blocking(move || fetch_blocking(&path, &fetch_url)).await?;
+        let (path, name, url) = (self.path(repo), repo.to_string(), url.clone());
+        blocking(move || fetch_blocking(&path, &name, &url)).await?;
         self.find_commit(repo, commit)
             .await?
-            .ok_or_else(|| GitError::CommitNotFound { commit: commit.to_string(), url: url.to_string() })
+            .ok_or_else(|| GitError::CommitNotFound { commit: commit.to_string(), repo: repo.to_string() })
     }
 
     /// The commit `spec` names in the mirror, if it is there.
@@ -231,13 +236,13 @@ fn absent_as_none<T>(result: Result<T, git2::Error>, repo: &str, absent: &[Error
     }
 }
 
-fn fetch_blocking(path: &Path, url: &str) -> Result<(), GitError> {
-    let fetch_err = |e: git2::Error| GitError::Fetch { url: url.to_string(), message: e.message().to_string() };
+fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl) -> Result<(), GitError> {
+    let fetch_err = |e: git2::Error| GitError::Fetch { repo: repo.to_string(), message: url.scrub(e.message()) };
     let mirror = match Repository::open_bare(path) {
         Ok(mirror) => mirror,
         Err(_) => Repository::init_bare(path).map_err(fetch_err)?,
     };
-    let mut remote = mirror.remote_anonymous(url).map_err(fetch_err)?;
+    let mut remote = mirror.remote_anonymous(url.expose()).map_err(fetch_err)?;
     let started = Instant::now();
     let mut callbacks = RemoteCallbacks::new();
     // Returning false from the progress callback aborts a transfer that takes too long.
@@ -260,7 +265,7 @@ fn fetch_blocking(path: &Path, url: &str) -> Result<(), GitError> {
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks).prune(FetchPrune::On).download_tags(AutotagOption::None);
     remote.fetch(&MIRROR_REFSPECS, Some(&mut options), None).map_err(fetch_err)?;
-    tracing::debug!(%url, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
+    tracing::debug!(%repo, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
     Ok(())
 }
 
@@ -296,7 +301,7 @@ mod tests {
     async fn a_mirror_follows_branches_tags_and_deletions() {
         let upstream = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
-        let url = upstream.path().to_str().unwrap();
+        let url = &RepoUrl::new(upstream.path().to_str().unwrap());
         let first = testing::commit(upstream.path(), "main", &[(".gantry.yml", "version: 1\n")]);
         let dev = testing::commit(upstream.path(), "dev", &[("x", "1")]);
         let mirrors = Mirrors::new(data.path().join("repos"));
@@ -313,7 +318,7 @@ mod tests {
         assert_eq!(mirrors.read_file_at("acme", oid, "missing").await.unwrap(), None);
         assert_eq!(mirrors.commit_message("acme", oid).await.unwrap().as_deref(), Some("test"));
         // An abbreviation of a fetched commit resolves without fetching.
-        assert_eq!(mirrors.ensure_commit("acme", "/nonexistent", &first[..10]).await.unwrap(), oid);
+        assert_eq!(mirrors.ensure_commit("acme", &"/nonexistent".into(), &first[..10]).await.unwrap(), oid);
 
         let upstream_repo = git2::Repository::open(upstream.path()).unwrap();
         upstream_repo.tag_lightweight("v1", &upstream_repo.revparse_single(&first).unwrap(), false).unwrap();
@@ -332,16 +337,35 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let mirrors = Mirrors::new(data.path().join("repos"));
         let missing = data.path().join("no-such-repo");
-        let err = mirrors.fetch("acme", missing.to_str().unwrap()).await.unwrap_err();
+        let err = mirrors.fetch("acme", &missing.to_str().unwrap().into()).await.unwrap_err();
         assert!(matches!(err, GitError::Fetch { .. }), "{err}");
-        assert!(err.to_string().contains("no-such-repo"), "{err}");
+        assert!(err.to_string().starts_with("fetching repo \"acme\" failed: "), "{err}");
 
         let upstream = tempfile::tempdir().unwrap();
         testing::commit(upstream.path(), "main", &[("a", "1")]);
-        let url = upstream.path().to_str().unwrap();
+        let url = &RepoUrl::new(upstream.path().to_str().unwrap());
         let err = mirrors.ensure_commit("acme", url, &"0123456789".repeat(4)).await.unwrap_err();
         assert!(matches!(err, GitError::CommitNotFound { .. }), "{err}");
+        assert!(err.to_string().ends_with("is not in repo \"acme\""), "{err}");
         let err = mirrors.ensure_commit("acme", url, "main; rm -rf /").await.unwrap_err();
         assert!(matches!(err, GitError::BadCommitId { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_errors_name_the_repo_and_never_the_credentials() {
+        let data = tempfile::tempdir().unwrap();
+        let mirrors = Mirrors::new(data.path().join("repos"));
+        // Port 1 of loopback: nothing listens there, so the connection is refused at once.
+        for (url, secret) in [
+            ("http://TOKENxyz@127.0.0.1:1/x.git", "TOKENxyz"),
+            ("https://bot:PASSxyz@127.0.0.1:1/x.git", "PASSxyz"),
+            ("ssh://deploy:SSHxyz@127.0.0.1:1/x.git", "SSHxyz"),
+        ] {
+            let err = mirrors.fetch("shop", &RepoUrl::new(url)).await.unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.starts_with("fetching repo \"shop\" failed: "), "{shown}");
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
     }
 }

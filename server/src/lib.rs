@@ -13,6 +13,7 @@ pub mod http;
 pub mod local_run;
 pub mod poller;
 pub mod providers;
+pub mod repo_url;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
@@ -76,7 +77,7 @@ impl Application {
             .with_context(|| format!("failed to open the database {}", config.database_path().display()))?;
         for repo in &config.repos {
             store
-                .upsert_repo(&repo.name, &repo.display_url())
+                .upsert_repo(&repo.name, &repo.url.to_string())
                 .await
                 .context("failed to record the configured repos")?;
         }

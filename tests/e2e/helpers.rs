@@ -426,8 +426,18 @@ pub fn one_stage_pipeline(script: &str) -> String {
 /// Whether `html` shows `text` escaped, in either of the spellings an HTML escaper may choose
 /// (`&lt;` or `&#60;`).
 pub fn shows_escaped(html: &str, text: &str) -> bool {
-    let named = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let numeric = text.replace('&', "&#38;").replace('<', "&#60;").replace('>', "&#62;");
+    let named = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;");
+    let numeric = text
+        .replace('&', "&#38;")
+        .replace('<', "&#60;")
+        .replace('>', "&#62;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;");
     html.contains(&named) || html.contains(&numeric)
 }
 
@@ -446,12 +456,20 @@ impl ServerProcess {
 
     /// Start it with extra environment variables.
     pub async fn start_with_env(config: &Path, listen: &str, env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::start_logging(config, listen, env, Stdio::inherit()).await
+    }
+
+    /// Start it with extra environment variables and its log (stderr) going to `log`, such as a
+    /// file the test reads afterwards. `NO_COLOR` is not passed on: the log is what the server
+    /// writes by itself.
+    pub async fn start_logging(config: &Path, listen: &str, env: &[(&str, &str)], log: Stdio) -> ServerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["serve", "--config", config.to_str().unwrap(), "--listen", listen])
+            .env_remove("NO_COLOR")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let server = ServerProcess { child, base: format!("http://{listen}") };

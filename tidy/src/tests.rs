@@ -148,6 +148,23 @@ fn no_stubs_in_code_that_ships() {
     assert_rule("no todo!() or unimplemented!() outside tests", &stubs);
 }
 
+#[test]
+fn repo_url_credentials_reach_only_git() {
+    let mut exposed = Vec::new();
+    for (path, text) in rust_files("server/src") {
+        if path == "server/src/git.rs" {
+            continue;
+        }
+        for (n, line) in non_test_code(&path, &text) {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains(".expose()") {
+                exposed.push(format!("{path}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    assert_rule("RepoUrl::expose (the URL with its credentials) is called only in server/src/git.rs", &exposed);
+}
+
 /// The rules must be able to fail: each detector finds what it looks for in a sample.
 #[test]
 fn the_detectors_find_what_they_look_for() {

@@ -197,7 +197,7 @@ async fn list_repos(State(state): State<AppState>) -> Result<Json<Vec<RepoJson>>
         let last_build = state.store.last_build_of_repo(&repo.name).await?;
         repos.push(RepoJson {
             name: repo.name.clone(),
-            url: repo.display_url(),
+            url: repo.url.to_string(),
             last_build: last_build.as_ref().map(BuildJson::from),
             last_error: row.as_ref().and_then(|r| r.last_error.clone()),
             last_polled_at: row.and_then(|r| r.last_polled_at).map(rfc3339),

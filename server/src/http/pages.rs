@@ -125,7 +125,7 @@ async fn repo_list(State(state): State<AppState>) -> Result<Html<String>, PageEr
         let last_build = state.store.last_build_of_repo(&repo.name).await?;
         repos.push(RepoSummary {
             name: repo.name.clone(),
-            url: repo.display_url(),
+            url: repo.url.to_string(),
             last_build: last_build.as_ref().map(build_summary),
             last_error: row.and_then(|r| r.last_error),
         });
@@ -147,7 +147,7 @@ async fn repo_page(State(state): State<AppState>, Path(name): Path<String>) -> R
             (build_summary(build), own)
         })
         .collect();
-    render(&RepoPage::new(repo.name.clone(), repo.display_url(), row.and_then(|r| r.last_error), builds, now_ms()))
+    render(&RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms()))
 }
 
 async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Html<String>, PageError> {

@@ -1,0 +1,217 @@
+//! A repository's URL as the configuration gives it, credentials and all
+//! (`https://TOKEN@host/…`, `https://user:password@host/…`, `ssh://user:password@host/…`).
+//!
+//! This module owns the one rule for showing such a URL. [`RepoUrl`]'s `Display` and `Debug`
+//! put `***` in place of the credentials, so formatting one anywhere (a page, the API, an error,
+//! the log) cannot leak them; [`RepoUrl::expose`] hands the URL as written to git and is called
+//! nowhere else (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a text
+//! that may quote the URL, such as libgit2's error messages. Nothing here logs, stores or fetches.
+//!
+//! The URL is split by hand rather than by the `url` crate on purpose: what is shown must be the
+//! text as written minus its userinfo (the `url` crate would normalise it), scp-like addresses
+//! (`git@host:path`) and local paths are no URLs at all, and a string that does not parse must
+//! still never be shown with its credentials.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+
+/// What stands in for credentials wherever a URL or a message is shown.
+pub const REDACTED: &str = "***";
+
+/// URL schemes whose user name is a login name rather than a credential: ssh authenticates with
+/// keys, so `ssh://git@host/…` shows its user.
+const SSH_SCHEMES: [&str; 3] = ["ssh", "git+ssh", "ssh+git"];
+
+/// A repo's URL: anything git2 can fetch, a local path included. Shown, it never carries its
+/// credentials.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RepoUrl(String);
+
+impl RepoUrl {
+    pub fn new(url: impl Into<String>) -> RepoUrl {
+        RepoUrl(url.into())
+    }
+
+    /// The URL as written, credentials included: for git's fetch only, never to be shown.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+
+    /// Whether the URL carries credentials that are hidden when it is shown.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials().is_some()
+    }
+
+    /// `text` with every occurrence of this URL replaced by its shown form, and every occurrence
+    /// of its credentials (as written and percent-decoded) by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let Some(credentials) = self.credentials() else { return text.to_string() };
+        let mut scrubbed = text.replace(&self.0, &self.to_string());
+        for secret in credentials.secrets() {
+            scrubbed = scrubbed.replace(secret.as_ref(), REDACTED);
+        }
+        scrubbed
+    }
+
+    /// The userinfo, when it is a credential to hide.
+    fn credentials(&self) -> Option<Credentials<'_>> {
+        let (start, end, ssh) = userinfo_span(&self.0)?;
+        let userinfo = &self.0[start..end];
+        let password = userinfo.split_once(':').map(|(_, password)| password);
+        // A bare user name is a login name on ssh, a token anywhere else.
+        if userinfo.is_empty() || (ssh && password.is_none()) {
+            return None;
+        }
+        Some(Credentials { start, end, userinfo, password })
+    }
+}
+
+impl From<&str> for RepoUrl {
+    fn from(url: &str) -> RepoUrl {
+        RepoUrl::new(url)
+    }
+}
+
+impl fmt::Display for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.credentials() {
+            Some(c) => write!(f, "{}{REDACTED}{}", &self.0[..c.start], &self.0[c.end..]),
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for RepoUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RepoUrl({:?})", self.to_string())
+    }
+}
+
+/// The credentials of a URL: where they are in it and what they are.
+struct Credentials<'a> {
+    start: usize,
+    end: usize,
+    userinfo: &'a str,
+    password: Option<&'a str>,
+}
+
+impl Credentials<'_> {
+    /// The strings to take out of a message, longest first (so a part never leaves the rest of
+    /// a longer one behind): the whole userinfo and the secret part of it (the password, or the
+    /// token that is the user name), each as written and percent-decoded.
+    fn secrets(&self) -> Vec<Cow<'_, str>> {
+        let mut secrets: Vec<Cow<'_, str>> = Vec::new();
+        for raw in [Some(self.userinfo), self.password].into_iter().flatten() {
+            secrets.push(Cow::Borrowed(raw));
+            secrets.push(percent_decode_str(raw).decode_utf8_lossy());
+        }
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        secrets
+    }
+}
+
+/// Where the userinfo of `url` is (the byte range before its `@`), and whether it is an ssh
+/// address. `scheme://userinfo@host/…` by RFC 3986 (the authority ends at the first `/`, `?` or
+/// `#`; the userinfo at its last `@`), or scp-like `userinfo@host:path`. A local path has none.
+fn userinfo_span(url: &str) -> Option<(usize, usize, bool)> {
+    if let Some(scheme_end) = url.find("://") {
+        let scheme = &url[..scheme_end];
+        let start = scheme_end + "://".len();
+        let authority_len = url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
+        let at = url[start..start + authority_len].rfind('@')?;
+        let ssh = SSH_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme));
+        return Some((start, start + at, ssh));
+    }
+    // scp-like: `[userinfo@]host:path`, with no `/` before the host's `:` (a path would have one).
+    let head = &url[..url.find('/').unwrap_or(url.len())];
+    let at = head.rfind('@')?;
+    head[at..].contains(':').then_some((0, at, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(url: &str) -> String {
+        RepoUrl::new(url).to_string()
+    }
+
+    #[test]
+    fn credentials_are_never_shown() {
+        assert_eq!(shown("https://TOKEN@git.example.com/a/b.git"), "https://***@git.example.com/a/b.git");
+        assert_eq!(shown("https://bot:tok3n@git.example.com/a/b.git"), "https://***@git.example.com/a/b.git");
+        assert_eq!(shown("http://user:p%40ss@127.0.0.1:3000/x.git"), "http://***@127.0.0.1:3000/x.git");
+        assert_eq!(shown("ssh://deploy:hunter2@host:2222/a.git"), "ssh://***@host:2222/a.git");
+        assert_eq!(shown("user:hunter2@host:a/b.git"), "***@host:a/b.git");
+        // The userinfo ends at the authority's last `@`, as RFC 3986 and libgit2 read it.
+        assert_eq!(shown("https://a@b:c@host/x.git"), "https://***@host/x.git");
+        assert_eq!(shown("HTTPS://T@host?q"), "HTTPS://***@host?q");
+    }
+
+    #[test]
+    fn urls_without_credentials_are_shown_as_written() {
+        for url in [
+            "https://git.example.com/a/b.git",
+            "https://git.example.com/a@b.git",
+            "https://git.example.com/a?x=1@2",
+            "ssh://git@host/a.git",
+            "git@github.com:acme/shop.git",
+            "/srv/git/a@v2",
+            "relative/dir@x:y",
+            "C:\\repos\\a",
+            "",
+        ] {
+            assert_eq!(shown(url), url);
+            assert!(!RepoUrl::new(url).has_credentials(), "{url}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_credentials_and_expose_keeps_them() {
+        let url = RepoUrl::new("https://bot:tok3n@host/x.git");
+        assert_eq!(format!("{url:?}"), r#"RepoUrl("https://***@host/x.git")"#);
+        assert_eq!(url.expose(), "https://bot:tok3n@host/x.git");
+        assert!(url.has_credentials());
+        #[derive(Deserialize)]
+        struct Repo {
+            url: RepoUrl,
+        }
+        let parsed: Repo = toml::from_str("url = \"https://T@h/x\"").unwrap();
+        assert_eq!(parsed.url.expose(), "https://T@h/x");
+    }
+
+    #[test]
+    fn scrub_takes_the_url_and_its_credentials_out_of_a_message() {
+        let url = RepoUrl::new("https://bot:s3cr%2Ft@host/x.git");
+        assert_eq!(
+            url.scrub("unexpected http status code: 401 for https://bot:s3cr%2Ft@host/x.git"),
+            "unexpected http status code: 401 for https://***@host/x.git"
+        );
+        // libgit2 may quote the userinfo alone, the password alone, or either decoded.
+        assert_eq!(
+            url.scrub("failed to resolve address for bot:s3cr%2Ft@host"),
+            "failed to resolve address for ***@host"
+        );
+        assert_eq!(url.scrub("auth as bot with s3cr/t failed"), "auth as bot with *** failed");
+        assert_eq!(url.scrub("s3cr%2Ft"), "***");
+
+        let token = RepoUrl::new("http://TOKENxyz@127.0.0.1:1/x.git");
+        assert_eq!(
+            token.scrub("failed to connect to TOKENxyz@127.0.0.1:1 (http://TOKENxyz@127.0.0.1:1/x.git)"),
+            "failed to connect to ***@127.0.0.1:1 (http://***@127.0.0.1:1/x.git)"
+        );
+        // Without credentials there is nothing to take out.
+        let plain = RepoUrl::new("git@host:a.git");
+        assert_eq!(plain.scrub("git@host:a.git: no such repo"), "git@host:a.git: no such repo");
+    }
+}
