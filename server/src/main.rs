@@ -1,5 +1,7 @@
 //! The `gantry` binary: parses the command line, starts logging and hands over to the library.
 
+use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
         .init();
     // SAFETY: no other thread exists yet; the async runtime starts below.
     if let Err(error) = unsafe { gantry::git::set_network_timeouts() } {
@@ -59,6 +62,12 @@ fn main() -> ExitCode {
         eprintln!("gantry: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Whether the log may carry terminal colour codes: only when it goes to a terminal, and not when
+/// `NO_COLOR` is set to anything (<https://no-color.org>). A log file or a journal gets plain text.
+fn log_in_colour(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -112,5 +121,18 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             Err(source).with_context(|| format!("cannot read {}", path.display()))
         }
         Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_in_colour(true, None));
+        assert!(log_in_colour(true, Some(OsString::new())), "an empty NO_COLOR does not count");
+        assert!(!log_in_colour(true, Some(OsString::from("1"))));
+        assert!(!log_in_colour(false, None));
     }
 }

@@ -16,6 +16,7 @@ mod ec2_cloud;
 #[path = "../../runner/tests/support/fault_proxy.rs"]
 mod fault_proxy;
 mod helpers;
+mod leaks;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
