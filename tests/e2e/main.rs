@@ -15,6 +15,7 @@ mod ec2;
 mod ec2_cloud;
 #[path = "../../runner/tests/support/fault_proxy.rs"]
 mod fault_proxy;
+mod headers;
 mod helpers;
 mod leaks;
 #[path = "../../runner/tests/support/moto.rs"]

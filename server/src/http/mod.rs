@@ -8,6 +8,7 @@
 //! internals.
 
 mod api;
+mod headers;
 mod hooks;
 mod pages;
 
@@ -38,13 +39,8 @@ pub struct AppState {
 
 /// The whole application's routes. Unknown paths answer 404.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(api::routes())
-        .merge(hooks::routes())
-        .merge(pages::routes())
-        .fallback(not_found)
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+    let routes = Router::new().merge(api::routes()).merge(hooks::routes()).merge(pages::routes()).fallback(not_found);
+    headers::add(routes).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 /// Unknown paths: JSON under `/api/` and `/hooks/`, an HTML page elsewhere.
