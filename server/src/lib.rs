@@ -80,6 +80,15 @@ impl Application {
                 .upsert_repo(&repo.name, &repo.url.to_string())
                 .await
                 .context("failed to record the configured repos")?;
+            if repo.url.has_credentials() {
+                let scrubbed = store
+                    .rewrite_repo_errors(&repo.name, |text| repo.url.scrub(text))
+                    .await
+                    .context("failed to take a repo URL's credentials out of stored errors")?;
+                if scrubbed > 0 {
+                    tracing::info!(repo = %repo.name, texts = scrubbed, "took the URL's credentials out of stored errors");
+                }
+            }
         }
         let providers = Providers::from_config(&config).await?;
         let mirrors = Arc::new(Mirrors::new(config.data_dir.join("repos")));

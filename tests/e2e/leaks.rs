@@ -184,6 +184,48 @@ async fn repo_url_credentials_appear_on_no_page_api_answer_error_or_log_line() {
 }
 
 #[tokio::test]
+async fn credentials_an_older_server_stored_in_errors_are_taken_out_at_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let closed = free_loopback_port();
+    let url = format!("http://{TOKEN}@{closed}/acme/shop.git");
+    // What a server before RepoUrl stored: fetch errors quoting the URL whole.
+    let leaked = format!("fetching {url} failed: failed to connect to 127.0.0.1: Connection refused");
+    let store = gantry::store::Store::open(&dir.path().join("gantry.db")).await.unwrap();
+    store.upsert_repo("tokened", &url).await.unwrap();
+    store.set_repo_error("tokened", Some(&leaked)).await.unwrap();
+    let new = gantry::store::NewBuild {
+        repo: "tokened".to_string(),
+        commit: "ab".repeat(20),
+        branch: "main".to_string(),
+        ref_kind: gantry::store::RefKind::Branch,
+        trigger: gantry::store::Trigger::Push,
+    };
+    let id = store.insert_build(&new).await.unwrap().id;
+    store.finish_build(id, gantry_event::BuildStatus::Errored, Some(&leaked)).await.unwrap();
+    store.close().await;
+
+    // Not polled: the stored error stays the one the old server wrote.
+    let mut repo = remote_repo("tokened", &url);
+    repo.poll_interval = None;
+    let server = start_server(dir.path(), &[repo], "debug").await;
+    let answers = every_surface(&server.base, &["tokened"], &[id.0]).await;
+    let scrubbed = format!("fetching http://***@{closed}/acme/shop.git failed");
+    for (what, body) in &answers {
+        assert!(!body.contains(TOKEN), "{what} shows the token: {body}");
+    }
+    let build: Value =
+        serde_json::from_str(&answers.iter().find(|(w, _)| w.ends_with(&format!("/api/builds/{}", id.0))).unwrap().1)
+            .unwrap();
+    assert!(build["error"].as_str().unwrap().starts_with(&scrubbed), "{build:#}");
+    let listed: Value = serde_json::from_str(&answers.iter().find(|(w, _)| w == "GET /api/repos").unwrap().1).unwrap();
+    assert!(listed[0]["last_error"].as_str().unwrap().starts_with(&scrubbed), "{listed:#}");
+    drop(server);
+    let log = std::fs::read_to_string(dir.path().join("gantry.log")).unwrap();
+    assert!(log.contains("took the URL's credentials out of stored errors"), "{log}");
+    assert!(!log.contains(TOKEN), "the server's log shows the token");
+}
+
+#[tokio::test]
 async fn the_server_log_has_no_colour_codes_when_it_is_not_a_terminal() {
     let repo = TestRepo::new();
     repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("echo hi"))]);

@@ -1,5 +1,6 @@
 //! The `repos` and `branch_heads` tables: which repositories the server knows, the last fetch
-//! error shown on a repo's page, and the branch heads the poller saw last.
+//! error shown on a repo's page, and the branch heads the poller saw last. Also the one rewrite
+//! of a repo's stored error texts (its own and its builds'), for taking credentials out of them.
 //!
 //! The configuration is the source of truth for which repos exist; rows are upserted at start-up
 //! and never deleted, so the history of a repo removed from the configuration stays readable.
@@ -72,6 +73,45 @@ impl Store {
         Ok(())
     }
 
+    /// Pass the repo's last fetch error and every build error of the repo through `rewrite`,
+    /// storing the texts it changes, in one transaction; returns how many changed. A server
+    /// older than `RepoUrl` stored fetch errors with the repo's URL in them, credentials and all.
+    pub async fn rewrite_repo_errors(&self, repo: &str, rewrite: impl Fn(&str) -> String) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut changed = 0;
+        let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM repos WHERE name = ?")
+            .bind(repo)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+        if let Some(text) = last_error.filter(|text| rewrite(text) != *text) {
+            sqlx::query("UPDATE repos SET last_error = ? WHERE name = ?")
+                .bind(rewrite(&text))
+                .bind(repo)
+                .execute(&mut *tx)
+                .await?;
+            changed += 1;
+        }
+        let errors = sqlx::query("SELECT id, error FROM builds WHERE repo = ? AND error IS NOT NULL")
+            .bind(repo)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in errors {
+            let (id, text): (i64, String) = (row.try_get("id")?, row.try_get("error")?);
+            let rewritten = rewrite(&text);
+            if rewritten != text {
+                sqlx::query("UPDATE builds SET error = ? WHERE id = ?")
+                    .bind(rewritten)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     pub async fn set_repo_polled(&self, name: &str) -> Result<()> {
         sqlx::query("UPDATE repos SET last_polled_at = ? WHERE name = ?")
             .bind(now_ms())
@@ -105,7 +145,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing;
+    use gantry_event::BuildStatus;
+
+    use super::super::{testing, NewBuild, RefKind, Trigger};
     use super::*;
 
     #[tokio::test]
@@ -119,6 +161,35 @@ mod tests {
         store.set_repo_error("acme", None).await.unwrap();
         assert_eq!(store.repo("acme").await.unwrap().unwrap().last_error, None);
         assert!(store.repo("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rewriting_errors_changes_only_the_repos_own_texts() {
+        let (store, _dir, build) = testing::store_with_build().await;
+        store.upsert_repo("other", "/srv/other.git").await.unwrap();
+        let other = store
+            .insert_build(&NewBuild {
+                repo: "other".to_string(),
+                commit: "c".repeat(40),
+                branch: "main".to_string(),
+                ref_kind: RefKind::Branch,
+                trigger: Trigger::Push,
+            })
+            .await
+            .unwrap();
+        for (repo, id) in [("acme", build.id), ("other", other.id)] {
+            store.set_repo_error(repo, Some("fetching https://T0KEN@host failed")).await.unwrap();
+            store.finish_build(id, BuildStatus::Errored, Some("fetching https://T0KEN@host failed")).await.unwrap();
+        }
+
+        let changed = store.rewrite_repo_errors("acme", |text| text.replace("T0KEN", "***")).await.unwrap();
+        assert_eq!(changed, 2);
+        assert_eq!(store.repo("acme").await.unwrap().unwrap().last_error.unwrap(), "fetching https://***@host failed");
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().error.unwrap(), "fetching https://***@host failed");
+        assert!(store.repo("other").await.unwrap().unwrap().last_error.unwrap().contains("T0KEN"));
+        assert!(store.build(other.id).await.unwrap().unwrap().error.unwrap().contains("T0KEN"));
+        // Nothing left to change: a second start rewrites nothing.
+        assert_eq!(store.rewrite_repo_errors("acme", |text| text.replace("T0KEN", "***")).await.unwrap(), 0);
     }
 
     #[tokio::test]
