@@ -16,7 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::repo_url::RepoUrl;
+use crate::repo_url::{redact_urls, RepoUrl};
 use crate::secrets::SecretSource;
 
 /// Where the server listens when nothing says otherwise.
@@ -377,8 +377,11 @@ fn read_file(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &path.display().to_string())
 }
 
+/// A parse error quotes the line it is about, which may be a repo URL's: its credentials are
+/// taken out.
 fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })
+    toml::from_str(text)
+        .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: redact_urls(&e.to_string()) })
 }
 
 fn default_listen() -> SocketAddr {
@@ -494,6 +497,17 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2") && !printed.contains("t0ken"), "{printed}");
         assert_eq!(config.repos[0].url.expose(), "https://bot:t0ken@host/a.git");
+    }
+
+    #[test]
+    fn a_parse_error_quoting_a_repo_url_hides_its_credentials() {
+        // The closing quote is missing: the error quotes the line.
+        let err =
+            Config::from_toml_str("[[repo]]\nname = \"a\"\nurl = \"https://bot:t0ken@host/a.git\nsecret = \"s\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("https://***@host/a.git"), "the error still quotes the line: {err}");
+        assert!(!err.contains("t0ken"), "{err}");
     }
 
     #[test]

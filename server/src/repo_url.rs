@@ -5,7 +5,9 @@
 //! put `***` in place of the credentials, so formatting one anywhere (a page, the API, an error,
 //! the log) cannot leak them; [`RepoUrl::expose`] hands the URL as written to git and is called
 //! nowhere else (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a text
-//! that may quote the URL, such as libgit2's error messages. Nothing here logs, stores or fetches.
+//! that may quote the URL, such as libgit2's error messages; [`redact_urls`] takes those of any
+//! `scheme://user:password@…` out of a text, such as a configuration file's parse error that
+//! quotes the line. Nothing here logs, stores or fetches.
 //!
 //! The URL is split by hand rather than by the `url` crate on purpose: what is shown must be the
 //! text as written minus its userinfo (the `url` crate would normalise it), scp-like addresses
@@ -50,15 +52,16 @@ impl RepoUrl {
         self.credentials().is_some()
     }
 
-    /// `text` with every occurrence of this URL replaced by its shown form, and every occurrence
-    /// of its credentials (as written and percent-decoded) by `***`.
+    /// `text` with every occurrence of this URL replaced by its shown form, every occurrence of
+    /// its credentials (as written and percent-decoded) by `***`, and the credentials of any
+    /// other URL in it (a redirect's, say) hidden by [`redact_urls`].
     pub fn scrub(&self, text: &str) -> String {
-        let Some(credentials) = self.credentials() else { return text.to_string() };
+        let Some(credentials) = self.credentials() else { return redact_urls(text) };
         let mut scrubbed = text.replace(&self.0, &self.to_string());
         for secret in credentials.secrets() {
             scrubbed = scrubbed.replace(secret.as_ref(), REDACTED);
         }
-        scrubbed
+        redact_urls(&scrubbed)
     }
 
     /// The userinfo, when it is a credential to hide.
@@ -93,6 +96,27 @@ impl fmt::Debug for RepoUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RepoUrl({:?})", self.to_string())
     }
+}
+
+/// `text` with the userinfo of every `scheme://userinfo@host…` in it replaced by `***`. A URL in
+/// running text ends at whitespace, a quote or an angle bracket.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find("://") {
+        let start = found + "://".len();
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let authority_len = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | '<' | '>') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_len].rfind('@') {
+            out.push_str(REDACTED);
+            rest = &rest[at..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The credentials of a URL: where they are in it and what they are.
@@ -213,5 +237,22 @@ mod tests {
         // Without credentials there is nothing to take out.
         let plain = RepoUrl::new("git@host:a.git");
         assert_eq!(plain.scrub("git@host:a.git: no such repo"), "git@host:a.git: no such repo");
+        // Another URL's credentials (a redirect's) are hidden too.
+        assert_eq!(
+            plain.scrub("redirected to https://u:other@elsewhere/x.git"),
+            "redirected to https://***@elsewhere/x.git"
+        );
+    }
+
+    #[test]
+    fn redact_urls_hides_the_credentials_of_every_url_in_a_text() {
+        assert_eq!(
+            redact_urls("5 | url = \"https://bot:tok3n@host/a.git\n  |  ^ and ssh://d:p@h:22/x, http://T@h"),
+            "5 | url = \"https://***@host/a.git\n  |  ^ and ssh://***@h:22/x, http://***@h"
+        );
+        assert_eq!(redact_urls("url = 'https://T@h' \"http://U@h\""), "url = 'https://***@h' \"http://***@h\"");
+        for plain in ["no url here", "https://host/a@b and mail me@host", "ends with ://", "git@host:a.git"] {
+            assert_eq!(redact_urls(plain), plain);
+        }
     }
 }
