@@ -53,6 +53,7 @@ fn remote_repo(name: &str, url: &str) -> RepoConfig {
         poll_interval: Some("100ms"),
         cancel_superseded: true,
         provider: None,
+        secrets: Vec::new(),
     }
 }
 
