@@ -40,6 +40,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "gantry.toml";
 /// A repository name may be at most this long (it appears in URLs and file names).
 pub const MAX_REPO_NAME_LEN: usize = 64;
 
+/// How long a sign-in lasts when `[auth] session_ttl` does not say.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// The longest `session_ttl` accepted: a year and a day.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -65,6 +71,88 @@ pub struct Config {
     pub repos: Vec<RepoConfig>,
     #[serde(default)]
     pub provider: ProvidersConfig,
+    /// Where people and forges reach this server (`https://ci.example.com`): links point here,
+    /// the session cookie is `Secure` when it is https, and a form posted from any other origin
+    /// is refused.
+    #[serde(default)]
+    pub public_url: Option<PublicUrl>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// The `[auth]` section (contract §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether pages and `GET /api/*` may be read without signing in.
+    #[serde(default)]
+    pub public_read: bool,
+    /// How long a sign-in lasts.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig { public_read: false, session_ttl: DEFAULT_SESSION_TTL }
+    }
+}
+
+/// The server's public base URL: `http` or `https`, a host (and port), optionally a path; no
+/// user name or password.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct PublicUrl {
+    /// Without a trailing `/`.
+    url: String,
+    /// `scheme://host[:port]`, as browsers send it in `Origin`.
+    origin: String,
+}
+
+impl PublicUrl {
+    /// The URL without a trailing `/`.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// `scheme://host[:port]`, the form of a browser's `Origin` header.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+}
+
+impl std::str::FromStr for PublicUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PublicUrl, String> {
+        let url = text.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{text:?} is not a URL"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("public_url {text:?} must start with https:// or http://"));
+        }
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+            return Err(format!("public_url {text:?} needs a host and no user name or password"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(format!("public_url {text:?} may not have a query or fragment"));
+        }
+        let origin = format!("{scheme}://{}", authority.to_ascii_lowercase());
+        Ok(PublicUrl { url: format!("{scheme}://{rest}"), origin })
+    }
+}
+
+impl TryFrom<String> for PublicUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<PublicUrl, String> {
+        text.parse()
+    }
 }
 
 /// One `[[repo]]` entry.
@@ -231,6 +319,15 @@ pub struct Overrides {
     /// The user host steps run as when the server runs as root.
     #[arg(long, env = "GANTRY_LOCAL_RUN_AS")]
     pub local_run_as: Option<String>,
+    /// Where people and forges reach this server, e.g. https://ci.example.com.
+    #[arg(long, env = "GANTRY_PUBLIC_URL")]
+    pub public_url: Option<PublicUrl>,
+    /// Whether pages and GET /api/* may be read without signing in (true or false).
+    #[arg(long, env = "GANTRY_PUBLIC_READ")]
+    pub public_read: Option<bool>,
+    /// How long a sign-in lasts, e.g. 12h.
+    #[arg(long, env = "GANTRY_SESSION_TTL", value_parser = humantime::parse_duration)]
+    pub session_ttl: Option<Duration>,
 }
 
 impl Default for Config {
@@ -241,6 +338,8 @@ impl Default for Config {
             max_concurrent_builds: default_max_concurrent_builds(),
             repos: Vec::new(),
             provider: ProvidersConfig::default(),
+            public_url: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -281,6 +380,15 @@ impl Config {
         }
         if let Some(run_as) = &overrides.local_run_as {
             self.provider.local.run_as = run_as.clone();
+        }
+        if let Some(public_url) = &overrides.public_url {
+            self.public_url = Some(public_url.clone());
+        }
+        if let Some(public_read) = overrides.public_read {
+            self.auth.public_read = public_read;
+        }
+        if let Some(ttl) = overrides.session_ttl {
+            self.auth.session_ttl = ttl;
         }
     }
 
@@ -331,6 +439,9 @@ impl Config {
         // The local provider checks its address range itself when it is created.
         if self.provider.local.run_as.trim().is_empty() {
             problems.push("provider.local.run_as is empty".to_string());
+        }
+        if self.auth.session_ttl.is_zero() || self.auth.session_ttl > MAX_SESSION_TTL {
+            problems.push("auth.session_ttl must be longer than zero and at most 366 days".to_string());
         }
         if problems.is_empty() {
             Ok(())
@@ -412,6 +523,10 @@ fn default_ssh_port() -> u16 {
     22
 }
 
+fn default_session_ttl() -> Duration {
+    DEFAULT_SESSION_TTL
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -434,7 +549,43 @@ mod tests {
         assert!(config.repos.is_empty());
         assert_eq!(config.provider.local.addresses, "127.0.10.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(config.provider.local.run_as, "gantry-host");
+        assert!(!config.auth.public_read);
+        assert_eq!(config.auth.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(config.public_url, None);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_auth_section_and_public_url_parse_and_are_checked() {
+        let config = Config::from_toml_str(
+            "public_url = \"https://CI.example.com:8443/\"\n[auth]\npublic_read = true\nsession_ttl = \"30m\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert!(config.auth.public_read);
+        assert_eq!(config.auth.session_ttl, Duration::from_secs(1800));
+        let url = config.public_url.unwrap();
+        assert_eq!(
+            (url.as_str(), url.origin(), url.is_https()),
+            ("https://CI.example.com:8443", "https://ci.example.com:8443", true)
+        );
+        let behind_a_prefix: PublicUrl = "http://ci.internal/gantry/".parse().unwrap();
+        assert_eq!(
+            (behind_a_prefix.as_str(), behind_a_prefix.origin()),
+            ("http://ci.internal/gantry", "http://ci.internal")
+        );
+        assert!(!behind_a_prefix.is_https());
+
+        for bad in
+            ["ci.example.com", "ftp://ci.example.com", "https://", "https://user:pw@ci.example.com", "https://ci/?x=1"]
+        {
+            let err = Config::from_toml_str(&format!("public_url = {bad:?}\n")).unwrap_err().to_string();
+            assert!(err.contains("public_url") || err.contains("not a URL"), "{bad}: {err}");
+        }
+        let err = Config::from_toml_str("[auth]\npublic_reads = true\n").unwrap_err().to_string();
+        assert!(err.contains("public_reads"), "{err}");
+        let zero = Config::from_toml_str("[auth]\nsession_ttl = \"0s\"\n").unwrap();
+        assert!(zero.validate().unwrap_err().to_string().contains("session_ttl"));
     }
 
     #[test]
@@ -593,6 +744,12 @@ mod tests {
             "2",
             "--local-addresses",
             "127.0.42.0/28",
+            "--public-url",
+            "https://ci.example.com",
+            "--public-read",
+            "true",
+            "--session-ttl",
+            "2h",
         ])
         .unwrap();
         config.apply(&cli.overrides);
@@ -600,6 +757,9 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/tmp/elsewhere"));
         assert_eq!(config.max_concurrent_builds, 2);
         assert_eq!(config.provider.local.addresses, "127.0.42.0/28".parse::<Ipv4Net>().unwrap());
+        assert_eq!(config.public_url.as_ref().map(PublicUrl::origin), Some("https://ci.example.com"));
+        assert!(config.auth.public_read);
+        assert_eq!(config.auth.session_ttl, Duration::from_secs(7200));
         config.validate().unwrap();
     }
 

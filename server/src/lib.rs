@@ -6,6 +6,7 @@
 //! [`ShutdownHandle`] fires, then stops the running builds (their hosts are torn down) and closes
 //! the database. The binary in `main.rs` only parses arguments and starts logging.
 
+pub mod auth;
 pub mod config;
 pub mod forge;
 pub mod git;
@@ -41,7 +42,7 @@ pub struct Application {
     scheduler: Scheduler,
     store: Store,
     shutdown: CancellationToken,
-    /// The pollers.
+    /// The pollers and the expired-session sweeper.
     tasks: TaskTracker,
 }
 
@@ -99,6 +100,7 @@ impl Application {
         scheduler.start();
         let tasks = TaskTracker::new();
         poller::start(&config.repos, &scheduler, &store, &shutdown, &tasks);
+        tasks.spawn(http::auth::sweep_expired_sessions(store.clone(), shutdown.clone()));
 
         let router = http::router(AppState {
             config: Arc::clone(&config),
@@ -123,7 +125,9 @@ impl Application {
     /// Serve until the shutdown handle fires, then stop the builds and close the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Application { listener, router, scheduler, store, shutdown, tasks, .. } = self;
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        // With the peer's address: the sign-in handler logs it when a sign-in fails.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         // The scheduler also stops when the server fails, so no build runs on unattended.
         shutdown.cancel();
         scheduler.shutdown().await;

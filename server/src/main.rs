@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gantry::auth::admin::{TokenCommand, UserCommand};
 use gantry::config::{Config, Overrides};
 use gantry_runner::pipeline::{self, LoadError, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::source::{SourceError, WorkDirSource};
@@ -38,6 +39,12 @@ enum Command {
         #[arg(long, env = "GANTRY_DATA_DIR", default_value = gantry::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Add or remove users (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create API tokens (works while the server runs).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,12 @@ fn main() -> ExitCode {
         Command::Run { dir, data_dir } => runtime()
             .and_then(|rt| rt.block_on(gantry::local_run::run_local(&dir, &data_dir)))
             .map(|code| ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        Command::User(command) => {
+            runtime().and_then(|rt| rt.block_on(gantry::auth::admin::run_user(command))).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Token(command) => {
+            runtime().and_then(|rt| rt.block_on(gantry::auth::admin::run_token(command))).map(|()| ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|error| {
         eprintln!("gantry: {error:#}");

@@ -294,11 +294,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         html.replace(&format!(r#"<link rel="stylesheet" href="{CSS_PATH}">"#), &format!("<style>\n{CSS}</style>"))
     };
     for (name, html) in [
-        ("repos.html", repos.render()?),
-        ("repo.html", repo.render()?),
-        ("build.html", build_page.render()?),
-        ("build-errored.html", errored.render()?),
-        ("error.html", error.render()?),
+        ("repos.html", repos.render(&gantry_web::Viewer::Unknown)?),
+        ("repo.html", repo.render(&gantry_web::Viewer::Unknown)?),
+        ("build.html", build_page.render(&gantry_web::Viewer::Unknown)?),
+        ("build-errored.html", errored.render(&gantry_web::Viewer::Unknown)?),
+        ("error.html", error.render(&gantry_web::Viewer::Unknown)?),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, inline(html)).map_err(|e| format!("failed to write {}: {e}", path.display()))?;

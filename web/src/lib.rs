@@ -7,7 +7,7 @@
 //!
 //! # Public API
 //!
-//! Pages (each implements [`Page`]: `fn render(&self) -> Result<String, RenderError>`):
+//! Pages (each implements [`Page`]: `fn render(&self, viewer: &Viewer) -> Result<String, RenderError>`):
 //! - [`RepoListPage`] `{ repos: Vec<RepoSummary>, now_ms }` for `/`.
 //! - [`RepoPage`] `{ name, url, last_error, builds: Vec<BuildSummary>, grid: StageGrid, now_ms }`
 //!   for `/repos/{name}`; build it with [`RepoPage::new`] from the builds (newest first), each
@@ -15,6 +15,13 @@
 //! - [`BuildPage`] `{ build: BuildSummary, commit_message, error, hosts: Vec<HostView>,
 //!   steps: Vec<StepView>, reports: Vec<ReportView>, now_ms }` for `/builds/{id}`.
 //! - [`ErrorPage`] `{ status, title, message }` for anything that went wrong.
+//! - [`LoginPage`] `{ next, user, error, csrf }` for `/login`.
+//! - [`TokensPage`] `{ user, tokens: Vec<TokenView>, new_token, can_manage, error, csrf, now_ms }`
+//!   for `/settings/tokens`.
+//!
+//! Every page is rendered for a [`Viewer`]: the top bar names the signed-in user with a sign-out
+//! form ([`SignedInView`]), offers to sign in ([`Viewer::Anonymous`]), or says nothing
+//! ([`Viewer::Unknown`]). Forms carry the CSRF token in the hidden field [`CSRF_FIELD`].
 //!
 //! Parts: [`BuildSummary`] (id, repo, number, status, [`GitRef`], full commit, trigger, times),
 //! [`RepoSummary`], [`StepSummary`] (index, kind, name, host, status, exit code, times),
@@ -30,12 +37,14 @@
 //! The stylesheet is [`CSS`]; the pages link it as [`CSS_PATH`], which the server serves. Pages
 //! showing a queued or running build reload themselves every [`REFRESH_SECONDS`].
 
+mod account;
 mod format;
 mod grid;
 mod junit;
 mod pages;
 mod view;
 
+pub use account::{LoginPage, NewTokenView, SignedInView, TokenView, TokensPage, Viewer, CSRF_FIELD};
 pub use format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha, SHORT_SHA_LEN};
 pub use grid::{GridColumn, GridRow, StageGrid};
 pub use junit::{parse_junit, FailingCase, FailureKind, JunitSummary, MAX_FAILING_CASES, MAX_FAILURE_TEXT_BYTES};

@@ -78,7 +78,7 @@ fn repo_list_shows_each_repo_with_its_last_build_and_escapes_everything() {
         ],
         now_ms: NOW,
     };
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert_escaped(&html, "repo list");
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains(r#"href="/repos/shop""#));
@@ -103,7 +103,7 @@ fn pages_with_running_builds_refresh_themselves() {
         }],
         now_ms: NOW,
     };
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert!(html.contains(&format!(r#"<meta http-equiv="refresh" content="{REFRESH_SECONDS}">"#)));
     // A running build's duration counts up to now.
     assert!(html.contains("9m 58s"), "{html}");
@@ -158,7 +158,7 @@ fn repo_page_has_a_stage_grid_with_the_union_of_steps() {
             "teardown:web"
         ]
     );
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert_escaped(&html, "repo page");
     // The two rows, newest first, link to their builds and their steps.
     let newest = html.find(r#"href="/builds/42""#).expect("build 2 is a row");
@@ -175,7 +175,9 @@ fn repo_page_has_a_stage_grid_with_the_union_of_steps() {
 
 #[test]
 fn repo_page_shows_a_fetch_error_banner() {
-    let html = repo_page(Some(format!("failed to fetch origin: {HOSTILE}\nremote: not found"))).render().unwrap();
+    let html = repo_page(Some(format!("failed to fetch origin: {HOSTILE}\nremote: not found")))
+        .render(&Viewer::Anonymous)
+        .unwrap();
     assert!(html.contains("banner-error"));
     assert!(html.contains("Fetching this repository failed."));
     assert!(html.contains("\nremote: not found"), "the error keeps its lines");
@@ -185,7 +187,7 @@ fn repo_page_shows_a_fetch_error_banner() {
 #[test]
 fn repo_page_without_builds_says_so() {
     let page = RepoPage::new("shop".to_string(), "u".to_string(), None, Vec::new(), NOW);
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert!(html.contains("No builds yet."));
     assert!(!html.contains("<table class=\"grid\">"));
 }
@@ -260,7 +262,7 @@ E   AssertionError: got &lt;script&gt;alert(1)&lt;/script&gt;</failure></testcas
 
 #[test]
 fn build_page_shows_the_build_its_hosts_and_its_steps() {
-    let html = build_page().render().unwrap();
+    let html = build_page().render(&Viewer::Anonymous).unwrap();
     assert_escaped(&html, "build page");
     assert!(html.contains(SHA), "the full commit is shown");
     assert!(html.contains("<title>shop #12 (failed) · Gantry</title>"));
@@ -283,7 +285,7 @@ fn build_page_shows_the_build_its_hosts_and_its_steps() {
 
 #[test]
 fn build_page_opens_failed_steps_only() {
-    let html = build_page().render().unwrap();
+    let html = build_page().render(&Viewer::Anonymous).unwrap();
     assert!(html.contains(r#"<details class="step status-failed" id="step-1" open>"#), "{html}");
     assert!(html.contains(r#"<details class="step status-passed" id="step-0">"#));
     assert!(html.contains(r#"<details class="step status-passed" id="step-2">"#));
@@ -291,7 +293,7 @@ fn build_page_opens_failed_steps_only() {
 
 #[test]
 fn build_page_logs_keep_streams_apart_and_show_notices() {
-    let html = build_page().render().unwrap();
+    let html = build_page().render(&Viewer::Anonymous).unwrap();
     assert!(html.contains(r#"<span class="line stream-stderr"><span class="at">+1.5s</span>FAILED tests/test_cart.py"#));
     assert!(html.contains(r#"<span class="line stream-system"><span class="at">+1.7s</span>output truncated: 120000 more lines not stored</span>"#));
     assert!(html.contains("2500 earlier lines not shown here"), "the server's own cut is announced");
@@ -305,7 +307,7 @@ fn build_page_logs_keep_streams_apart_and_show_notices() {
 
 #[test]
 fn build_page_shows_test_reports_and_their_failing_cases_escaped() {
-    let html = build_page().render().unwrap();
+    let html = build_page().render(&Viewer::Anonymous).unwrap();
     let section = &html[html.find("<h2>Test reports</h2>").expect("the section is there")..];
     let section = &section[..section.find("<h2>Steps</h2>").expect("before the steps")];
     assert!(!section.contains("<script>"), "markup in a report stays text: {section}");
@@ -339,7 +341,7 @@ fn build_page_shows_test_reports_and_their_failing_cases_escaped() {
 fn build_page_without_reports_has_no_report_section() {
     let mut page = build_page();
     page.reports.clear();
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert!(!html.contains("Test reports"));
 }
 
@@ -347,13 +349,13 @@ fn build_page_without_reports_has_no_report_section() {
 fn build_page_says_how_many_failing_cases_it_left_out() {
     let mut page = build_page();
     page.reports[0].summary.omitted_failing = 7;
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert!(html.contains("… and 7 more failing tests not shown here."));
 }
 
 #[test]
 fn build_page_error_keeps_its_lines_in_a_pre() {
-    let html = build_page().render().unwrap();
+    let html = build_page().render(&Viewer::Anonymous).unwrap();
     let error = html.find("<pre class=\"error\">").expect("the error is in a pre");
     let text = &html[error..];
     assert!(text.starts_with(
@@ -370,7 +372,7 @@ fn build_page_of_a_queued_build_has_no_steps_yet() {
     page.hosts.clear();
     page.error = None;
     page.commit_message = None;
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert!(html.contains("No steps yet"));
     assert!(html.contains("http-equiv=\"refresh\""));
     assert!(!html.contains("<h2>Hosts</h2>"));
@@ -379,7 +381,7 @@ fn build_page_of_a_queued_build_has_no_steps_yet() {
 #[test]
 fn error_page_escapes_its_message() {
     let page = ErrorPage { status: 404, title: "Not found".to_string(), message: format!("no build {HOSTILE}") };
-    let html = page.render().unwrap();
+    let html = page.render(&Viewer::Anonymous).unwrap();
     assert_escaped(&html, "error page");
     assert!(html.contains("<title>404 Not found · Gantry</title>"));
 }
@@ -389,4 +391,83 @@ fn css_is_shipped_with_every_status_colour() {
     for status in ["passed", "failed", "timed_out", "errored", "running", "queued", "cancelled", "skipped"] {
         assert!(CSS.contains(&format!("status-{status}")), "no style for {status}");
     }
+}
+
+fn signed_in(csrf: Option<&str>) -> Viewer {
+    Viewer::SignedIn(SignedInView {
+        name: "alice".to_string(),
+        role: "read_only".to_string(),
+        csrf: csrf.map(str::to_string),
+    })
+}
+
+#[test]
+fn the_top_bar_names_the_user_with_a_sign_out_form_or_offers_to_sign_in() {
+    let page = ErrorPage { status: 404, title: "Not found".to_string(), message: "no build 9".to_string() };
+    let html = page.render(&signed_in(Some("t0k3n"))).unwrap();
+    assert!(html.contains("signed in as <a href=\"/settings/tokens\""), "{html}");
+    assert!(html.contains(">alice</a>") && html.contains("read-only"));
+    assert!(html.contains(r#"<form class="inline" method="post" action="/logout">"#));
+    assert!(html.contains(r#"<input type="hidden" name="csrf" value="t0k3n">"#));
+
+    let by_token = page.render(&signed_in(None)).unwrap();
+    assert!(by_token.contains(">alice</a>") && !by_token.contains("/logout"), "no session, nothing to sign out of");
+
+    let anonymous = page.render(&Viewer::Anonymous).unwrap();
+    assert!(anonymous.contains(r#"<a href="/login">Sign in</a>"#) && !anonymous.contains("signed in as"));
+    let unknown = page.render(&Viewer::Unknown).unwrap();
+    assert!(!unknown.contains("Sign in") && !unknown.contains("signed in as"));
+    for html in [html, by_token, anonymous, unknown] {
+        assert!(!html.contains("<script"), "no page has a script");
+    }
+}
+
+#[test]
+fn the_login_form_carries_its_csrf_token_and_escapes_what_was_typed() {
+    let page = LoginPage {
+        next: "/builds/7?x=\"><script>".to_string(),
+        user: HOSTILE.to_string(),
+        error: Some("wrong user name or password".to_string()),
+        csrf: "c5rf".to_string(),
+    };
+    let html = page.render(&Viewer::Unknown).unwrap();
+    assert_escaped(&html, "the typed user name");
+    assert!(html.contains(r#"<input type="hidden" name="csrf" value="c5rf">"#));
+    assert!(html.contains(r#"<form method="post" action="/login""#));
+    assert!(html.contains("name=\"password\" type=\"password\""));
+    assert!(!html.contains("\"><script>"), "next is escaped in its attribute");
+    assert!(html.contains("wrong user name or password"));
+}
+
+#[test]
+fn the_tokens_page_lists_tokens_shows_a_new_one_once_and_guards_every_form() {
+    let mut page = TokensPage {
+        user: "alice".to_string(),
+        tokens: vec![
+            TokenView { id: 3, label: HOSTILE.to_string(), created_at_ms: NOW - 60_000, last_used_at_ms: None },
+            TokenView { id: 2, label: "ci".to_string(), created_at_ms: NOW - 86_400_000, last_used_at_ms: Some(NOW) },
+        ],
+        new_token: Some(NewTokenView { label: "deploy".to_string(), token: "gantry_abc".to_string() }),
+        can_manage: true,
+        error: None,
+        csrf: "c5rf".to_string(),
+        now_ms: NOW,
+    };
+    let html = page.render(&signed_in(Some("c5rf"))).unwrap();
+    assert_escaped(&html, "a token's label");
+    assert!(html.contains("gantry_abc") && html.contains("not shown again"));
+    assert!(
+        html.contains(r#"action="/settings/tokens/3/revoke""#)
+            && html.contains(r#"action="/settings/tokens/2/revoke""#)
+    );
+    assert!(html.contains("never"), "an unused token says so");
+    let forms = html.matches("<form").count();
+    let guarded = html.matches(r#"<input type="hidden" name="csrf" value="c5rf">"#).count();
+    assert_eq!((forms, guarded), (4, 4), "sign out, two revokes, create: each carries the token");
+
+    page.new_token = None;
+    page.can_manage = false;
+    let html = page.render(&signed_in(Some("c5rf"))).unwrap();
+    assert!(!html.contains("gantry_abc") && !html.contains("/revoke") && !html.contains("Create token"));
+    assert!(html.contains("Read-only users cannot create"));
 }

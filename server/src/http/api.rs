@@ -3,7 +3,9 @@
 //! build by hand.
 //!
 //! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue or cancel;
-//! they never run git or SQL themselves beyond what the scheduler and store offer.
+//! they never run git or SQL themselves beyond what the scheduler and store offer. Reads take
+//! [`Reader`]; queueing and cancelling take [`Member`] as their first argument, so a request
+//! without credentials is refused (401) before its body is read, and a read-only user's with 403.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -15,6 +17,7 @@ use gantry_web::ReportView;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::auth::{Member, Reader};
 use super::{configured_repo, parse_build_id, report_views, rfc3339, AppState, HttpError};
 use crate::git::GitError;
 use crate::scheduler::{Cancelled, Enqueued};
@@ -190,7 +193,7 @@ impl From<&StepRow> for StageJson {
     }
 }
 
-async fn list_repos(State(state): State<AppState>) -> Result<Json<Vec<RepoJson>>, HttpError> {
+async fn list_repos(_: Reader, State(state): State<AppState>) -> Result<Json<Vec<RepoJson>>, HttpError> {
     let mut repos = Vec::with_capacity(state.config.repos.len());
     for repo in &state.config.repos {
         let row = state.store.repo(&repo.name).await?;
@@ -213,6 +216,7 @@ struct ListQuery {
 }
 
 async fn list_builds(
+    _: Reader,
     State(state): State<AppState>,
     Path(repo): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -234,6 +238,7 @@ struct QueueRequest {
 }
 
 async fn queue_build(
+    Member(user): Member,
     State(state): State<AppState>,
     Path(repo): Path<String>,
     body: Result<Json<QueueRequest>, JsonRejection>,
@@ -274,7 +279,10 @@ async fn queue_build(
         trigger: Trigger::Manual,
     };
     match state.scheduler.enqueue(new, None).await? {
-        Enqueued::Queued(build) => Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response()),
+        Enqueued::Queued(build) => {
+            tracing::info!(build = %build.id, repo = %build.repo, user = %user.name, "build queued by hand");
+            Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response())
+        }
         Enqueued::DuplicateDelivery => Err(HttpError::Internal("a manual build was taken for a redelivery".into())),
     }
 }
@@ -285,7 +293,11 @@ async fn branch_at(state: &AppState, repo: &str, commit: &str) -> Result<String,
     Ok(heads.into_iter().find(|(_, head)| head == commit).map(|(branch, _)| branch).unwrap_or_default())
 }
 
-async fn get_build(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BuildDetailJson>, HttpError> {
+async fn get_build(
+    _: Reader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<BuildDetailJson>, HttpError> {
     let id = parse_build_id(&id)?;
     let build = state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
     let hosts = state.store.hosts_of_build(id).await?;
@@ -298,6 +310,7 @@ async fn get_build(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 async fn get_reports(
+    _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ReportJson>>, HttpError> {
@@ -315,6 +328,7 @@ struct LogQuery {
 }
 
 async fn get_log(
+    _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
@@ -342,8 +356,13 @@ async fn get_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-async fn cancel_build(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, HttpError> {
+async fn cancel_build(
+    Member(user): Member,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
     let id = parse_build_id(&id)?;
+    tracing::info!(build = %id, user = %user.name, "cancel asked for");
     let (status, outcome) = match state.scheduler.cancel(id).await? {
         Cancelled::NotFound => return Err(HttpError::NotFound(format!("no build {id}"))),
         Cancelled::Dequeued => (StatusCode::OK, "cancelled"),

@@ -2,22 +2,28 @@
 //! handler returns.
 //!
 //! `api` is the JSON API of the contract, `hooks` receives forge webhooks, `pages` renders the
-//! dashboard through the `web` crate. Handlers translate between HTTP and the scheduler or store;
+//! dashboard through the `web` crate, `login` and `tokens` sign people in and out and manage their
+//! API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
+//! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. Handlers translate between HTTP and the scheduler or store;
 //! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
 //! errors (5xx) are logged with their cause and answered with a generic message, never echoing
 //! internals.
 
 mod api;
+pub mod auth;
+pub mod csrf;
 mod headers;
 mod hooks;
+mod login;
 mod pages;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{middleware, Router};
 use gantry_web::{parse_junit, ReportView};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
@@ -38,15 +44,37 @@ pub struct AppState {
 }
 
 /// The whole application's routes. Unknown paths answer 404.
+///
+/// Layers, outermost first: a token in the query string is refused before anything else (and
+/// before the request is traced); then tracing; then sessions (the cookie); then CSRF, which
+/// reads the session. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the
+/// sign-in handler logs the client's address.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new().merge(api::routes()).merge(hooks::routes()).merge(pages::routes()).fallback(not_found);
-    headers::add(routes).layer(TraceLayer::new_for_http()).with_state(state)
+    let sessions = auth::session_layer(&state.config, state.store.clone());
+    let routes = Router::new()
+        .merge(api::routes())
+        .merge(hooks::routes())
+        .merge(pages::routes())
+        .merge(login::routes())
+        .merge(tokens::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::protect))
+        .layer(sessions)
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(auth::refuse_tokens_in_urls));
+    // The security headers go on every answer, a refused token's included.
+    headers::add(routes).with_state(state)
 }
 
 /// Unknown paths: JSON under `/api/` and `/hooks/`, an HTML page elsewhere.
 async fn not_found(uri: Uri) -> Response {
-    let error = HttpError::NotFound(format!("nothing at {}", uri.path()));
-    if uri.path().starts_with("/api/") || uri.path().starts_with("/hooks/") {
+    error_response(uri.path(), HttpError::NotFound(format!("nothing at {}", uri.path())))
+}
+
+/// `error` answered the way requests to `path` expect: JSON under `/api/` and `/hooks/`, an HTML
+/// page elsewhere.
+pub(crate) fn error_response(path: &str, error: HttpError) -> Response {
+    if path.starts_with("/api/") || path.starts_with("/hooks/") {
         error.into_response()
     } else {
         pages::PageError(error).into_response()
@@ -86,6 +114,8 @@ pub enum HttpError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -103,6 +133,7 @@ impl HttpError {
         match self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,

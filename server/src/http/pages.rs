@@ -2,7 +2,9 @@
 //! (hosts, test reports, steps and their logs), and the stylesheet.
 //!
 //! Handlers fill the `web` crate's view models from store rows and let it render; all markup and
-//! escaping is the `web` crate's. Errors are shown as an HTML error page with the right status.
+//! escaping is the `web` crate's. Every page handler takes [`Reader`] first: without a sign-in (or
+//! `public_read`) it redirects to `/login`. Errors are shown as an HTML error page with the right
+//! status.
 
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -11,9 +13,10 @@ use axum::routing::get;
 use axum::Router;
 use gantry_web::{
     BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage, RepoSummary,
-    StepSummary, StepView, CSS, CSS_PATH,
+    SignedInView, StepSummary, StepView, Viewer, CSS, CSS_PATH,
 };
 
+use super::auth::{AuthUser, Reader};
 use super::{configured_repo, parse_build_id, report_views, AppState, HttpError};
 use crate::store::{now_ms, BuildRow, HostRow, RefKind, StepRow};
 
@@ -54,7 +57,8 @@ impl IntoResponse for PageError {
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             message: self.0.public_message(),
         };
-        match page.render() {
+        // An error may come before anyone was identified: its top bar names nobody.
+        match page.render(&Viewer::Unknown) {
             Ok(html) => (status, Html(html)).into_response(),
             Err(error) => {
                 tracing::error!(%error, "rendering the error page failed");
@@ -64,8 +68,23 @@ impl IntoResponse for PageError {
     }
 }
 
-fn render(page: &impl Page) -> Result<Html<String>, PageError> {
-    page.render().map(Html).map_err(|e| PageError(HttpError::Internal(format!("rendering a page failed: {e}"))))
+fn render(page: &impl Page, reader: &Reader) -> Result<Html<String>, PageError> {
+    page.render(&viewer(reader.user.as_ref()))
+        .map(Html)
+        .map_err(|e| PageError(HttpError::Internal(format!("rendering a page failed: {e}"))))
+}
+
+/// Who the top bar shows: the user (with the sign-out form's token when signed in by the session
+/// cookie), or the offer to sign in.
+pub(super) fn viewer(user: Option<&AuthUser>) -> Viewer {
+    match user {
+        Some(user) => Viewer::SignedIn(SignedInView {
+            name: user.name.clone(),
+            role: user.role.as_str().to_string(),
+            csrf: user.csrf().map(str::to_string),
+        }),
+        None => Viewer::Anonymous,
+    }
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -118,7 +137,7 @@ fn host_view(h: &HostRow) -> HostView {
     }
 }
 
-async fn repo_list(State(state): State<AppState>) -> Result<Html<String>, PageError> {
+async fn repo_list(reader: Reader, State(state): State<AppState>) -> Result<Html<String>, PageError> {
     let mut repos = Vec::with_capacity(state.config.repos.len());
     for repo in &state.config.repos {
         let row = state.store.repo(&repo.name).await?;
@@ -130,10 +149,14 @@ async fn repo_list(State(state): State<AppState>) -> Result<Html<String>, PageEr
             last_error: row.and_then(|r| r.last_error),
         });
     }
-    render(&RepoListPage { repos, now_ms: now_ms() })
+    render(&RepoListPage { repos, now_ms: now_ms() }, &reader)
 }
 
-async fn repo_page(State(state): State<AppState>, Path(name): Path<String>) -> Result<Html<String>, PageError> {
+async fn repo_page(
+    reader: Reader,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, PageError> {
     let repo = configured_repo(&state, &name)?;
     let row = state.store.repo(&repo.name).await?;
     let builds = state.store.builds_of_repo(&repo.name, REPO_PAGE_BUILDS).await?;
@@ -147,10 +170,15 @@ async fn repo_page(State(state): State<AppState>, Path(name): Path<String>) -> R
             (build_summary(build), own)
         })
         .collect();
-    render(&RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms()))
+    let page = RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms());
+    render(&page, &reader)
 }
 
-async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Html<String>, PageError> {
+async fn build_page(
+    reader: Reader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
     let id = parse_build_id(&id)?;
     let build = state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
     let hosts = state.store.hosts_of_build(id).await?;
@@ -174,7 +202,7 @@ async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Re
         }),
         Err(_) => None,
     };
-    render(&BuildPage {
+    let page = BuildPage {
         build: build_summary(&build),
         commit_message,
         error: build.error.clone(),
@@ -182,5 +210,6 @@ async fn build_page(State(state): State<AppState>, Path(id): Path<String>) -> Re
         steps,
         reports,
         now_ms: now_ms(),
-    })
+    };
+    render(&page, &reader)
 }

@@ -1,5 +1,5 @@
 //! Gantry's durable state in SQLite: repos, builds, steps, hosts, log lines, reports, webhook
-//! deliveries and the poller's branch heads.
+//! deliveries, the poller's branch heads, and users with their API tokens and sessions.
 //!
 //! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
 //! functions taking a connection (so callers can compose them in one transaction) and methods on
@@ -17,7 +17,10 @@ pub mod hosts;
 pub mod logs;
 pub mod reports;
 pub mod repos;
+pub mod sessions;
 pub mod steps;
+pub mod tokens;
+pub mod users;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -32,6 +35,8 @@ pub use logs::LogLine;
 pub use reports::ReportRow;
 pub use repos::RepoRow;
 pub use steps::StepRow;
+pub use tokens::{TokenId, TokenOwner, TokenRow};
+pub use users::{Removed, Role, UserId, UserRow};
 
 /// How long a connection waits for a lock held by another connection before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,6 +164,23 @@ pub(crate) mod testing {
         let (store, dir) = store().await;
         store.upsert_repo("acme", "/srv/acme.git").await.unwrap();
         (store, dir)
+    }
+
+    /// Insert a session that expires in an hour, signed in as `user` when given.
+    pub async fn insert_session(store: &Store, user: Option<UserId>) {
+        use tower_sessions::session::{Id, Record};
+        use tower_sessions::SessionStore;
+        let mut data = std::collections::HashMap::new();
+        if let Some(user) = user {
+            data.insert(sessions::USER_ID_KEY.to_string(), serde_json::json!(user.0));
+        }
+        let expiry_date = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        store.create(&mut Record { id: Id::default(), data, expiry_date }).await.unwrap();
+    }
+
+    /// How many session rows there are, expired ones included.
+    pub async fn session_count(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(store.reader()).await.unwrap()
     }
 
     /// A store with the repo `acme` and one queued push build of its `main`.
