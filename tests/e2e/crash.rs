@@ -25,7 +25,8 @@ async fn a_build_interrupted_by_a_crash_is_marked_and_its_host_processes_killed(
     let hosts_dir = data_dir.path().join("hosts");
 
     let mut server = ServerProcess::start(&config, &listen).await;
-    let response = reqwest::Client::new()
+    let response = server
+        .client
         .post(format!("{}/api/repos/r/builds", server.base))
         .json(&serde_json::json!({ "branch": "main" }))
         .send()

@@ -68,7 +68,8 @@ async fn running_of(cloud: &Cloud, server: &str) -> Vec<String> {
 }
 
 async fn trigger(server: &ServerProcess) -> i64 {
-    let response = reqwest::Client::new()
+    let response = server
+        .client
         .post(format!("{}/api/repos/shop/builds", server.base))
         .json(&serde_json::json!({ "branch": "main" }))
         .send()
@@ -100,7 +101,8 @@ async fn a_two_host_build_runs_on_ec2_instances_and_leaves_nothing_behind() {
 
     let id = trigger(&server).await;
     let (build, vms) = tokio::join!(wait_final(&server, id), cloud.serve_instances(2));
-    let log = reqwest::get(format!("{}/api/builds/{id}/log", server.base)).await.unwrap().text().await.unwrap();
+    let log =
+        server.client.get(format!("{}/api/builds/{id}/log", server.base)).send().await.unwrap().text().await.unwrap();
     assert_eq!(build["status"], "passed", "{build:#}\n{log}");
     assert!(log.contains("hello from the db host"), "{log}");
 
@@ -111,7 +113,7 @@ async fn a_two_host_build_runs_on_ec2_instances_and_leaves_nothing_behind() {
         assert!(vm_addresses.contains(&host["address"].as_str().unwrap().to_string()), "{host:#} {vm_addresses:?}");
     }
     // The build page names each host's instance.
-    let page = reqwest::get(format!("{}/builds/{id}", server.base)).await.unwrap().text().await.unwrap();
+    let page = server.client.get(format!("{}/builds/{id}", server.base)).send().await.unwrap().text().await.unwrap();
     for instance in cloud.instances().await {
         assert!(page.contains(instance.instance_id().unwrap()), "the page does not show {:?}", instance.instance_id());
     }
@@ -176,7 +178,7 @@ async fn an_error_from_aws_ends_the_build_as_errored_with_aws_words_on_its_page(
     assert_eq!(build["status"], "errored", "{build:#}");
     let error = build["error"].as_str().unwrap_or_default();
     assert!(error.contains("RunInstances: InvalidAMIID.NotFound"), "{build:#}");
-    let page = reqwest::get(format!("{}/builds/{id}", server.base)).await.unwrap().text().await.unwrap();
+    let page = server.client.get(format!("{}/builds/{id}", server.base)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("InvalidAMIID.NotFound"), "the page does not show AWS's error");
 
     assert!(cloud.live_instances().await.is_empty());

@@ -25,6 +25,12 @@ pub const POLL_EVERY: Duration = Duration::from_millis(25);
 
 pub const SECRET: &str = "It's a Secret to Everybody";
 
+/// The admin every test server has; its API token is what [`TestApp::client`] sends.
+pub const ADMIN: &str = "admin";
+
+/// The admin's password.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 /// A git repository on disk with a `main` branch, the way a forge's would be.
 pub struct TestRepo {
     dir: TempDir,
@@ -206,10 +212,26 @@ pub fn config_toml(data_dir: &Path, repos: &[RepoConfig], max_concurrent_builds:
 /// A server running in this test process.
 pub struct TestApp {
     pub address: SocketAddr,
+    /// Sends the admin's API token (`Authorization: Bearer`) with every request.
     pub client: reqwest::Client,
+    /// The admin's API token.
+    pub token: String,
     pub data_dir: TempDir,
     shutdown: Option<gantry::ShutdownHandle>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// An HTTP client that sends `token` as `Authorization: Bearer` with every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// An HTTP client with no credentials that does not follow redirects.
+pub fn anonymous_client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 pub async fn spawn_app(repos: &[RepoConfig]) -> TestApp {
@@ -222,19 +244,50 @@ pub async fn spawn_app_with(repos: &[RepoConfig], max_concurrent_builds: usize) 
 
 /// A server whose configuration has `extra` (more `[provider.*]` sections) after the repos.
 pub async fn spawn_app_with_toml(repos: &[RepoConfig], max_concurrent_builds: usize, extra: &str) -> TestApp {
+    spawn_app_configured(repos, max_concurrent_builds, "", extra).await
+}
+
+/// A server whose configuration starts with the top-level keys `top` (e.g. `public_url`) and ends
+/// with the tables `extra` (e.g. `[auth]`). It has the user [`ADMIN`], added as `gantry user add`
+/// adds users (on the running server's database), and its client sends the admin's token.
+pub async fn spawn_app_configured(
+    repos: &[RepoConfig],
+    max_concurrent_builds: usize,
+    top: &str,
+    extra: &str,
+) -> TestApp {
     let data_dir = TempDir::new().unwrap();
-    let toml = config_toml(data_dir.path(), repos, max_concurrent_builds) + extra;
+    let toml = format!("{top}\n{}{extra}", config_toml(data_dir.path(), repos, max_concurrent_builds));
     let config = gantry::config::Config::from_toml_str(&toml).expect("test configuration parses");
+    let database = config.database_path();
     let app = gantry::Application::build(config).await.expect("server starts");
     let address = app.address();
     let shutdown = app.shutdown_handle();
     let task = tokio::spawn(app.run_until_stopped());
-    TestApp { address, client: reqwest::Client::new(), data_dir, shutdown: Some(shutdown), task: Some(task) }
+    let token = add_user_with_token(&database, ADMIN, gantry::store::Role::Admin, ADMIN_PASSWORD).await;
+    TestApp { address, client: client_with_token(&token), token, data_dir, shutdown: Some(shutdown), task: Some(task) }
+}
+
+/// Add a user to the database at `database` and make them a token, through the functions the
+/// `gantry user add` and `gantry token create` commands call, on a store of their own (as the
+/// commands open one while the server runs).
+pub async fn add_user_with_token(database: &Path, name: &str, role: gantry::store::Role, password: &str) -> String {
+    use secrecy::{ExposeSecret, SecretString};
+    let store = gantry::store::Store::open(database).await.unwrap();
+    gantry::auth::admin::add_user(&store, name, role, &SecretString::from(password)).await.unwrap();
+    let token = gantry::auth::admin::create_token(&store, name, "e2e").await.unwrap();
+    store.close().await;
+    token.expose_secret().to_string()
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
+    }
+
+    /// The server's database file, for opening a store of one's own as the commands do.
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.path().join("gantry.db")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -446,6 +499,43 @@ pub fn shows_escaped(html: &str, text: &str) -> bool {
 pub struct ServerProcess {
     child: Child,
     pub base: String,
+    /// Sends an admin's API token, made with `gantry user add` and `gantry token create`.
+    pub client: reqwest::Client,
+}
+
+/// Run the real `gantry` binary with `args` and `stdin`; its stdout when it succeeds.
+pub fn gantry_command(args: &[&str], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("gantry {args:?}: {}{stdout}", String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+/// An admin's API token for the server of `config`: made once with the real `gantry user add`
+/// and `gantry token create`, then kept beside the configuration for the server's restarts.
+pub fn cli_admin_token(config: &Path) -> String {
+    let saved = config.with_extension("token");
+    if let Ok(token) = std::fs::read_to_string(&saved) {
+        return token;
+    }
+    let config = config.to_str().unwrap();
+    gantry_command(&["user", "add", ADMIN, "--admin", "--config", config], &format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let token = gantry_command(&["token", "create", ADMIN, "--label", "e2e", "--config", config], "").unwrap();
+    let token = token.trim().to_string();
+    std::fs::write(&saved, &token).unwrap();
+    token
 }
 
 impl ServerProcess {
@@ -459,10 +549,16 @@ impl ServerProcess {
         ServerProcess::start_logging(config, listen, env, Stdio::inherit()).await
     }
 
+    /// Start it with its log (standard error) written to `log`.
+    pub async fn start_logging_to(config: &Path, listen: &str, log: &Path) -> ServerProcess {
+        ServerProcess::start_logging(config, listen, &[], std::fs::File::create(log).unwrap().into()).await
+    }
+
     /// Start it with extra environment variables and its log (stderr) going to `log`, such as a
     /// file the test reads afterwards. `NO_COLOR` is not passed on: the log is what the server
     /// writes by itself.
     pub async fn start_logging(config: &Path, listen: &str, env: &[(&str, &str)], log: Stdio) -> ServerProcess {
+        let client = client_with_token(&cli_admin_token(config));
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["serve", "--config", config.to_str().unwrap(), "--listen", listen])
             .env_remove("NO_COLOR")
@@ -472,7 +568,7 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = ServerProcess { child, base: format!("http://{listen}") };
+        let server = ServerProcess { child, base: format!("http://{listen}"), client };
         let start = Instant::now();
         while reqwest::get(format!("{}/api/repos", server.base)).await.is_err() {
             assert!(start.elapsed() < EVENT_DEADLINE, "gantry serve never answered");
@@ -482,7 +578,7 @@ impl ServerProcess {
     }
 
     pub async fn build(&self, id: i64) -> Value {
-        reqwest::get(format!("{}/api/builds/{id}", self.base)).await.unwrap().json().await.unwrap()
+        self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     pub fn kill9(&mut self) {

@@ -4,6 +4,7 @@
 //! loopback for the EC2 provider. One test binary for the whole suite, so it links once.
 
 mod api;
+mod auth;
 mod browser;
 mod builds;
 #[path = "../support/client.rs"]
