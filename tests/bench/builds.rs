@@ -1,4 +1,5 @@
-//! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`.
+//! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`,
+//! and with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead.
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -10,7 +11,11 @@
 //! 2. trivial builds completed per second, `--builds` queued at once through the API;
 //! 3. the server's resident memory idle and while `--concurrent` builds run at once.
 //!
-//! Medians and ratios are what to compare: the machine is shared and noisy.
+//! With `--auth` (see [`auth_bench`]): the time `POST /login` takes, and the latency of
+//! `GET /api/builds/{id}` with a bearer token against the same request without one.
+//!
+//! Medians and ratios are what to compare: the machine is shared and noisy. The server's API
+//! token is made with the real `gantry user add` and `gantry token create`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -23,7 +28,11 @@ use serde_json::{json, Value};
 mod client;
 use client::Client;
 
+mod auth;
+
 const SECRET: &str = "bench-secret";
+const ADMIN: &str = "bench";
+const ADMIN_PASSWORD: &str = "bench-password-0123456789";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const BUILD_DEADLINE: Duration = Duration::from_secs(300);
 const POLL_EVERY: Duration = Duration::from_millis(5);
@@ -32,15 +41,21 @@ const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 struct Args {
     builds: usize,
     concurrent: usize,
+    /// Measure signing in and tokens instead of builds.
+    auth: bool,
+    /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on.
+    baseline_bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { builds: 200, concurrent: 50 };
+    let mut args = Args { builds: 200, concurrent: 50, auth: false, baseline_bin: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--builds" => args.builds = it.next().and_then(|v| v.parse().ok()).expect("--builds N"),
             "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
+            "--auth" => args.auth = true,
+            "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -105,6 +120,8 @@ fn fifo_reader(fifo: &Path) -> std::sync::mpsc::Receiver<Instant> {
 struct Server {
     child: Child,
     api: Client,
+    /// The admin's API token (empty for a baseline server, which has no users).
+    token: String,
 }
 
 impl Drop for Server {
@@ -116,28 +133,43 @@ impl Drop for Server {
 
 impl Server {
     async fn start(dir: &Path, repo: &Path, max_concurrent: usize) -> Server {
+        Server::start_with(dir, repo, max_concurrent, "", Path::new(env!("CARGO_BIN_EXE_gantry"))).await
+    }
+
+    /// Start `binary` with a configuration ending in `extra`; a binary with users gets an admin
+    /// and an API token first, made with `gantry user add` and `gantry token create`.
+    async fn start_with(dir: &Path, repo: &Path, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
         let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let data = dir.join(format!("data-{max_concurrent}"));
-        let config = dir.join(format!("gantry-{max_concurrent}.toml"));
+        let name = format!("{max_concurrent}-{}", listen.port());
+        let data = dir.join(format!("data-{name}"));
+        let config = dir.join(format!("gantry-{name}.toml"));
         std::fs::write(
             &config,
             format!(
                 "listen = \"{listen}\"\ndata_dir = {:?}\nmax_concurrent_builds = {max_concurrent}\n\
                  [provider.local]\naddresses = \"127.90.0.0/22\"\n\
-                 [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n",
+                 [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n{extra}",
                 data.to_str().unwrap(),
                 repo.to_str().unwrap()
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        let with_users = binary == Path::new(env!("CARGO_BIN_EXE_gantry"));
+        let token = if with_users { admin_token(binary, &config) } else { String::new() };
+        let child = Command::new(binary)
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server { child, api: Client { http: reqwest::Client::new(), base: format!("http://{listen}") } };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if with_users {
+            let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        let server = Server { child, api: Client { http, base: format!("http://{listen}") }, token };
         let start = Instant::now();
         while server.api.http.get(server.api.url("/api/repos")).send().await.is_err() {
             assert!(start.elapsed() < READY_DEADLINE, "gantry did not start");
@@ -191,6 +223,24 @@ impl Server {
     }
 }
 
+/// Add the admin with `gantry user add` (password on stdin) and print a token with `gantry token
+/// create`, as a person setting up a server would.
+fn admin_token(binary: &Path, config: &Path) -> String {
+    use std::io::Write;
+    let config = config.to_str().unwrap();
+    let mut add = Command::new(binary)
+        .args(["user", "add", ADMIN, "--admin", "--config", config])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(add.stdin.take().unwrap(), "{ADMIN_PASSWORD}").unwrap();
+    assert!(add.wait().unwrap().success(), "gantry user add failed");
+    let out =
+        Command::new(binary).args(["token", "create", ADMIN, "--label", "bench", "--config", config]).output().unwrap();
+    assert!(out.status.success(), "gantry token create: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -224,6 +274,9 @@ fn floor_once(
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    if args.auth {
+        return auth::auth_bench(args.baseline_bin.as_deref()).await;
+    }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

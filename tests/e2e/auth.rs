@@ -11,6 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
+/// A form's fields.
+type Form<'a> = &'a [(&'a str, &'a str)];
+
 /// How long a request without credentials may take to be refused while its body never comes.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -401,7 +404,7 @@ async fn bad_sign_in_input_and_forged_cookies_get_clear_4xx_answers() {
     let csrf = browser.csrf.clone();
     let long_name = "a".repeat(65);
     let long_password = "p".repeat(1025);
-    let cases: [(&[(&str, &str)], u16, &str); 5] = [
+    let cases: [(Form, u16, &str); 5] = [
         (&[("user", &long_name), ("password", "x")], 400, "at most 64 characters"),
         (&[("user", ADMIN), ("password", &long_password)], 400, "at most 1024 bytes"),
         (&[("user", ADMIN), ("password", "")], 400, "password is empty"),

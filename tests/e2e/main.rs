@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod auth_fuzz;
 mod browser;
 mod builds;
 #[path = "../support/client.rs"]
