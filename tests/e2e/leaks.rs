@@ -67,7 +67,7 @@ async fn start_server(dir: &Path, repos: &[RepoConfig], rust_log: &str) -> Serve
 }
 
 /// Every answer a client can get about these repos and builds: each page, each `/api/*` read.
-async fn every_surface(base: &str, repos: &[&str], builds: &[i64]) -> Vec<(String, String)> {
+async fn every_surface(server: &ServerProcess, repos: &[&str], builds: &[i64]) -> Vec<(String, String)> {
     let mut paths = vec!["/".to_string(), "/api/repos".to_string()];
     for repo in repos {
         paths.push(format!("/repos/{repo}"));
@@ -81,7 +81,7 @@ async fn every_surface(base: &str, repos: &[&str], builds: &[i64]) -> Vec<(Strin
     }
     let mut answers = Vec::new();
     for path in paths {
-        let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let response = server.client.get(format!("{}{path}", server.base)).send().await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
         answers.push((format!("GET {path}"), response.text().await.unwrap()));
     }
@@ -101,7 +101,7 @@ async fn repo_url_credentials_appear_on_no_page_api_answer_error_or_log_line() {
     let dir = tempfile::TempDir::new().unwrap();
     // Debug level: every line the server can log is in the file, not only warnings.
     let server = start_server(dir.path(), &repos, "debug").await;
-    let api = crate::client::Client { http: reqwest::Client::new(), base: server.base.clone() };
+    let api = crate::client::Client { http: server.client.clone(), base: server.base.clone() };
 
     // Queued through the API (a branch and a commit: both fetch) and pushed by a forge.
     let mut answers = Vec::new();
@@ -138,7 +138,8 @@ async fn repo_url_credentials_appear_on_no_page_api_answer_error_or_log_line() {
     // The poller has recorded a fetch error on every repo.
     let start = Instant::now();
     let listed = loop {
-        let listed: Value = reqwest::get(format!("{}/api/repos", server.base)).await.unwrap().json().await.unwrap();
+        let listed: Value =
+            server.client.get(format!("{}/api/repos", server.base)).send().await.unwrap().json().await.unwrap();
         if listed.as_array().unwrap().iter().all(|r| r["last_error"].is_string()) {
             break listed;
         }
@@ -158,7 +159,7 @@ async fn repo_url_credentials_appear_on_no_page_api_answer_error_or_log_line() {
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("gantry-bot:{PASSWORD}")));
     assert!(authorizations.lock().unwrap().contains(&basic), "git never sent the URL's credentials");
 
-    answers.extend(every_surface(&server.base, &names, &builds).await);
+    answers.extend(every_surface(&server, &names, &builds).await);
     for (what, body) in &answers {
         for secret in CREDENTIALS {
             assert!(!body.contains(secret), "{what} shows a credential: {body}");
@@ -209,7 +210,7 @@ async fn credentials_an_older_server_stored_in_errors_are_taken_out_at_start() {
     let mut repo = remote_repo("tokened", &url);
     repo.poll_interval = None;
     let server = start_server(dir.path(), &[repo], "debug").await;
-    let answers = every_surface(&server.base, &["tokened"], &[id.0]).await;
+    let answers = every_surface(&server, &["tokened"], &[id.0]).await;
     let scrubbed = format!("fetching http://***@{closed}/acme/shop.git failed");
     for (what, body) in &answers {
         assert!(!body.contains(TOKEN), "{what} shows the token: {body}");
@@ -234,7 +235,7 @@ async fn the_server_log_has_no_colour_codes_when_it_is_not_a_terminal() {
     // Debug level: lines of every level the build writes, each with key=value fields (which a
     // coloured log sets in italics).
     let server = start_server(dir.path(), &[RepoConfig::new("shop", &repo)], "debug").await;
-    let api = crate::client::Client { http: reqwest::Client::new(), base: server.base.clone() };
+    let api = crate::client::Client { http: server.client.clone(), base: server.base.clone() };
     let id = api.trigger("shop", "main").await;
     let start = Instant::now();
     while !is_final(&server.build(id).await["status"]) {
