@@ -58,7 +58,9 @@ impl Cloud {
     pub async fn start() -> Cloud {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let prefix = [127, 0, 200 + (n % 50) as u8];
+        // The process id spreads concurrent test processes (two checkouts on one machine) over
+        // different subnets, so their stand-in VMs never share an address.
+        let prefix = [127, 0, 200 + ((n + std::process::id()) % 50) as u8];
         let moto = Moto::start().await;
         let proxy = FaultProxy::start(&moto.endpoint).await;
         let client = Client::new(&sdk_config(&moto.endpoint));
