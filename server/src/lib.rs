@@ -107,6 +107,7 @@ impl Application {
             store: store.clone(),
             scheduler: scheduler.clone(),
             mirrors,
+            throttle: Arc::default(),
         });
         tracing::info!(%address, data_dir = %config.data_dir.display(), repos = config.repos.len(), "gantry is ready");
         Ok(Application { listener, address, router, scheduler, store, shutdown, tasks })

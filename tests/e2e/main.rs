@@ -23,8 +23,11 @@ mod leaks;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
+#[path = "../support/prerequisite.rs"]
+mod prerequisite;
 mod secrets;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
+mod throttle;
 mod webhooks;

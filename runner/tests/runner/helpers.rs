@@ -18,6 +18,8 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::prerequisite::missing_prerequisite;
+
 /// How long a test waits for something that should happen quickly (a process to exit).
 pub const WAIT_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -64,17 +66,6 @@ impl TestProvider {
     pub fn leftover_dirs(&self) -> Vec<String> {
         std::fs::read_dir(self.root()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
     }
-}
-
-/// A prerequisite of a test is missing. Under `CI=true` that fails the test, naming the step that
-/// provides it, so a CI machine without it can never pass quietly; elsewhere the test is skipped,
-/// saying so. A test returns right after calling this.
-#[track_caller]
-pub fn missing_prerequisite(what: &str, provided_by: &str) {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{what}: under CI=true this test must run ({provided_by})");
-    }
-    println!("note: {what} ({provided_by}); test skipped");
 }
 
 /// The run-as user when the tests run as root and it exists; otherwise `None`, after

@@ -10,6 +10,8 @@ mod fault_proxy;
 mod helpers;
 #[path = "../support/moto.rs"]
 mod moto;
+#[path = "../../../tests/support/prerequisite.rs"]
+mod prerequisite;
 mod process;
 mod provider;
 mod secrets;

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod password;
+pub mod throttle;
 pub mod token;
 
 use std::net::IpAddr;
@@ -71,6 +72,8 @@ pub enum SignInFailure {
     WrongPassword,
     /// The name or password could not be a valid one (empty, too long, bad characters).
     BadInput,
+    /// Too many failures from this address or for this name: refused unchecked (429).
+    Throttled,
 }
 
 impl SignInFailure {
@@ -79,6 +82,7 @@ impl SignInFailure {
             SignInFailure::UnknownUser => "unknown_user",
             SignInFailure::WrongPassword => "wrong_password",
             SignInFailure::BadInput => "bad_input",
+            SignInFailure::Throttled => "throttled",
         }
     }
 }

@@ -22,11 +22,30 @@ pub struct AuthConfig {
     /// How long a sign-in lasts.
     #[serde(default = "default_session_ttl", with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Reverse proxies whose `client_ip_header` names the client: a request from any other
+    /// address is attributed to that address, whatever its headers say.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy puts the client's address in (its last entry is used).
+    #[serde(default = "default_client_ip_header")]
+    pub client_ip_header: String,
+}
+
+/// The header reverse proxies name the client in, unless `client_ip_header` says otherwise.
+pub const DEFAULT_CLIENT_IP_HEADER: &str = "X-Forwarded-For";
+
+fn default_client_ip_header() -> String {
+    DEFAULT_CLIENT_IP_HEADER.to_string()
 }
 
 impl Default for AuthConfig {
     fn default() -> AuthConfig {
-        AuthConfig { public_read: false, session_ttl: DEFAULT_SESSION_TTL }
+        AuthConfig {
+            public_read: false,
+            session_ttl: DEFAULT_SESSION_TTL,
+            trusted_proxies: Vec::new(),
+            client_ip_header: default_client_ip_header(),
+        }
     }
 }
 

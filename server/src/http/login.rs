@@ -8,11 +8,12 @@
 //! verified so the answer takes as long. Every failure is logged once, through
 //! [`log_sign_in_failure`]. Argon2 runs on the blocking pool, never on the async threads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -26,7 +27,9 @@ use super::auth::{safe_next, SignedIn, Via, CSRF_KEY, LOGIN_FORM_TTL};
 use super::csrf;
 use super::pages::PageError;
 use super::{AppState, HttpError};
+use crate::auth::throttle::Verdict;
 use crate::auth::{check_password, check_user_name, log_sign_in_failure, password, SignInFailure};
+use crate::config::AuthConfig;
 use crate::store::sessions::USER_ID_KEY;
 
 /// What a failed sign-in says, for an unknown user and a wrong password alike.
@@ -88,12 +91,31 @@ fn render(status: StatusCode, page: &LoginPage) -> Result<Response, PageError> {
     Ok((status, Html(html)).into_response())
 }
 
+/// The address a request comes from: its peer's, or, when the peer is one of the
+/// `trusted_proxies`, the last address in the proxy's `client_ip_header`. A header from anyone
+/// else is ignored, so a client cannot choose the address its failures count against.
+pub fn client_address(auth: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !auth.trusted_proxies.iter().any(|proxy| proxy.contains(&peer)) {
+        return peer;
+    }
+    headers
+        .get_all(auth.client_ip_header.as_str())
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .last()
+        .unwrap_or(peer)
+}
+
 async fn sign_in(
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(state): State<AppState>,
     session: Session,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, PageError> {
+    let client = client_address(&state.config.auth, peer.ip(), &headers);
     let csrf = form_token(&session).await?;
     let Ok(Form(form)) = form else {
         let error = "the sign-in form is incomplete: give a user name and a password".to_string();
@@ -105,8 +127,24 @@ async fn sign_in(
         let shown = if user.len() <= crate::auth::MAX_USER_NAME_LEN { user.to_string() } else { String::new() };
         render(status, &LoginPage { next: next.clone(), user: shown, error: Some(error), csrf: csrf.clone() })
     };
+    if let Verdict::Refuse { retry_after } = state.throttle.check(client, &form.user, Instant::now()) {
+        log_sign_in_failure(client, &form.user, SignInFailure::Throttled);
+        let mut answer = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &form.user,
+            format!("too many failed sign-ins: try again in {} minutes", retry_after.as_secs().div_ceil(60)),
+        )?;
+        answer.headers_mut().insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+        return Ok(answer);
+    }
+    // A failure counts against the address and the name, and its answer is delayed once they
+    // have failed a few times.
+    let failed = |reason: SignInFailure| {
+        log_sign_in_failure(client, &form.user, reason);
+        state.throttle.failed(client, &form.user, Instant::now())
+    };
     if let Err(problem) = check_user_name(&form.user).and_then(|()| check_password(&form.password)) {
-        log_sign_in_failure(client.ip(), &form.user, SignInFailure::BadInput);
+        tokio::time::sleep(failed(SignInFailure::BadInput)).await;
         return refuse(StatusCode::BAD_REQUEST, &form.user, problem.to_string());
     }
 
@@ -126,7 +164,7 @@ async fn sign_in(
         (Some(user), true) => user,
         (found, _) => {
             let reason = if found.is_some() { SignInFailure::WrongPassword } else { SignInFailure::UnknownUser };
-            log_sign_in_failure(client.ip(), &form.user, reason);
+            tokio::time::sleep(failed(reason)).await;
             return refuse(StatusCode::UNAUTHORIZED, &form.user, WRONG_CREDENTIALS.to_string());
         }
     };
@@ -138,7 +176,8 @@ async fn sign_in(
     session.insert(CSRF_KEY, csrf::new_token()).await.map_err(session_error)?;
     let ttl = time::Duration::try_from(state.config.auth.session_ttl).unwrap_or(time::Duration::days(366));
     session.set_expiry(Some(Expiry::OnInactivity(ttl)));
-    tracing::info!(client = %client.ip(), user = %user.name, "signed in");
+    state.throttle.succeeded(client, &form.user);
+    tracing::info!(client = %client, user = %user.name, "signed in");
     Ok(Redirect::to(&next).into_response())
 }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: Store,
     pub scheduler: Scheduler,
     pub mirrors: Arc<Mirrors>,
+    /// Failed sign-ins by client address and user name.
+    pub throttle: Arc<crate::auth::throttle::LoginThrottle>,
 }
 
 /// The whole application's routes. Unknown paths answer 404.
