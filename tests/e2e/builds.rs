@@ -1,6 +1,7 @@
 //! Whole builds through the server: two hosts talking to each other, failures, broken pipeline
 //! files, timeouts, superseded builds, and nothing left behind afterwards.
 
+use crate::fixture::fixture_tree;
 use crate::helpers::*;
 
 /// A repo whose `main` holds the two-host pipeline of `tests/fixtures/pipelines/two-hosts` (shared
@@ -9,7 +10,8 @@ use crate::helpers::*;
 pub fn two_host_repo() -> (TestRepo, String) {
     let repo = TestRepo::new();
     let files = fixture_tree("two-hosts");
-    let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
+    // The repo marks `.sh` files executable, as the fixture's are.
+    let files: Vec<(&str, &str)> = files.iter().map(|file| (file.path.as_str(), file.text.as_str())).collect();
     let sha = repo.commit("main", &files);
     (repo, sha)
 }

@@ -122,26 +122,6 @@ pub fn workspace_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
-/// Every file of the pipeline fixture `tests/fixtures/pipelines/NAME`, as (path in the repo, text).
-pub fn fixture_tree(name: &str) -> Vec<(String, String)> {
-    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, files);
-            } else {
-                let relative = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                files.push((relative, std::fs::read_to_string(&path).unwrap()));
-            }
-        }
-    }
-    let root = workspace_path(&format!("tests/fixtures/pipelines/{name}"));
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files);
-    assert!(!files.is_empty(), "no fixture at {}", root.display());
-    files
-}
-
 /// A distinct /24 of 127.0.0.0/8 for each app this test process starts, so concurrently running
 /// tests never lease the same host address.
 pub fn next_address_range() -> String {

@@ -17,6 +17,8 @@ mod ec2;
 mod ec2_cloud;
 #[path = "../../runner/tests/support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "../support/fixture.rs"]
+mod fixture;
 mod headers;
 mod helpers;
 mod leaks;

@@ -13,6 +13,7 @@ use gantry_runner::pipeline::{DataPush, Pipeline};
 use gantry_runner::process::host_processes;
 use gantry_runner::source::{GitCommitSource, Source};
 
+use crate::fixture::fixture_tree;
 use crate::helpers::*;
 
 /// A script that waits, with a deadline, until `url` answers, then prints the body: the two-host
@@ -484,8 +485,9 @@ async fn a_pipeline_loaded_from_a_commit_pushes_rendered_config_and_runs() {
     let files = fixture_tree("two-hosts");
     let entries: Vec<(&str, Entry<'_>)> = files
         .iter()
-        .map(|(path, text, executable)| {
-            (path.as_str(), if *executable { Entry::Executable(text) } else { Entry::File(text) })
+        .map(|file| {
+            let entry = if file.executable { Entry::Executable(&file.text) } else { Entry::File(&file.text) };
+            (file.path.as_str(), entry)
         })
         .collect();
     let commit = repo.commit(&entries);

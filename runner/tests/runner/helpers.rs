@@ -170,28 +170,6 @@ pub fn host_ids(pipeline: &Pipeline) -> BTreeMap<String, HostId> {
     pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("t{}-{n}-{}", std::process::id(), h.role)))).collect()
 }
 
-/// Every file of the pipeline fixture `tests/fixtures/pipelines/NAME` (shared with the end-to-end
-/// suite), as (path in the repo, text, executable).
-pub fn fixture_tree(name: &str) -> Vec<(String, String, bool)> {
-    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, String, bool)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, files);
-            } else {
-                let relative = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                let executable = path.metadata().unwrap().permissions().mode() & 0o111 != 0;
-                files.push((relative, std::fs::read_to_string(&path).unwrap(), executable));
-            }
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pipelines").join(name);
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files);
-    assert!(!files.is_empty(), "no fixture at {}", root.display());
-    files
-}
-
 pub fn info() -> BuildInfo {
     BuildInfo {
         key: "b42".to_string(),

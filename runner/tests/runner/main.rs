@@ -7,6 +7,8 @@ mod ec2_cloud;
 mod executor;
 #[path = "../support/fault_proxy.rs"]
 mod fault_proxy;
+#[path = "../../../tests/support/fixture.rs"]
+mod fixture;
 mod helpers;
 #[path = "../support/moto.rs"]
 mod moto;
