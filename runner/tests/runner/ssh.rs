@@ -15,6 +15,7 @@ use gantry_runner::event::{BuildEvent, BuildStatus, Stream};
 use gantry_runner::execute;
 use gantry_runner::provider::ssh_pool::{SshMachine, SshPoolConfig, SshPoolProvider, DEFAULT_WORK_ROOT};
 use gantry_runner::provider::{HostId, HostRequest, Provider, ProviderError};
+use gantry_runner::source::{GitCommitSource, Source};
 use gantry_runner::transport::ssh::{parse_public_key, SshTarget, SshTransport};
 use gantry_runner::transport::{ExecOutcome, ExecRequest, OutputLine, Transport, TransportError};
 use tokio::sync::mpsc;
@@ -230,6 +231,43 @@ async fn files_are_written_and_read_inside_the_home_only() {
     assert!(matches!(r.transport.read_file("out/secret", 10).await, Err(TransportError::PathEscapes(_))));
     assert!(matches!(r.transport.read_file("../etc/passwd", 10).await, Err(TransportError::PathEscapes(_))));
     assert!(!outside.path().join("x").exists());
+}
+
+#[tokio::test]
+async fn writing_a_file_never_follows_a_symlink_a_commit_placed() {
+    let r = remote().await;
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path().to_str().unwrap().to_string();
+    std::fs::write(outside.path().join("victim"), "untouched").unwrap();
+    // A commit whose tree plants symlinks where config pushes land: at the target itself, at the
+    // name the old temporary file had, and a target that is a link to a directory outside.
+    let repo = TestRepo::new();
+    let victim = format!("{out}/victim");
+    let commit = repo.commit(&[
+        ("conf/app.env", Entry::Symlink(&victim)),
+        ("conf/.gantry-write-app.env", Entry::Symlink(&victim)),
+        ("conf/.gantry-write-db.env", Entry::Symlink(&out)),
+        ("conf/settings", Entry::Symlink(&out)),
+        ("README", Entry::File("x\n")),
+    ]);
+    let source = GitCommitSource { repo_path: repo.path().to_path_buf(), commit, label: "shop".into() };
+    let mut archive = Vec::new();
+    source.archive("", "", &mut archive).unwrap();
+    r.transport.upload_tar("code", archive).await.unwrap();
+
+    for (path, contents) in
+        [("code/conf/app.env", "A=1\n"), ("code/conf/db.env", "B=2\n"), ("code/conf/settings", "C=3\n")]
+    {
+        r.transport.write_file(path, contents.as_bytes().to_vec()).await.unwrap();
+        let written = r.home.path().join(path);
+        let meta = std::fs::symlink_metadata(&written).unwrap();
+        assert!(meta.file_type().is_file(), "{path} is a regular file now, not a link");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), contents);
+    }
+    // Nothing outside the home changed: the victim keeps its text and no file appeared beside it.
+    assert_eq!(std::fs::read_to_string(outside.path().join("victim")).unwrap(), "untouched");
+    let names: Vec<_> = std::fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["victim"], "files appeared outside the home: {names:?}");
 }
 
 #[tokio::test]

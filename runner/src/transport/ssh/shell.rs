@@ -40,6 +40,12 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(120);
 /// The slowest upload rate tolerated before an upload counts as hung.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
 
+/// Mode of a file written by `write_file`, as the local transport writes it.
+const FILE_MODE: u32 = 0o644;
+
+/// `mktemp`'s template for the file `write_file` fills before renaming it over the target.
+const WRITE_TEMP_TEMPLATE: &str = ".gantry-write-XXXXXXXXXX";
+
 /// Exit codes of signalled processes are `128 + signal`, as shells report them.
 pub(super) const SIGNAL_EXIT_BASE: i32 = 128;
 
@@ -175,17 +181,19 @@ impl SshTransport {
     }
 
     /// The command that writes stdin to `file_name` in `parent` (absolute, inside the home).
+    ///
+    /// Nothing a commit (or a step) left on the way is followed out of the home: `parent` is
+    /// checked before anything is created and only its resolved path is used; the data goes to a
+    /// fresh file `mktemp` creates with `O_EXCL` (so a symlink planted at a predictable temporary
+    /// name is never written through); and `mv -T` renames it over the target itself, so a symlink
+    /// at the target, even one to a directory, is replaced, never followed.
     pub(super) fn write_command(&self, parent: &str, file_name: &str) -> String {
-        let temp = format!("{parent}/.gantry-write-{file_name}");
-        let target = format!("{parent}/{file_name}");
-        // Write beside the target and rename over it: a symlink at the target is replaced, never
-        // followed.
         format!(
-            "mkdir -p -- {parent} && {check} && cat > {temp} && mv -f -- {temp} {target}",
-            parent = quote(parent),
+            "{check} && mkdir -p -- \"$real\" && tmp=$(mktemp -p \"$real\" {temp}) && \
+             {{ chmod {FILE_MODE:o} -- \"$tmp\" && cat > \"$tmp\" && mv -f -T -- \"$tmp\" \"$real\"/{name} || {{ rm -f -- \"$tmp\"; exit 1; }}; }}",
             check = self.inside_check(parent),
-            temp = quote(&temp),
-            target = quote(&target),
+            temp = quote(WRITE_TEMP_TEMPLATE),
+            name = quote(file_name),
         )
     }
 
