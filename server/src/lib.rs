@@ -7,6 +7,7 @@
 //! the database. The binary in `main.rs` only parses arguments and starts logging.
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod forge;
 pub mod git;

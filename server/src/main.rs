@@ -45,6 +45,10 @@ enum Command {
     /// Create API tokens (works while the server runs).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write a consistent copy of the database (works while the server runs).
+    Backup(gantry::backup::BackupArgs),
+    /// Put a copy written by `gantry backup` in place of a missing database (server stopped).
+    Restore(gantry::backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,12 @@ fn main() -> ExitCode {
         }
         Command::Token(command) => {
             runtime().and_then(|rt| rt.block_on(gantry::auth::admin::run_token(command))).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Backup(args) => {
+            runtime().and_then(|rt| rt.block_on(gantry::backup::backup(args))).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Restore(args) => {
+            runtime().and_then(|rt| rt.block_on(gantry::backup::restore(args))).map(|()| ExitCode::SUCCESS)
         }
     };
     result.unwrap_or_else(|error| {

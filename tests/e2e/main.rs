@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod auth_fuzz;
+mod backup;
 mod browser;
 mod builds;
 #[path = "../support/client.rs"]

@@ -11,6 +11,7 @@
 //! webhook's build should start within milliseconds), and a reader pool, since WAL readers never
 //! block the writer. Nothing here knows about HTTP, git or the runner's execution.
 
+pub mod backup;
 pub mod builds;
 pub mod deliveries;
 pub mod hosts;
