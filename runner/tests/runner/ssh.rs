@@ -18,6 +18,7 @@ use gantry_runner::provider::{HostId, HostRequest, Provider, ProviderError};
 use gantry_runner::source::{GitCommitSource, Source};
 use gantry_runner::transport::ssh::{parse_public_key, SshTarget, SshTransport};
 use gantry_runner::transport::{ExecOutcome, ExecRequest, OutputLine, Transport, TransportError};
+use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -314,6 +315,43 @@ async fn a_timeout_kills_the_remote_process_group() {
     let pids = pids_in(&texts(&lines, Stream::Stdout));
     assert_eq!(pids.len(), 1, "{lines:?}");
     wait_until("the timed-out step's background sleep is gone", || process_gone(pids[0]));
+}
+
+#[tokio::test]
+async fn secrets_reach_the_step_but_never_a_command_line() {
+    let r = remote().await;
+    let value = format!("ssh-secret-{}-value", std::process::id());
+    let (tx, mut rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let mut req = request(
+        "[ \"$API_KEY\" = \"$(cat \"$HOME/expected\")\" ] && echo matches\n[ -z \"$(cat)\" ] && echo stdin-empty\n\
+         echo ready\nsleep 1000",
+    );
+    std::fs::write(r.home.path().join("expected"), &value).unwrap();
+    req.secrets.insert("API_KEY".into(), SecretString::from(value.clone()));
+    let exec = r.transport.exec(&req, &tx, &cancel);
+    tokio::pin!(exec);
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("ready") {
+        let line = tokio::select! {
+            line = next_line(&mut rx) => line,
+            outcome = &mut exec => panic!("ended early: {outcome:?} after {seen:?}"),
+        };
+        seen.push(line.text);
+    }
+    assert_eq!(seen, ["matches", "stdin-empty", "ready"]);
+    // While the step runs, no process on the machine shows the value in its command line.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        assert!(
+            !cmdline.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{} shows the secret: {}",
+            entry.path().display(),
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    cancel.cancel();
+    assert_eq!(exec.await.unwrap(), ExecOutcome::Cancelled);
 }
 
 #[tokio::test]

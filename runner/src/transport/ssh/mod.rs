@@ -28,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use russh::client::Handle;
 use russh::ChannelMsg;
+use secrecy::ExposeSecret;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -139,7 +140,8 @@ impl Transport for SshTransport {
         let command = self.exec_command(request)?;
         let session = self.session().await?;
         let mut channel = session.channel_open_session().await.map_err(lost(&self.target))?;
-        channel.exec(true, command.as_bytes()).await.map_err(lost(&self.target))?;
+        channel.exec(true, command.command.as_bytes()).await.map_err(lost(&self.target))?;
+        channel.data(command.stdin.expose_secret().as_bytes()).await.map_err(lost(&self.target))?;
         channel.eof().await.map_err(lost(&self.target))?;
 
         let mut stdout = LineSplitter::new(Stream::Stdout, request.mask.clone());

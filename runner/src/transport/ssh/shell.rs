@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use russh::{ChannelMsg, Sig};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
 
 use super::connect::lost;
@@ -128,39 +128,15 @@ impl SshTransport {
     }
 
     /// The command line that runs `request` as `sh -e -c SCRIPT` in the host's environment,
-    /// printing its pid (the process group id) as the first line of stdout.
-    pub(super) fn exec_command(&self, request: &ExecRequest) -> Result<String, TransportError> {
-        let home = &self.target.home;
-        let cwd = join_home(home, &relative(&request.cwd)?);
-        let mut env = BTreeMap::from([
-            ("PATH".to_string(), HOST_PATH.to_string()),
-            ("HOME".to_string(), home.clone()),
-            ("USER".to_string(), self.target.user.clone()),
-            ("LOGNAME".to_string(), self.target.user.clone()),
-            ("LANG".to_string(), HOST_LANG.to_string()),
-            ("TMPDIR".to_string(), join_home(home, Path::new(TMP_DIR))),
-            ("SHELL".to_string(), SHELL.to_string()),
-        ]);
-        let secrets = request.secrets.iter().map(|(name, value)| (name, value.expose_secret()));
-        for (name, value) in request.env.iter().map(|(name, value)| (name, value.as_str())).chain(secrets) {
-            if !is_env_name(name) {
-                return Err(TransportError::Other(format!("invalid environment variable name {name:?}")));
-            }
-            env.insert(name.clone(), value.to_string());
-        }
-        // The marker goes last so a pipeline's `env` can never hide a process from teardown.
-        env.insert(HOST_MARKER_VAR.to_string(), self.target.host_id.to_string());
-        env.insert(HOST_HOME_VAR.to_string(), home.clone());
-        let assignments: Vec<String> = env.iter().map(|(name, value)| quote(&format!("{name}={value}"))).collect();
-        // sshd makes the session's first process a session and process group leader; the `exec`s
-        // keep its pid, so the printed `$$` is the group every process of the script shares.
-        Ok(format!(
-            "mkdir -p {tmp} && {{ cd {cwd} 2>/dev/null || exit {NO_CWD_EXIT}; }} && echo $$ && exec env -i {assignments} {SHELL} -e -c {script}",
-            tmp = quote(&join_home(home, Path::new(TMP_DIR))),
-            cwd = quote(&cwd),
-            assignments = assignments.join(" "),
-            script = quote(&request.script),
-        ))
+    /// printing its pid (the process group id) as the first line of stdout, and the bytes to send
+    /// on its standard input.
+    ///
+    /// Secrets never appear on the command line, where every user of the host could read them in
+    /// `/proc/*/cmdline` while the step runs: they travel on standard input as `export` lines
+    /// that a first shell evaluates before it becomes the step's shell, whose standard input is
+    /// then `/dev/null`, as it would be without them.
+    pub(super) fn exec_command(&self, request: &ExecRequest) -> Result<ExecCommand, TransportError> {
+        step_command(&self.target.home, &self.target.user, &self.target.host_id, request)
     }
 
     /// Kill the process group `pgid` through a fresh channel.
@@ -227,6 +203,65 @@ impl SshTransport {
                 result.stderr.trim()
             ))),
         }
+    }
+}
+
+/// [`SshTransport::exec_command`] for the host living in `home`, logged in as `user`.
+fn step_command(
+    home: &str,
+    user: &str,
+    host_id: &HostId,
+    request: &ExecRequest,
+) -> Result<ExecCommand, TransportError> {
+    let cwd = join_home(home, &relative(&request.cwd)?);
+    let mut env = BTreeMap::from([
+        ("PATH".to_string(), HOST_PATH.to_string()),
+        ("HOME".to_string(), home.to_string()),
+        ("USER".to_string(), user.to_string()),
+        ("LOGNAME".to_string(), user.to_string()),
+        ("LANG".to_string(), HOST_LANG.to_string()),
+        ("TMPDIR".to_string(), join_home(home, Path::new(TMP_DIR))),
+        ("SHELL".to_string(), SHELL.to_string()),
+    ]);
+    for (name, value) in &request.env {
+        check_env_name(name)?;
+        env.insert(name.clone(), value.clone());
+    }
+    let mut stdin = String::new();
+    for (name, value) in &request.secrets {
+        check_env_name(name)?;
+        // A pipeline's `env` of the same name is overridden, as it is on a local host.
+        env.remove(name);
+        stdin.push_str(&format!("export {name}={}\n", quote(value.expose_secret())));
+    }
+    // The marker goes last so a pipeline's `env` can never hide a process from teardown.
+    env.insert(HOST_MARKER_VAR.to_string(), host_id.to_string());
+    env.insert(HOST_HOME_VAR.to_string(), home.to_string());
+    let assignments: Vec<String> = env.iter().map(|(name, value)| quote(&format!("{name}={value}"))).collect();
+    // sshd makes the session's first process a session and process group leader; the `exec`s
+    // keep its pid, so the printed `$$` is the group every process of the script shares.
+    let command = format!(
+        "mkdir -p {tmp} && {{ cd {cwd} 2>/dev/null || exit {NO_CWD_EXIT}; }} && echo $$ && exec env -i {assignments} {SHELL} -c {load} gantry-step {script}",
+        tmp = quote(&join_home(home, Path::new(TMP_DIR))),
+        cwd = quote(&cwd),
+        assignments = assignments.join(" "),
+        load = quote(&format!("eval \"$(cat)\" && exec {SHELL} -e -c \"$1\" </dev/null")),
+        script = quote(&request.script),
+    );
+    Ok(ExecCommand { command, stdin: SecretString::from(stdin) })
+}
+
+/// A step's command line and what goes to its standard input (the secrets it names).
+pub(super) struct ExecCommand {
+    pub(super) command: String,
+    pub(super) stdin: SecretString,
+}
+
+fn check_env_name(name: &str) -> Result<(), TransportError> {
+    if is_env_name(name) {
+        Ok(())
+    } else {
+        Err(TransportError::Other(format!("invalid environment variable name {name:?}")))
     }
 }
 
@@ -336,6 +371,24 @@ pub(super) fn signal_number(signal: &Sig) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_go_to_standard_input_never_to_the_command_line() {
+        let mut request = ExecRequest {
+            script: "make test".into(),
+            cwd: String::new(),
+            env: BTreeMap::from([("MODE".to_string(), "ci".to_string())]),
+            secrets: BTreeMap::from([("API_KEY".to_string(), SecretString::from("it's s3cr3t".to_string()))]),
+            mask: Default::default(),
+            timeout: Duration::from_secs(1),
+        };
+        let step = step_command("/home/ci/gantry/b1-web", "ci", &HostId("b1-web".into()), &request).unwrap();
+        assert!(!step.command.contains("s3cr3t"), "{}", step.command);
+        assert!(step.command.contains("MODE=ci"), "{}", step.command);
+        assert_eq!(step.stdin.expose_secret(), "export API_KEY='it'\\''s s3cr3t'\n");
+        request.secrets.insert("BAD NAME".into(), SecretString::from("x".to_string()));
+        assert!(step_command("/h", "ci", &HostId("b1-web".into()), &request).is_err());
+    }
 
     #[test]
     fn quoting_survives_single_quotes() {
