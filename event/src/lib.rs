@@ -200,6 +200,9 @@ pub enum BuildEvent {
         role: String,
         address: IpAddr,
         provider_id: String,
+        /// What keeps the host apart from other builds' hosts, in words for people
+        /// (`user gantry-host-3, network namespace of b12`).
+        isolation: String,
     },
     HostTornDown {
         role: String,

@@ -158,14 +158,24 @@ pub struct LocalProviderConfig {
     /// Checked by the provider: within 127.0.0.0/8, never handing out 127.0.0.1.
     #[serde(default = "default_local_addresses")]
     pub addresses: Ipv4Net,
-    /// When the server runs as root: the user host steps run as.
+    /// When the server runs as root: the prefix of the user pool `<run_as>-1` … host steps run
+    /// as, one user per live host (or, when no pool exists, the one user they all share).
     #[serde(default = "default_local_run_as")]
     pub run_as: String,
+    /// When the server runs as root: each build's hosts share a network namespace of their own
+    /// (they reach each other, not other builds nor the machine's network). `false` lets builds
+    /// that need the machine's network (downloads) have it.
+    #[serde(default = "default_isolate_network")]
+    pub isolate_network: bool,
 }
 
 impl Default for LocalProviderConfig {
     fn default() -> LocalProviderConfig {
-        LocalProviderConfig { addresses: default_local_addresses(), run_as: default_local_run_as() }
+        LocalProviderConfig {
+            addresses: default_local_addresses(),
+            run_as: default_local_run_as(),
+            isolate_network: default_isolate_network(),
+        }
     }
 }
 
@@ -239,9 +249,12 @@ pub struct Overrides {
     /// The range local hosts take their addresses from (within 127.0.0.0/8).
     #[arg(long, env = "GANTRY_LOCAL_ADDRESSES")]
     pub local_addresses: Option<Ipv4Net>,
-    /// The user host steps run as when the server runs as root.
+    /// The prefix of the user pool host steps run as when the server runs as root.
     #[arg(long, env = "GANTRY_LOCAL_RUN_AS")]
     pub local_run_as: Option<String>,
+    /// Whether each build's local hosts get a network namespace of their own (true or false).
+    #[arg(long, env = "GANTRY_LOCAL_ISOLATE_NETWORK")]
+    pub local_isolate_network: Option<bool>,
     /// Where people and forges reach this server, e.g. https://ci.example.com.
     #[arg(long, env = "GANTRY_PUBLIC_URL")]
     pub public_url: Option<PublicUrl>,
@@ -303,6 +316,9 @@ impl Config {
         }
         if let Some(run_as) = &overrides.local_run_as {
             self.provider.local.run_as = run_as.clone();
+        }
+        if let Some(isolate) = overrides.local_isolate_network {
+            self.provider.local.isolate_network = isolate;
         }
         if let Some(public_url) = &overrides.public_url {
             self.public_url = Some(public_url.clone());
@@ -442,6 +458,10 @@ fn default_local_run_as() -> String {
     DEFAULT_LOCAL_RUN_AS.to_string()
 }
 
+fn default_isolate_network() -> bool {
+    true
+}
+
 fn default_ssh_port() -> u16 {
     22
 }
@@ -468,6 +488,7 @@ mod tests {
         assert!(config.repos.is_empty());
         assert_eq!(config.provider.local.addresses, "127.0.10.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(config.provider.local.run_as, "gantry-host");
+        assert!(config.provider.local.isolate_network);
         assert!(!config.auth.public_read);
         assert_eq!(config.auth.session_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(config.public_url, None);
@@ -523,6 +544,14 @@ mod tests {
         assert!(err.to_string().contains("branch"), "{err}");
         let err = Config::from_toml_str("[provider.local]\nrun_as = \"x\"\nsubnet = \"10.0.0.0/8\"\n").unwrap_err();
         assert!(err.to_string().contains("subnet"), "{err}");
+    }
+
+    #[test]
+    fn network_isolation_of_local_builds_can_be_switched_off() {
+        let mut config = Config::from_toml_str("[provider.local]\nisolate_network = false\n").unwrap();
+        assert!(!config.provider.local.isolate_network);
+        config.apply(&Overrides { local_isolate_network: Some(true), ..Overrides::default() });
+        assert!(config.provider.local.isolate_network);
     }
 
     #[test]

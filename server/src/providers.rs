@@ -28,6 +28,7 @@ impl Providers {
             root: config.hosts_dir(),
             addresses: config.provider.local.addresses,
             run_as: Some(config.provider.local.run_as.clone()),
+            isolate_network: config.provider.local.isolate_network,
         })
         .context("failed to set up the local provider")?;
         let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(local)];

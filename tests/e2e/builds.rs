@@ -71,6 +71,7 @@ async fn a_pushed_two_host_pipeline_passes_and_leaves_nothing_behind() {
         assert_eq!(host["provider"], "local");
         assert_ne!(host["address"], "127.0.0.1");
         assert!(host["address"].as_str().unwrap().starts_with("127."));
+        assert!(host["isolation"].as_str().is_some_and(|i| !i.is_empty()), "says what isolated it: {host:#}");
     }
     let db_address = hosts.iter().find(|h| h["role"] == "db").unwrap()["address"].as_str().unwrap();
 

@@ -256,6 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 provision_ms: Some(41),
                 teardown_ms: Some(1_390),
                 error: None,
+                isolation: Some("user gantry-host-3, network namespace of b113".to_string()),
             },
             HostView {
                 role: "web".to_string(),
@@ -268,6 +269,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 provision_ms: Some(38),
                 teardown_ms: Some(240),
                 error: None,
+                isolation: Some("user gantry-host-4, network namespace of b113".to_string()),
             },
         ],
         steps,

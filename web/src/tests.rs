@@ -234,6 +234,7 @@ fn build_page() -> BuildPage {
             provision_ms: Some(35),
             teardown_ms: Some(1_450),
             error: None,
+            isolation: Some(format!("user gantry-host-3, network namespace of b52 {HOSTILE}")),
         }],
         steps,
         reports: vec![
@@ -273,6 +274,9 @@ fn build_page_shows_the_build_its_hosts_and_its_steps() {
     // Hosts.
     for cell in ["web", "local", "/var/lib/gantry/hosts/b52-web", "127.0.10.2", "torn down", "35ms", "1.4s"] {
         assert!(html.contains(cell), "the hosts table shows {cell:?}");
+    }
+    for cell in ["<th>Isolation</th>", "user gantry-host-3, network namespace of b52"] {
+        assert!(html.contains(cell), "the hosts table shows which isolation each host had: {cell:?}");
     }
     // Steps, in order, with their kinds and hosts.
     let provision = html.find(r#"id="step-0""#).unwrap();

@@ -231,6 +231,9 @@ pub struct HostView {
     pub teardown_ms: Option<i64>,
     /// Why provisioning or teardown failed.
     pub error: Option<String>,
+    /// What kept the host apart from other builds' hosts (`user gantry-host-3, network namespace
+    /// of b12`), once provisioned.
+    pub isolation: Option<String>,
 }
 
 impl HostView {

@@ -265,6 +265,7 @@ impl<'a> Run<'a> {
                     role: host.role.clone(),
                     address: provisioned.address,
                     provider_id: provisioned.provider_id.clone(),
+                    isolation: provisioned.isolation.clone(),
                 })
                 .await;
                 self.system_line(

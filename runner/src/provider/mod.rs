@@ -50,6 +50,9 @@ pub struct ProvisionedHost {
     pub address: IpAddr,
     /// The provider's own name for the host (a directory, an instance id, a machine).
     pub provider_id: String,
+    /// What keeps the host apart from other builds' hosts, in words shown on the build page
+    /// (`user gantry-host-3, network namespace of b12`, `a virtual machine of its own`).
+    pub isolation: String,
     pub transport: Arc<dyn Transport>,
 }
 

@@ -214,6 +214,7 @@ impl Provider for SshPoolProvider {
                 Ok(ProvisionedHost {
                     address: machine.address,
                     provider_id: machine.provider_id(),
+                    isolation: format!("machine {} of its own while it lives", machine.provider_id()),
                     transport: Arc::new(transport),
                 })
             }

@@ -1,25 +1,29 @@
 //! The transport of a local host: a directory on this machine and processes started directly,
-//! optionally as an unprivileged user.
+//! optionally as an unprivileged user and inside the build's network namespace.
 //!
 //! Every process gets a clean environment (never the server's), its own process group, the host's
 //! home as `HOME`, and the host's marker (`GANTRY_HOST_ID=<HostId>`, `GANTRY_HOST_HOME=<home>`)
-//! that [`crate::process`] uses to find it again, however it daemonized. Files only ever land inside the host's home: relative
-//! paths with `..` or a symlink leading out of the home are refused. This module never kills a
-//! host's daemons and never removes its home: that is the provider's teardown.
+//! that [`crate::process`] uses to find it again, however it daemonized. With a namespace, the
+//! child enters it (`setns`) before it drops root's groups and user ids, in that order: once it
+//! is no longer root it could not. Files only ever land inside the host's home: relative paths
+//! with `..` or a symlink leading out of the home are refused. This module never kills a host's
+//! daemons and never removes its home: that is the provider's teardown.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::IpAddr;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -28,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR};
+use crate::provider::local::netns::NetNs;
 use crate::provider::HostId;
 
 /// `PATH` of every process on a local host.
@@ -76,12 +81,15 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-/// One local host: its home directory, its address and the user its processes run as.
+/// One local host: its home directory, its address, the user its processes run as and the
+/// network namespace they run in.
 pub struct LocalTransport {
     host_id: HostId,
     home: PathBuf,
     address: IpAddr,
     run_as: Option<RunAs>,
+    /// Held open while the transport lives, so every step can enter it.
+    netns: Option<Arc<NetNs>>,
     /// `USER` and `LOGNAME` of the host's processes.
     user_name: String,
 }
@@ -93,7 +101,13 @@ impl LocalTransport {
             Some(user) => user.name.clone(),
             None => current_user_name(),
         };
-        LocalTransport { host_id, home, address, run_as, user_name }
+        LocalTransport { host_id, home, address, run_as, netns: None, user_name }
+    }
+
+    /// Run every process of this host inside `netns` (the build's network namespace).
+    pub fn in_network_namespace(mut self, netns: Option<Arc<NetNs>>) -> LocalTransport {
+        self.netns = netns;
+        self
     }
 
     pub fn home(&self) -> &Path {
@@ -147,10 +161,16 @@ impl LocalTransport {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(user) = &self.run_as {
-            // With a uid set and no explicit groups, std drops every supplementary group
-            // (setgroups(0)) before setuid, so a step keeps none of root's groups.
-            command.uid(user.uid).gid(user.gid);
+        let identity = ChildIdentity {
+            netns: self.netns.as_ref().map(|ns| ns.raw_fd()),
+            user: self.run_as.as_ref().map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid))),
+        };
+        if identity.netns.is_some() || identity.user.is_some() {
+            // SAFETY: `enter` makes only async-signal-safe system calls and allocates nothing; the
+            // namespace's descriptor stays open (`self.netns`) until `spawn` returns.
+            unsafe {
+                command.pre_exec(move || identity.enter());
+            }
         }
         command.spawn().map_err(|source| TransportError::Io { op: "starting sh".to_string(), source })
     }
@@ -394,8 +414,35 @@ impl LocalTransport {
             home: self.home.clone(),
             address: self.address,
             run_as: self.run_as.clone(),
+            netns: self.netns.clone(),
             user_name: self.user_name.clone(),
         }
+    }
+}
+
+/// Who a host's child becomes between `fork` and `exec`.
+#[derive(Debug, Clone, Copy)]
+struct ChildIdentity {
+    /// The build's network namespace (a descriptor the parent holds open).
+    netns: Option<i32>,
+    /// The host's user and group.
+    user: Option<(Uid, Gid)>,
+}
+
+impl ChildIdentity {
+    /// Enter the namespace while still root, then drop every supplementary group, the group and
+    /// the user (std's own `uid`/`gid` would run before `pre_exec`, too early for `setns`).
+    fn enter(self) -> std::io::Result<()> {
+        if let Some(fd) = self.netns {
+            // SAFETY: the parent keeps this descriptor open until the child has been spawned.
+            NetNs::enter(unsafe { BorrowedFd::borrow_raw(fd) })?;
+        }
+        if let Some((uid, gid)) = self.user {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+        }
+        Ok(())
     }
 }
 

@@ -26,7 +26,8 @@ pub const WAIT_DEADLINE: Duration = Duration::from_secs(20);
 /// The pause between two checks of a polled condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The user `scripts/install-deps` creates for host steps when the server runs as root.
+/// The user `scripts/install-deps` creates for host steps when the server runs as root, and the
+/// prefix of the pool it creates (`gantry-host-1` …).
 pub const RUN_AS_USER: &str = "gantry-host";
 
 /// A distinct /24 of 127.0.0.0/8 per provider this test process creates, so tests running
@@ -84,6 +85,26 @@ pub fn run_as_user() -> Option<nix::unistd::User> {
         missing_prerequisite(&format!("user {RUN_AS_USER} does not exist"), "scripts/install-deps creates it");
     }
     user
+}
+
+/// The pool of host users (`gantry-host-1` …) when the tests run as root and it exists;
+/// otherwise `None`, after [`missing_prerequisite`] said why.
+#[track_caller]
+pub fn pool_users() -> Option<Vec<nix::unistd::User>> {
+    if !nix::unistd::geteuid().is_root() {
+        missing_prerequisite(
+            "not running as root, so hosts cannot run as users of their own",
+            "run the suite as root, as CI does",
+        );
+        return None;
+    }
+    let users: Vec<nix::unistd::User> =
+        (1..).map_while(|n| nix::unistd::User::from_name(&format!("{RUN_AS_USER}-{n}")).unwrap()).collect();
+    if users.is_empty() {
+        missing_prerequisite(&format!("no user pool {RUN_AS_USER}-1 …"), "scripts/install-deps creates it");
+        return None;
+    }
+    Some(users)
 }
 
 /// A git repository in a temporary directory, committed to with git2.

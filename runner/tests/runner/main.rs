@@ -10,6 +10,7 @@ mod fault_proxy;
 #[path = "../../../tests/support/fixture.rs"]
 mod fixture;
 mod helpers;
+mod isolation;
 #[path = "../support/moto.rs"]
 mod moto;
 #[path = "../../../tests/support/prerequisite.rs"]

@@ -116,12 +116,9 @@ async fn an_exhausted_pool_is_an_error_and_localhost_is_never_used() {
     assert_eq!(first.address, IpAddr::from([127, 0, 0, 2]));
     let second = test.provider.provision(&request(&new_id("more"))).await;
     assert!(matches!(second, Err(ProviderError::Exhausted(_))), "{:?}", second.err());
-    assert!(LocalProvider::new(LocalConfig {
-        root: test.data.path().join("x"),
-        addresses: "10.0.0.0/24".parse().unwrap(),
-        run_as: None
-    })
-    .is_err());
+    let mut outside = LocalConfig::new(test.data.path().join("x"));
+    outside.addresses = "10.0.0.0/24".parse().unwrap();
+    assert!(LocalProvider::new(outside).is_err());
 }
 
 #[tokio::test]
@@ -173,25 +170,28 @@ async fn a_new_provider_reaps_the_hosts_of_a_crashed_one() {
 }
 
 #[tokio::test]
-async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
-    let Some(user) = run_as_user() else { return };
+async fn as_root_steps_run_as_a_user_of_the_pool_that_owns_the_home() {
+    if pool_users().is_none() {
+        return;
+    }
     let test = TestProvider::with(|config| config.run_as = Some(RUN_AS_USER.to_string()));
-    assert_eq!(test.provider.run_as().unwrap().uid, user.uid.as_raw());
+    let pool = test.provider.users().pool().expect("the pool scripts/install-deps creates");
+    assert!(pool.users()[0].name == format!("{RUN_AS_USER}-1"), "{:?}", pool.users()[0]);
     assert_eq!(std::fs::metadata(test.root()).unwrap().permissions().mode() & 0o777, 0o711);
-    // A private (0700) data dir lets the user through, without letting it list.
+    // A private (0700) data dir lets the users through, without letting them list.
     let private = tempfile::tempdir().unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    LocalProvider::new(LocalConfig {
-        root: private.path().join("hosts"),
-        addresses: address_pool(),
-        run_as: Some(RUN_AS_USER.to_string()),
-    })
-    .unwrap();
+    let mut config = LocalConfig::new(private.path().join("hosts"));
+    config.addresses = address_pool();
+    config.run_as = Some(RUN_AS_USER.to_string());
+    LocalProvider::new(config).unwrap();
     assert_eq!(std::fs::metadata(private.path()).unwrap().permissions().mode() & 0o777, 0o701);
     let id = new_id("runas");
     let host = test.provider.provision(&request(&id)).await.unwrap();
     let home = std::path::PathBuf::from(&host.provider_id);
-    assert_eq!(std::fs::metadata(&home).unwrap().uid(), user.uid.as_raw());
+    let owner = std::fs::metadata(&home).unwrap().uid();
+    let user = pool.by_uid(owner).expect("the home belongs to a user of the pool").clone();
+    assert!(host.isolation.starts_with(&format!("user {}, network namespace of b1", user.name)), "{}", host.isolation);
 
     let mut archive = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -201,7 +201,7 @@ async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
     host.transport.upload_tar("", archive.into_inner().unwrap()).await.unwrap();
     host.transport.write_file("src/.env", b"A=1\n".to_vec()).await.unwrap();
     for path in ["data", "data/sub", "data/sub/seed.sql", "src", "src/.env"] {
-        assert_eq!(std::fs::metadata(home.join(path)).unwrap().uid(), user.uid.as_raw(), "{path}");
+        assert_eq!(std::fs::metadata(home.join(path)).unwrap().uid(), user.uid, "{path}");
     }
 
     let (outcome, lines) =
@@ -209,7 +209,7 @@ async fn as_root_steps_run_as_the_unprivileged_user_and_own_the_home() {
     assert_eq!(outcome, ExecOutcome::Exited(0), "{lines:?}");
     assert_eq!(lines[0], user.uid.to_string());
     assert_eq!(lines[1], user.gid.to_string(), "no supplementary groups are kept");
-    assert_eq!(lines[2], RUN_AS_USER);
+    assert_eq!(lines[2], user.name);
     assert!(lines[3].starts_with(&format!("{}/tmp/", home.display())), "{lines:?}");
     let pids = start_daemons(&host).await;
     test.provider.teardown(&id, None).await.unwrap();
@@ -227,11 +227,9 @@ async fn a_run_as_user_that_cannot_reach_the_data_dir_is_a_clear_configuration_e
     // The data dir's parent is not this provider's to open up.
     let parent = tempfile::tempdir().unwrap();
     std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let result = LocalProvider::new(LocalConfig {
-        root: parent.path().join("data/hosts"),
-        addresses: address_pool(),
-        run_as: Some(RUN_AS_USER.to_string()),
-    });
+    let mut config = LocalConfig::new(parent.path().join("data/hosts"));
+    config.run_as = Some(RUN_AS_USER.to_string());
+    let result = LocalProvider::new(config);
     match result {
         Err(ProviderError::Config(message)) => {
             assert!(
@@ -241,11 +239,9 @@ async fn a_run_as_user_that_cannot_reach_the_data_dir_is_a_clear_configuration_e
         }
         other => panic!("expected a configuration error, got {:?}", other.err()),
     }
-    let missing = LocalProvider::new(LocalConfig {
-        root: parent.path().join("hosts"),
-        addresses: address_pool(),
-        run_as: Some("gantry-no-such-user".to_string()),
-    });
+    let mut config = LocalConfig::new(parent.path().join("hosts"));
+    config.run_as = Some("gantry-no-such-user".to_string());
+    let missing = LocalProvider::new(config);
     assert!(matches!(missing, Err(ProviderError::Config(m)) if m.contains("does not exist")));
 }
 

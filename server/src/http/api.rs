@@ -83,6 +83,9 @@ pub struct HostJson {
     pub provision_ms: Option<i64>,
     pub teardown_ms: Option<i64>,
     pub error: Option<String>,
+    /// What kept the host apart from other builds' hosts (`user gantry-host-3, network namespace
+    /// of b12`); `null` for hosts not provisioned, or recorded before it was.
+    pub isolation: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +177,7 @@ impl From<&HostRow> for HostJson {
             provision_ms: h.provision_ms,
             teardown_ms: h.teardown_ms,
             error: h.error.clone(),
+            isolation: h.isolation.clone(),
         }
     }
 }

@@ -134,6 +134,7 @@ fn host_view(h: &HostRow) -> HostView {
         provision_ms: h.provision_ms,
         teardown_ms: h.teardown_ms,
         error: h.error.clone(),
+        isolation: h.isolation.clone(),
     }
 }
 

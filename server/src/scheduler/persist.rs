@@ -15,7 +15,7 @@ use gantry_runner::provider::HostId;
 use tokio::sync::{broadcast, mpsc};
 
 use super::BuildUpdate;
-use crate::store::hosts::HostPhase;
+use crate::store::hosts::{HostPhase, Provisioned};
 use crate::store::{self, to_ms, BuildId, LogLine, Store};
 
 /// At most this many events are written in one transaction.
@@ -113,8 +113,9 @@ impl BuildLog {
                     store::hosts::record_step_times(conn, build, role, phase, at, took).await?;
                 }
             }
-            BuildEvent::HostProvisioned { role, address, provider_id } => {
-                store::hosts::mark_provisioned(conn, build, role, *address, provider_id).await?;
+            BuildEvent::HostProvisioned { role, address, provider_id, isolation } => {
+                let host = Provisioned { address: *address, provider_id, isolation };
+                store::hosts::mark_provisioned(conn, build, role, host).await?;
             }
             BuildEvent::HostTornDown { role, error } => match self.host_ids.get(role) {
                 Some(host_id) => {

@@ -48,6 +48,7 @@ async fn harness(cancel_superseded: bool) -> Harness {
         root: data.path().join("hosts"),
         addresses: next_addresses(),
         run_as: Some(config.provider.local.run_as.clone()),
+        isolate_network: config.provider.local.isolate_network,
     })
     .unwrap();
     let scheduler = Scheduler::new(

@@ -57,12 +57,14 @@ pub struct HostRow {
     pub provision_ms: Option<i64>,
     pub teardown_ms: Option<i64>,
     pub error: Option<String>,
+    /// What kept the host apart from other builds' hosts, as its provider described it.
+    pub isolation: Option<String>,
 }
 
 macro_rules! host_columns {
     () => {
         "build_id, role, host_id, provider, provider_id, address, state, requested_at, provisioned_at, \
-         torn_down_at, provision_ms, teardown_ms, error"
+         torn_down_at, provision_ms, teardown_ms, error, isolation"
     };
 }
 
@@ -82,6 +84,7 @@ fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
         provision_ms: row.try_get("provision_ms")?,
         teardown_ms: row.try_get("teardown_ms")?,
         error: row.try_get("error")?,
+        isolation: row.try_get("isolation")?,
     })
 }
 
@@ -106,21 +109,29 @@ pub async fn insert_requested(
     Ok(())
 }
 
+/// What the provider made of a host: its address, its own id and what isolates it.
+#[derive(Debug, Clone, Copy)]
+pub struct Provisioned<'a> {
+    pub address: IpAddr,
+    pub provider_id: &'a str,
+    pub isolation: &'a str,
+}
+
 /// The provider created the host. `provisioned_at` is refined by [`record_step_times`] when the
 /// provision step's end arrives.
 pub async fn mark_provisioned(
     conn: &mut SqliteConnection,
     build: BuildId,
     role: &str,
-    address: IpAddr,
-    provider_id: &str,
+    host: Provisioned<'_>,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, \
+        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, isolation = ?, \
          provisioned_at = COALESCE(provisioned_at, ?) WHERE build_id = ? AND role = ?",
     )
-    .bind(address.to_string())
-    .bind(provider_id)
+    .bind(host.address.to_string())
+    .bind(host.provider_id)
+    .bind(host.isolation)
     .bind(now_ms())
     .bind(build.0)
     .bind(role)
@@ -219,7 +230,9 @@ mod tests {
 
         let mut conn = store.writer().acquire().await.unwrap();
         let address: IpAddr = "127.0.10.7".parse().unwrap();
-        mark_provisioned(&mut conn, build.id, "web", address, "/data/hosts/b1-web").await.unwrap();
+        let isolation = "user gantry-host-3, network namespace of b1";
+        let provisioned = Provisioned { address, provider_id: "/data/hosts/b1-web", isolation };
+        mark_provisioned(&mut conn, build.id, "web", provisioned).await.unwrap();
         record_step_times(&mut conn, build.id, "web", HostPhase::Provision, 5, Some(3)).await.unwrap();
         drop(conn);
         store.set_host_torn_down(&format!("b{}-db", build.id), Some("kill failed"), None).await.unwrap();
@@ -227,6 +240,8 @@ mod tests {
         let hosts = store.hosts_of_build(build.id).await.unwrap();
         assert_eq!(hosts[0].state, HostState::Provisioned);
         assert_eq!(hosts[0].address, Some(address));
+        assert_eq!(hosts[0].isolation.as_deref(), Some(isolation));
+        assert_eq!(hosts[1].isolation, None, "a host never provisioned was never isolated");
         assert_eq!((hosts[0].provisioned_at, hosts[0].provision_ms), (Some(5), Some(3)));
         assert_eq!(hosts[1].state, HostState::TeardownFailed);
         assert_eq!(store.hosts_not_torn_down().await.unwrap().len(), 2);

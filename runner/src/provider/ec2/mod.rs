@@ -229,7 +229,12 @@ impl Provider for Ec2Provider {
             failed(format!("instance {instance_id} at {}: {e}", SocketAddr::new(address, self.config.ssh_port)))
         })?;
         tracing::info!(host = %request.id, instance = %instance_id, %address, "EC2 host ready");
-        Ok(ProvisionedHost { address, provider_id: instance_id, transport: Arc::new(transport) })
+        Ok(ProvisionedHost {
+            address,
+            isolation: format!("virtual machine {instance_id} of its own"),
+            provider_id: instance_id,
+            transport: Arc::new(transport),
+        })
     }
 
     async fn teardown(&self, id: &HostId, provider_id: Option<&str>) -> Result<(), ProviderError> {

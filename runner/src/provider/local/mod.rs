@@ -3,37 +3,38 @@
 //!
 //! Addresses come from a configured pool (default `127.0.10.0/24`; Linux answers on every
 //! 127.0.0.0/8 address without configuration), never the network or broadcast address and never
-//! `127.0.0.1`; two live hosts never share one. When the server runs as root, host processes run
-//! as an unprivileged user so a setup step can start PostgreSQL. Teardown kills every process the
-//! host started (found by its marker and its working directory, see [`crate::process`]), removes
-//! the directory and frees the address; it needs only the `HostId`, so a restarted server reaps
-//! what a crashed one left. This module never runs a step itself: that is the transport's job.
+//! `127.0.0.1`; two live hosts never share one. When the server runs as root, the hosts of
+//! different builds are kept apart: each live host runs as a user of its own, leased from a pool
+//! ([`users`]), in a home only that user may enter ([`homes`]), and all hosts of one build share a
+//! network namespace of their own ([`netns`]) in which their addresses answer and nothing else
+//! does. [`ProvisionedHost::isolation`] says which of these a host got. Teardown kills every
+//! process the host started (by its marker, its working directory and its user id, see
+//! [`crate::process`]), removes the user's scratch files and the home, then gives back the user
+//! and the address; it needs only the `HostId` and the home (whose owner names the user), so a
+//! restarted server reaps what a crashed one left. This module never runs a step itself: that is
+//! the transport's job.
 
-use std::collections::BTreeMap;
+mod homes;
+pub mod netns;
+pub mod users;
+
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
+use self::homes::{owner_of, remove_tree, Homes};
+use self::netns::{Namespaces, NetNs};
+use self::users::{remove_scratch_files, UserError, UserLease, Users};
 use super::{HostId, HostRequest, Provider, ProviderError, ProvisionedHost};
-use crate::process::{reap_host, REAP_DEADLINE};
+use crate::process::{HostProcesses, REAP_DEADLINE};
 use crate::transport::local::{LocalTransport, RunAs};
 
 /// The address pool when the configuration names none.
 pub const DEFAULT_ADDRESSES: &str = "127.0.10.0/24";
-
-/// Mode of a host's home: only its owner enters it.
-const HOME_MODE: u32 = 0o700;
-
-/// Mode of the hosts' root when a run-as user must reach its home inside it: traversable, not
-/// listable.
-const SHARED_ROOT_MODE: u32 = 0o711;
-
-/// The permission bit that lets other users pass through a directory without listing it.
-const SEARCH_BY_OTHERS: u32 = 0o001;
 
 /// The one loopback address never handed to a host: the server and everything else on the
 /// machine listen there.
@@ -42,19 +43,25 @@ const RESERVED_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The loopback network every local address must lie in.
 const LOOPBACK_NET: &str = "127.0.0.0/8";
 
+/// The build key of the namespace made at start to learn whether the kernel allows them.
+const PROBE_BUILD: &str = "probe";
+
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     /// Where hosts' homes are created (`data_dir/hosts`).
     pub root: PathBuf,
     pub addresses: Ipv4Net,
-    /// The user host steps run as; only used when the server runs as root.
+    /// When the server runs as root: the prefix of the user pool `<run_as>-1` … hosts run as
+    /// (or, without a pool, the one user they share).
     pub run_as: Option<String>,
+    /// When the server runs as root: one network namespace per build.
+    pub isolate_network: bool,
 }
 
 impl LocalConfig {
-    /// A configuration with the default address pool and no run-as user.
+    /// A configuration with the default address pool, no run-as user and network isolation.
     pub fn new(root: PathBuf) -> LocalConfig {
-        LocalConfig { root, addresses: default_addresses(), run_as: None }
+        LocalConfig { root, addresses: default_addresses(), run_as: None, isolate_network: true }
     }
 }
 
@@ -64,17 +71,36 @@ pub fn default_addresses() -> Ipv4Net {
 }
 
 pub struct LocalProvider {
-    dirs: Arc<HostDirs>,
+    state: Arc<Shared>,
     addresses: Ipv4Net,
-    /// Which live host holds which address.
-    leases: Mutex<BTreeMap<Ipv4Addr, HostId>>,
+    /// The live hosts of this provider, by id.
+    hosts: Mutex<HashMap<HostId, LiveHost>>,
 }
 
-/// Where homes live and who owns them: what the blocking halves of provision and teardown need.
-struct HostDirs {
-    /// Canonical, so process working directories compare against it.
-    root: PathBuf,
-    run_as: Option<RunAs>,
+/// What the blocking halves of provision and teardown need.
+struct Shared {
+    homes: Homes,
+    users: Users,
+    /// `None` when builds share the machine's network (not root, switched off, or unavailable).
+    namespaces: Option<Namespaces>,
+    /// Why builds share the machine's network while running as root, for the isolation text.
+    shared_network_reason: Option<String>,
+}
+
+/// A host's home, user and namespace, ready for its transport.
+struct PreparedHost {
+    home: PathBuf,
+    lease: Option<UserLease>,
+    netns: Option<Arc<NetNs>>,
+}
+
+/// One live host: its address, and the user and namespace it holds.
+struct LiveHost {
+    address: Ipv4Addr,
+    /// `None` while provisioning, or when hosts do not get users of their own.
+    user: Option<UserLease>,
+    /// Kept open while the host lives; the transport holds it too.
+    netns: Option<Arc<NetNs>>,
 }
 
 impl LocalProvider {
@@ -89,97 +115,160 @@ impl LocalProvider {
         if usable_addresses(config.addresses).next().is_none() {
             return Err(ProviderError::Config(format!("local addresses {} hold no usable address", config.addresses)));
         }
-        let run_as = match (&config.run_as, nix::unistd::geteuid().is_root()) {
-            (Some(name), true) => Some(resolve_user(name)?),
-            (Some(name), false) => {
-                tracing::info!(user = %name, "not running as root: host steps run as this server's user");
-                None
-            }
-            (None, _) => None,
+        let users = Users::discover(config.run_as.as_deref()).map_err(|e| ProviderError::Config(e.to_string()))?;
+        let visitor = match &users {
+            Users::Pool(pool) => pool.users().first(),
+            Users::Shared(user) => Some(user),
+            Users::Own { .. } => None,
         };
-        std::fs::create_dir_all(&config.root)
-            .map_err(|e| ProviderError::Config(format!("cannot create {}: {e}", config.root.display())))?;
-        let root = std::fs::canonicalize(&config.root)
-            .map_err(|e| ProviderError::Config(format!("cannot resolve {}: {e}", config.root.display())))?;
-        if let Some(user) = &run_as {
-            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(SHARED_ROOT_MODE))
-                .map_err(|e| ProviderError::Config(format!("cannot set the mode of {}: {e}", root.display())))?;
-            if let Some(data_dir) = root.parent() {
-                open_for_search(data_dir, user)?;
-            }
-            check_traversable(&root, user)?;
-        }
+        let homes = Homes::prepare(&config.root, visitor)?;
+        let (namespaces, shared_network_reason) = network_isolation(&config);
         Ok(LocalProvider {
-            dirs: Arc::new(HostDirs { root, run_as }),
+            state: Arc::new(Shared { homes, users, namespaces, shared_network_reason }),
             addresses: config.addresses,
-            leases: Mutex::new(BTreeMap::new()),
+            hosts: Mutex::new(HashMap::new()),
         })
     }
 
     /// The canonical directory hosts' homes are created in.
     pub fn root(&self) -> &Path {
-        &self.dirs.root
+        self.state.homes.root()
     }
 
-    /// The user host processes run as, when the server runs as root and one is configured.
-    pub fn run_as(&self) -> Option<&RunAs> {
-        self.dirs.run_as.as_ref()
+    /// Which users hosts run as.
+    pub fn users(&self) -> &Users {
+        &self.state.users
+    }
+
+    /// Whether each build gets a network namespace of its own.
+    pub fn isolates_network(&self) -> bool {
+        self.state.namespaces.is_some()
+    }
+
+    /// How many builds hold a network namespace now.
+    pub fn live_namespaces(&self) -> usize {
+        self.state.namespaces.as_ref().map_or(0, Namespaces::live)
     }
 
     /// Addresses currently held by live hosts of this process.
     pub fn leased_addresses(&self) -> Vec<Ipv4Addr> {
-        self.leases.lock().expect("lease table poisoned").keys().copied().collect()
+        let mut addresses: Vec<Ipv4Addr> = self.live().values().map(|host| host.address).collect();
+        addresses.sort();
+        addresses
     }
 
-    /// The first free address of the pool, recorded as `id`'s. A host asking again (a retried
-    /// provision) gets its previous lease back.
-    fn lease(&self, id: &HostId) -> Result<Ipv4Addr, ProviderError> {
-        let mut leases = self.leases.lock().expect("lease table poisoned");
-        if let Some((address, _)) = leases.iter().find(|(_, holder)| *holder == id) {
-            return Ok(*address);
-        }
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, LiveHost>> {
+        self.hosts.lock().expect("host table poisoned")
+    }
+
+    /// The first free address of the pool, recorded as `id`'s.
+    fn reserve(&self, id: &HostId) -> Result<Ipv4Addr, ProviderError> {
+        let mut hosts = self.live();
+        let taken: std::collections::HashSet<Ipv4Addr> = hosts.values().map(|host| host.address).collect();
         let address = usable_addresses(self.addresses)
-            .find(|address| !leases.contains_key(address))
+            .find(|address| !taken.contains(address))
             .ok_or_else(|| ProviderError::Exhausted(format!("every address of {} is in use", self.addresses)))?;
-        leases.insert(address, id.clone());
+        hosts.insert(id.clone(), LiveHost { address, user: None, netns: None });
         Ok(address)
     }
 
-    fn release(&self, id: &HostId) {
-        self.leases.lock().expect("lease table poisoned").retain(|_, holder| holder != id);
+    /// What isolates a host that runs as `user` (its own, when leased) in `netns`.
+    fn isolation(&self, leased: Option<&RunAs>, netns: Option<&NetNs>) -> String {
+        let who = match (&self.state.users, leased) {
+            (Users::Pool(_), Some(user)) => format!("user {}", user.name),
+            (Users::Shared(user), _) => format!("shared user {} (no pool)", user.name),
+            (Users::Own { root: false }, _) => return "server's own user (not root): no isolation".to_string(),
+            (Users::Own { root: true }, _) | (Users::Pool(_), None) => "server's own user (root)".to_string(),
+        };
+        match (netns, &self.state.shared_network_reason) {
+            (Some(ns), _) => format!("{who}, network namespace of {}", ns.build()),
+            (None, Some(reason)) => format!("{who}, machine's network ({reason})"),
+            (None, None) => format!("{who}, machine's network"),
+        }
     }
 }
 
-impl HostDirs {
-    fn home_of(&self, id: &HostId) -> PathBuf {
-        self.root.join(&id.0)
+impl Shared {
+    /// Lease a user (when there is a pool), create the home and join the build's namespace.
+    /// Everything done is undone on failure. Blocking.
+    fn prepare_host(&self, id: &HostId, build: &str) -> Result<PreparedHost, ProviderError> {
+        let failed = |message: String| ProviderError::Provision { host: id.clone(), message };
+        let home = self.homes.home_of(id);
+        if std::fs::symlink_metadata(&home).is_ok() {
+            // Left behind by a crashed server: start from nothing.
+            tracing::warn!(host = %id, home = %home.display(), "host directory already exists; reaping it first");
+            self.destroy_orphan(id, std::slice::from_ref(&home)).map_err(failed)?;
+        }
+        let lease = match &self.users {
+            Users::Pool(pool) => Some(pool.lease(&home, self.homes.root()).map_err(|e| match e {
+                UserError::Exhausted { .. } => ProviderError::Exhausted(e.to_string()),
+                other => failed(other.to_string()),
+            })?),
+            _ => None,
+        };
+        let owner = lease.as_ref().map(UserLease::user).or(self.users.shared());
+        let netns = match self.homes.create(&home, owner) {
+            Err(message) => Err(message),
+            Ok(()) => match &self.namespaces {
+                Some(namespaces) => namespaces.for_build(build).map(Some).map_err(|e| {
+                    let _ = remove_tree(&home);
+                    format!("cannot create the network namespace of {build}: {e}")
+                }),
+                None => Ok(None),
+            },
+        };
+        match netns {
+            Ok(netns) => Ok(PreparedHost { home, lease, netns }),
+            Err(message) => {
+                // Nothing ran as the user yet: it goes back as it came.
+                if let Some(lease) = lease {
+                    lease.release();
+                }
+                Err(failed(message))
+            }
+        }
     }
 
-    /// Kill `id`'s processes and remove its directories. Blocking.
-    fn destroy(&self, id: &HostId, homes: &[PathBuf]) -> Result<(), String> {
+    /// Kill the processes of a host, remove its users' scratch files and its homes. `uids` are
+    /// the host's own users (held by this server), when it has any. Blocking.
+    fn destroy(&self, id: &HostId, homes: &[PathBuf], uids: &[u32]) -> Result<(), String> {
         let home_refs: Vec<&Path> = homes.iter().map(PathBuf::as_path).collect();
-        reap_host(id, &home_refs, REAP_DEADLINE).map_err(|e| e.to_string())?;
+        let processes = uids.iter().fold(HostProcesses::of_host(id, &home_refs), |p, uid| p.and_user(*uid));
+        processes.reap(REAP_DEADLINE).map_err(|e| e.to_string())?;
+        for uid in uids {
+            remove_scratch_files(*uid);
+        }
         for home in homes {
             remove_tree(home).map_err(|e| format!("cannot remove {}: {e}", home.display()))?;
         }
         Ok(())
     }
 
-    fn create_home(&self, id: &HostId) -> Result<PathBuf, String> {
-        let home = self.home_of(id);
-        if std::fs::symlink_metadata(&home).is_ok() {
-            // Left behind by a crashed server (or a retried provision): start from nothing.
-            tracing::warn!(host = %id, home = %home.display(), "host directory already exists; reaping it first");
-            self.destroy(id, std::slice::from_ref(&home))?;
+    /// Tear down a host this provider does not hold (a crashed server's): its user is the owner
+    /// of its home, and is reaped by user id only while this server holds that user's lease, so
+    /// a user another server leased meanwhile is never touched. Blocking.
+    fn destroy_orphan(&self, id: &HostId, homes: &[PathBuf]) -> Result<(), String> {
+        let mut leases = Vec::new();
+        if let Users::Pool(pool) = &self.users {
+            for uid in homes.iter().filter_map(|home| owner_of(home)) {
+                let Some(user) = pool.by_uid(uid) else { continue };
+                if leases.iter().any(|lease: &UserLease| lease.user().uid == uid) {
+                    continue;
+                }
+                match pool.try_lock(user).map_err(|e| e.to_string())? {
+                    Some(lease) => leases.push(lease),
+                    None => {
+                        tracing::warn!(host = %id, user = %user.name, "the user of an orphan host is leased elsewhere; reaping by marker only")
+                    }
+                }
+            }
         }
-        std::fs::create_dir(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(HOME_MODE))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", home.display()))?;
-        if let Some(user) = &self.run_as {
-            std::os::unix::fs::lchown(&home, Some(user.uid), Some(user.gid))
-                .map_err(|e| format!("cannot give {} to {}: {e}", home.display(), user.name))?;
+        let uids: Vec<u32> = leases.iter().map(|lease| lease.user().uid).collect();
+        self.destroy(id, homes, &uids)?;
+        for lease in leases {
+            lease.release();
         }
-        Ok(home)
+        Ok(())
     }
 }
 
@@ -192,26 +281,38 @@ impl Provider for LocalProvider {
     async fn provision(&self, request: &HostRequest) -> Result<ProvisionedHost, ProviderError> {
         let id = &request.id;
         check_host_id(id)?;
-        let address = self.lease(id)?;
-        let home = {
-            let dirs = Arc::clone(&self.dirs);
-            let id = id.clone();
-            tokio::task::spawn_blocking(move || dirs.create_home(&id))
-                .await
-                .unwrap_or_else(|e| Err(format!("provisioning panicked: {e}")))
+        if self.live().contains_key(id) {
+            // A retried provision: the host starts again from nothing.
+            self.teardown(id, None).await?;
+        }
+        let address = self.reserve(id)?;
+        let prepared = {
+            let state = Arc::clone(&self.state);
+            let (host, build) = (id.clone(), request.build.clone());
+            tokio::task::spawn_blocking(move || state.prepare_host(&host, &build)).await.unwrap_or_else(|e| {
+                Err(ProviderError::Provision { host: id.clone(), message: format!("provisioning panicked: {e}") })
+            })
         };
-        let home = match home {
-            Ok(home) => home,
-            Err(message) => {
-                self.release(id);
-                return Err(ProviderError::Provision { host: id.clone(), message });
+        let PreparedHost { home, lease, netns } = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.live().remove(id);
+                return Err(error);
             }
         };
-        tracing::debug!(host = %id, %address, home = %home.display(), "provisioned local host");
-        let transport = LocalTransport::new(id.clone(), home.clone(), IpAddr::V4(address), self.dirs.run_as.clone());
+        let user = lease.as_ref().map(|lease| lease.user().clone()).or_else(|| self.state.users.shared().cloned());
+        let isolation = self.isolation(lease.as_ref().map(UserLease::user), netns.as_deref());
+        let transport = LocalTransport::new(id.clone(), home.clone(), IpAddr::V4(address), user)
+            .in_network_namespace(netns.clone());
+        if let Some(host) = self.live().get_mut(id) {
+            host.user = lease;
+            host.netns = netns;
+        }
+        tracing::debug!(host = %id, %address, home = %home.display(), %isolation, "provisioned local host");
         Ok(ProvisionedHost {
             address: IpAddr::V4(address),
             provider_id: home.to_string_lossy().into_owned(),
+            isolation,
             transport: Arc::new(transport),
         })
     }
@@ -219,7 +320,7 @@ impl Provider for LocalProvider {
     async fn teardown(&self, id: &HostId, provider_id: Option<&str>) -> Result<(), ProviderError> {
         check_host_id(id)
             .map_err(|_| ProviderError::Teardown { host: id.clone(), message: "not a local host id".to_string() })?;
-        let mut homes = vec![self.dirs.home_of(id)];
+        let mut homes = vec![self.state.homes.home_of(id)];
         if let Some(recorded) = provider_id.map(PathBuf::from) {
             // A directory recorded by an earlier server (perhaps with another data dir) is removed
             // too, but only when its name proves it is this host's.
@@ -227,19 +328,65 @@ impl Provider for LocalProvider {
                 homes.push(recorded);
             }
         }
-        let dirs = Arc::clone(&self.dirs);
+        // The lease leaves the table while teardown runs; the address stays reserved.
+        let (held, lease) = match self.live().get_mut(id) {
+            Some(host) => (true, host.user.take()),
+            None => (false, None),
+        };
+        let state = Arc::clone(&self.state);
         let host = id.clone();
-        let result = tokio::task::spawn_blocking(move || dirs.destroy(&host, &homes))
-            .await
-            .unwrap_or_else(|e| Err(format!("teardown panicked: {e}")));
+        let result = tokio::task::spawn_blocking(move || {
+            let outcome = if held {
+                let uids: Vec<u32> = lease.iter().map(|lease| lease.user().uid).collect();
+                state.destroy(&host, &homes, &uids)
+            } else {
+                state.destroy_orphan(&host, &homes)
+            };
+            match outcome {
+                Ok(()) => {
+                    if let Some(lease) = lease {
+                        lease.release();
+                    }
+                    (Ok(()), None)
+                }
+                // The user stays leased: a process that survived still runs as it.
+                Err(message) => (Err(message), lease),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| (Err(format!("teardown panicked: {e}")), None));
         match result {
-            Ok(()) => {
-                self.release(id);
+            (Ok(()), _) => {
+                // Dropping the record frees the address and this host's hold on the namespace.
+                self.live().remove(id);
                 tracing::debug!(host = %id, "tore down local host");
                 Ok(())
             }
-            // The address stays leased: a process that survived may still listen on it.
-            Err(message) => Err(ProviderError::Teardown { host: id.clone(), message }),
+            (Err(message), lease) => {
+                // The address stays leased too: a process that survived may still listen on it.
+                if let (Some(host), Some(lease)) = (self.live().get_mut(id), lease) {
+                    host.user = Some(lease);
+                }
+                Err(ProviderError::Teardown { host: id.clone(), message })
+            }
+        }
+    }
+}
+
+/// Whether builds get network namespaces: only as root, when configured, and when the kernel
+/// lets this process make one (a container may not). The reason when they do not.
+fn network_isolation(config: &LocalConfig) -> (Option<Namespaces>, Option<String>) {
+    if !nix::unistd::geteuid().is_root() {
+        return (None, None);
+    }
+    if !config.isolate_network {
+        return (None, Some("isolate_network = false".to_string()));
+    }
+    match NetNs::create(PROBE_BUILD) {
+        Ok(_) => (Some(Namespaces::default()), None),
+        Err(error) => {
+            tracing::warn!(%error, "cannot create network namespaces: every build shares the machine's network");
+            (None, Some(format!("network namespaces unavailable: {error}")))
         }
     }
 }
@@ -260,98 +407,6 @@ fn check_host_id(id: &HostId) -> Result<(), ProviderError> {
             host: id.clone(),
             message: "a host id must be one plain path component".to_string(),
         })
-    }
-}
-
-fn resolve_user(name: &str) -> Result<RunAs, ProviderError> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(user)) if user.uid.is_root() => {
-            Err(ProviderError::Config(format!("run_as user {name} is root; host steps need an unprivileged user")))
-        }
-        Ok(Some(user)) => Ok(RunAs { name: user.name, uid: user.uid.as_raw(), gid: user.gid.as_raw() }),
-        Ok(None) => Err(ProviderError::Config(format!(
-            "run_as user {name} does not exist; create it with `useradd --system --no-create-home --shell /usr/sbin/nologin {name}` (scripts/install-deps does)"
-        ))),
-        Err(e) => Err(ProviderError::Config(format!("cannot look up run_as user {name}: {e}"))),
-    }
-}
-
-/// Let `user` pass through `dir` (the data dir holding the hosts' root) when this server owns
-/// it: search permission only (`o+x`), never listing. Directories above it are not this server's
-/// to change; [`check_traversable`] reports them.
-fn open_for_search(dir: &Path, user: &RunAs) -> Result<(), ProviderError> {
-    let meta =
-        std::fs::metadata(dir).map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
-    if searchable_by(&meta, user) || meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Ok(());
-    }
-    let mode = meta.permissions().mode() | SEARCH_BY_OTHERS;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ProviderError::Config(format!("cannot let {} through {}: {e}", user.name, dir.display())))?;
-    tracing::info!(dir = %dir.display(), user = %user.name, "made the data dir searchable (o+x) so host steps reach their homes");
-    Ok(())
-}
-
-/// Whether `user` may search (pass through) the directory `meta` describes.
-fn searchable_by(meta: &std::fs::Metadata, user: &RunAs) -> bool {
-    let mode = meta.permissions().mode();
-    if meta.uid() == user.uid {
-        mode & 0o100 != 0
-    } else if meta.gid() == user.gid {
-        mode & 0o010 != 0
-    } else {
-        mode & SEARCH_BY_OTHERS != 0
-    }
-}
-
-/// Whether `user` can walk down to `root`: every ancestor must grant it search permission,
-/// otherwise every step would fail with a puzzling "permission denied".
-fn check_traversable(root: &Path, user: &RunAs) -> Result<(), ProviderError> {
-    for dir in root.ancestors() {
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| ProviderError::Config(format!("cannot inspect {}: {e}", dir.display())))?;
-        let mode = meta.permissions().mode();
-        if !searchable_by(&meta, user) {
-            return Err(ProviderError::Config(format!(
-                "run_as user {} cannot reach {}: {} (mode {:o}) is not searchable by it; choose a data_dir outside it or `chmod o+x {}`",
-                user.name,
-                root.display(),
-                dir.display(),
-                mode & 0o7777,
-                dir.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Remove a directory tree; a missing one is fine. Directories a step made unwritable are made
-/// writable first, so a host's files never outlive it.
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            make_writable(path);
-            std::fs::remove_dir_all(path).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            })
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn make_writable(dir: &Path) {
-    let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
-    if !meta.is_dir() {
-        return;
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            make_writable(&entry.path());
-        }
     }
 }
 

@@ -1,0 +1,123 @@
+//! A network namespace per build, so a build's hosts reach each other and nothing else.
+//!
+//! A fresh namespace holds only a loopback interface; once it is up, all of 127.0.0.0/8 answers
+//! inside it, so every address the provider hands the build's hosts works there, while another
+//! build's hosts (in their own namespaces) and every service on the machine's own loopback are
+//! out of reach. A namespace is made by a short-lived thread (`unshare(CLONE_NEWNET)` changes only
+//! the calling thread, and a thread of tokio's pool must never be left inside one), which brings
+//! `lo` up and hands back a descriptor of `/proc/thread-self/ns/net`. The provider keeps that
+//! descriptor while any host of the build lives ([`Namespaces`] counts them); the local transport
+//! enters it in each child before `exec` (`setns`). The kernel frees the namespace when the last
+//! descriptor closes and its last process exits.
+//!
+//! This module never starts a host's processes and never touches files.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use nix::sched::CloneFlags;
+
+/// Where a thread finds its own network namespace.
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// The loopback interface's name.
+const LOOPBACK: &[u8] = b"lo";
+
+/// The name of the thread that makes a namespace.
+const THREAD_NAME: &str = "gantry-netns";
+
+/// One build's network namespace, open for as long as this value lives.
+#[derive(Debug)]
+pub struct NetNs {
+    build: String,
+    fd: OwnedFd,
+}
+
+impl NetNs {
+    /// A new namespace for `build` with its loopback interface up. Needs CAP_SYS_ADMIN (root).
+    pub fn create(build: &str) -> std::io::Result<NetNs> {
+        let fd = std::thread::Builder::new()
+            .name(THREAD_NAME.to_string())
+            .spawn(|| -> std::io::Result<OwnedFd> {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+                loopback_up()?;
+                Ok(std::fs::File::open(THREAD_NETNS)?.into())
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
+        Ok(NetNs { build: build.to_string(), fd })
+    }
+
+    /// The build this namespace belongs to (`b12`).
+    pub fn build(&self) -> &str {
+        &self.build
+    }
+
+    /// Move the calling thread into this namespace. Only a forked child about to `exec` calls
+    /// this (it is async-signal-safe: one system call).
+    pub fn enter(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The namespaces of the builds that have live hosts, one per build key.
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    by_build: Mutex<HashMap<String, Weak<NetNs>>>,
+}
+
+impl Namespaces {
+    /// The namespace of `build`, made now if none of its hosts holds one. Blocking.
+    pub fn for_build(&self, build: &str) -> std::io::Result<Arc<NetNs>> {
+        let mut by_build = self.by_build.lock().expect("namespace table poisoned");
+        if let Some(ns) = by_build.get(build).and_then(Weak::upgrade) {
+            return Ok(ns);
+        }
+        by_build.retain(|_, ns| ns.strong_count() > 0);
+        let ns = Arc::new(NetNs::create(build)?);
+        by_build.insert(build.to_string(), Arc::downgrade(&ns));
+        Ok(ns)
+    }
+
+    /// How many builds hold a namespace now.
+    pub fn live(&self) -> usize {
+        self.by_build.lock().expect("namespace table poisoned").values().filter(|ns| ns.strong_count() > 0).count()
+    }
+}
+
+/// Bring the calling thread's `lo` up: `SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`, on a
+/// socket made in this thread (so in its namespace).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; a non-negative result is a descriptor we own.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `socket` was just opened and nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: `ifreq` is plain data (a name and a union of integers); all zeros is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(LOOPBACK) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: both requests read and write one `ifreq` we own, on a socket we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

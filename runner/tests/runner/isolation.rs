@@ -1,0 +1,334 @@
+//! Builds on one machine cannot reach each other (issue 10): two builds at once on one local
+//! provider, as root with the user pool, each host a user of its own and each build a network
+//! namespace of its own. One build cannot read, list, signal or connect to the other, while its
+//! own hosts reach each other; a process that clears its environment, leaves its home and
+//! ignores SIGTERM is gone after teardown; and a restarted server reaps a crashed one's host by
+//! its home's owner, a user no one else leases meanwhile.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use gantry_runner::provider::local::users::LOCK_DIR;
+use gantry_runner::provider::local::{LocalConfig, LocalProvider};
+use gantry_runner::provider::{HostId, HostRequest, Provider, ProvisionedHost};
+use gantry_runner::transport::{ExecOutcome, ExecRequest};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// The port every listener of these tests uses: two builds' hosts may both listen on it.
+const PORT: u16 = 8000;
+
+/// What the other build's rendered config holds.
+const SECRET_LINE: &str = "DB_PASSWORD=correct-horse-battery-staple-of-build-2";
+
+/// A local provider on the user pool (root), or `None` when the prerequisites are missing.
+fn pool_provider() -> Option<TestProvider> {
+    pool_users()?;
+    Some(TestProvider::with(|config| config.run_as = Some(RUN_AS_USER.to_string())))
+}
+
+fn request(id: &HostId, build: &str) -> HostRequest {
+    HostRequest {
+        id: id.clone(),
+        build: build.to_string(),
+        role: id.0.rsplit('-').next().unwrap().to_string(),
+        image: None,
+        size: None,
+        build_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Host ids unique across this test process: `i<pid>-<n>-<build>-<role>`.
+fn new_id(build: &str, role: &str) -> HostId {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    HostId(format!("i{}-{}-{build}-{role}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Run `script` on `host` (with `GANTRY_HOST_ADDR`, as the executor sets it) and return its exit
+/// and output lines (stdout and stderr).
+async fn run(host: &ProvisionedHost, script: &str) -> (ExecOutcome, Vec<String>) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let req = ExecRequest {
+        script: script.to_string(),
+        cwd: String::new(),
+        env: [("GANTRY_HOST_ADDR".to_string(), host.address.to_string())].into(),
+        secrets: Default::default(),
+        mask: Default::default(),
+        timeout: Duration::from_secs(60),
+    };
+    let outcome = host.transport.exec(&req, &tx, &CancellationToken::new()).await.unwrap();
+    drop(tx);
+    let mut lines = Vec::new();
+    while let Some(line) = rx.recv().await {
+        lines.push(line.text);
+    }
+    (outcome, lines)
+}
+
+/// Run `script` and insist it succeeds.
+async fn run_ok(host: &ProvisionedHost, script: &str) -> Vec<String> {
+    let (outcome, lines) = run(host, script).await;
+    assert_eq!(outcome, ExecOutcome::Exited(0), "{script}\n{lines:?}");
+    lines
+}
+
+/// Start a TCP listener on the host's own address and wait until it accepts, from inside the
+/// host (its namespace). The listener answers every connection with `hello from ROLE`.
+async fn listen(host: &ProvisionedHost, role: &str) {
+    let script = format!(
+        r#"nohup python3 -c '
+import os, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((os.environ["GANTRY_HOST_ADDR"], {PORT}))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello from {role}\n")
+    c.close()
+' >/dev/null 2>&1 </dev/null &
+python3 - <<'PY'
+import os, socket, time
+deadline = time.monotonic() + 20
+while True:
+    try:
+        socket.create_connection((os.environ["GANTRY_HOST_ADDR"], {PORT}), timeout=2).close()
+        break
+    except OSError:
+        assert time.monotonic() < deadline, "the listener never came up"
+        time.sleep(0.01)
+PY"#
+    );
+    run_ok(host, &script).await;
+}
+
+/// A Python snippet that connects to `address:port` and prints what it got or the error's name.
+fn connect_script(address: &str, port: u16) -> String {
+    format!(
+        r#"python3 - <<'PY'
+import errno, socket
+try:
+    c = socket.create_connection(("{address}", {port}), timeout=5)
+    print("connected:", c.recv(100).decode().strip())
+except OSError as e:
+    print("refused:", errno.errorcode.get(e.errno, e))
+PY"#
+    )
+}
+
+/// Pids of live (not zombie) processes whose `Uid:` line in `/proc/PID/status` names `uid`,
+/// read here rather than through the code under test.
+fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("Z (zombie)"));
+        let runs_as = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|ids| ids.split_whitespace().any(|id| id == uid.to_string()));
+        if runs_as && !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn home_of(host: &ProvisionedHost) -> PathBuf {
+    PathBuf::from(&host.provider_id)
+}
+
+fn owner(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().uid()
+}
+
+/// The escaping process of issue 10: no environment, working directory `/`, SIGTERM ignored,
+/// reading another host's file forever. Returns its pid.
+async fn start_escapee(host: &ProvisionedHost, target: &Path) -> i32 {
+    let script = format!(
+        "env -i sh -c 'cd /; trap \"\" TERM; while :; do cat {}/secret.txt; sleep 1; done' >/dev/null 2>&1 </dev/null &\n\
+         echo pid=$!",
+        target.display()
+    );
+    let lines = run_ok(host, &script).await;
+    let pid = pids_in(&lines)[0];
+    // It has left the home and its marker behind once `env -i` has run.
+    wait_until("the escapee cleared its environment", || {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.is_empty())
+    });
+    pid
+}
+
+#[tokio::test]
+async fn two_builds_at_once_cannot_read_list_signal_or_connect_to_each_other() {
+    let Some(test) = pool_provider() else { return };
+    let provider = test.provider.clone();
+    let (a_web, a_db, b_db) = (new_id("b1", "web"), new_id("b1", "db"), new_id("b2", "db"));
+    let requests = [request(&a_web, "b1"), request(&a_db, "b1"), request(&b_db, "b2")];
+    let (web, db, other) = tokio::join!(
+        provider.provision(&requests[0]),
+        provider.provision(&requests[1]),
+        provider.provision(&requests[2]),
+    );
+    let (web, db, other) = (web.unwrap(), db.unwrap(), other.unwrap());
+    let uids = [owner(&home_of(&web)), owner(&home_of(&db)), owner(&home_of(&other))];
+    assert!(uids[0] != uids[1] && uids[1] != uids[2] && uids[0] != uids[2], "a user of its own each: {uids:?}");
+    assert!(web.isolation.ends_with("network namespace of b1"), "{}", web.isolation);
+    assert!(other.isolation.ends_with("network namespace of b2"), "{}", other.isolation);
+    assert_eq!(provider.live_namespaces(), 2, "one namespace per build");
+
+    // Build 2's home holds a rendered config with a secret, and a running service.
+    other.transport.write_file("src/.env", format!("{SECRET_LINE}\n").into_bytes()).await.unwrap();
+    other.transport.write_file("secret.txt", b"build 2's secret\n".to_vec()).await.unwrap();
+    assert_eq!(run_ok(&other, "cat src/.env").await, [SECRET_LINE], "its own host reads it");
+    let service = run_ok(&other, "sleep 1000 >/dev/null 2>&1 </dev/null &\necho pid=$!").await;
+    let service = pids_in(&service)[0];
+    listen(&other, "build 2").await;
+    listen(&db, "db of build 1").await;
+
+    // Reading or listing build 2's home, or the hosts' root, is refused.
+    let other_home = home_of(&other);
+    for script in [
+        format!("cat {}/src/.env", other_home.display()),
+        format!("ls {}", other_home.display()),
+        format!("ls {}", test.root().display()),
+    ] {
+        let (outcome, lines) = run(&web, &script).await;
+        assert_ne!(outcome, ExecOutcome::Exited(0), "{script}: {lines:?}");
+        assert!(lines.iter().any(|l| l.contains("Permission denied")), "{script}: {lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("correct-horse")), "{script} leaked the secret: {lines:?}");
+    }
+
+    // Signalling build 2's process is refused (EPERM), even the existence probe of `kill -0`.
+    let probe = format!(
+        "python3 -c 'import os\ntry:\n    os.kill({service}, 0); print(\"signalled\")\nexcept OSError as e: print(e.strerror)'"
+    );
+    assert_eq!(run_ok(&web, &probe).await, ["Operation not permitted"]);
+    assert!(!process_gone(service));
+
+    // Build 1's hosts reach each other; build 2's listener, on the same port, and a service on
+    // the machine's own loopback are out of reach.
+    let db_address = db.address.to_string();
+    assert_eq!(run_ok(&web, &connect_script(&db_address, PORT)).await, ["connected: hello from db of build 1"]);
+    let other_address = other.address.to_string();
+    assert_eq!(run_ok(&web, &connect_script(&other_address, PORT)).await, ["refused: ECONNREFUSED"]);
+    let machine = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let machine_port = machine.local_addr().unwrap().port();
+    assert_eq!(run_ok(&web, &connect_script("127.0.0.1", machine_port)).await, ["refused: ECONNREFUSED"]);
+    // From its own namespace, build 2 still reaches its service: the refusal above is isolation.
+    assert_eq!(run_ok(&other, &connect_script(&other_address, PORT)).await, ["connected: hello from build 2"]);
+
+    // The escaping process of build 1 (no environment, out of its home, deaf to SIGTERM) reads
+    // nothing of build 2's and is gone once build 1 is torn down.
+    let escapee = start_escapee(&web, &other_home).await;
+    for id in [&a_web, &a_db] {
+        provider.teardown(id, None).await.unwrap();
+    }
+    // The executor drops a build's transports (which hold the namespace too) when it ends.
+    drop((web, db));
+    assert!(process_gone(escapee), "the escapee survived teardown");
+    for uid in &uids[..2] {
+        assert_eq!(processes_of_uid(*uid), Vec::<i32>::new(), "processes of uid {uid} survived teardown");
+    }
+    assert_eq!(provider.live_namespaces(), 1, "build 1's namespace went with its last host");
+    assert!(!process_gone(service), "build 2's service is not build 1's to kill");
+
+    provider.teardown(&b_db, None).await.unwrap();
+    drop(other);
+    assert!(process_gone(service));
+    assert_eq!(processes_of_uid(uids[2]), Vec::<i32>::new());
+    assert!(test.leftover_dirs().is_empty(), "{:?}", test.leftover_dirs());
+    assert_eq!(provider.live_namespaces(), 0);
+}
+
+#[tokio::test]
+async fn scratch_files_a_host_user_leaves_are_gone_before_the_user_serves_again() {
+    let Some(test) = pool_provider() else { return };
+    let id = new_id("b3", "app");
+    let host = test.provider.provision(&request(&id, "b3")).await.unwrap();
+    let uid = owner(&home_of(&host));
+    let name = format!("gantry-isolation-{}-{uid}", std::process::id());
+    run_ok(
+        &host,
+        &format!("echo left > /tmp/{name}; mkdir /var/tmp/{name}; echo x > /var/tmp/{name}/f; echo y > /dev/shm/{name}; ln -s /etc/passwd /tmp/{name}.link"),
+    )
+    .await;
+    test.provider.teardown(&id, None).await.unwrap();
+    for path in
+        [format!("/tmp/{name}"), format!("/var/tmp/{name}"), format!("/dev/shm/{name}"), format!("/tmp/{name}.link")]
+    {
+        assert!(std::fs::symlink_metadata(&path).is_err(), "{path} outlived its host");
+    }
+    assert!(std::fs::metadata("/etc/passwd").is_ok(), "a symlink is removed, never followed");
+}
+
+#[tokio::test]
+async fn a_restarted_server_reaps_a_crashed_ones_host_by_its_homes_owner() {
+    let Some(crashed) = pool_provider() else { return };
+    let id = new_id("b4", "app");
+    let host = crashed.provider.provision(&request(&id, "b4")).await.unwrap();
+    let home = home_of(&host);
+    let uid = owner(&home);
+    let escapee = start_escapee(&host, Path::new("/nonexistent")).await;
+    // The server dies: its leases' locks go with it (here: with the provider), the host lives on.
+    drop(host);
+    let root = crashed.root();
+    drop(crashed.provider);
+
+    // Until the orphan is reaped no one leases its user: neither another server (another data
+    // dir), which sees the lease's record naming a home that still exists, nor the restarted one,
+    // which sees the home in its own root.
+    let neighbour = pool_provider().unwrap();
+    let mut config = LocalConfig::new(root.clone());
+    config.addresses = address_pool();
+    config.run_as = Some(RUN_AS_USER.to_string());
+    let restarted = std::sync::Arc::new(LocalProvider::new(config).unwrap());
+    let (neighbour_id, restarted_id) = (new_id("b5", "app"), new_id("b6", "app"));
+    let theirs = neighbour.provider.provision(&request(&neighbour_id, "b5")).await.unwrap();
+    let ours = restarted.provision(&request(&restarted_id, "b6")).await.unwrap();
+    assert_ne!(owner(&home_of(&theirs)), uid, "another server leased the orphan's user");
+    assert_ne!(owner(&home_of(&ours)), uid, "the restarted server leased the orphan's user");
+    assert!(!process_gone(escapee));
+
+    // Recovery knows the host id and the recorded home, nothing else.
+    restarted.teardown(&id, Some(home.to_str().unwrap())).await.unwrap();
+    assert!(process_gone(escapee), "the orphan's escapee survived");
+    assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
+    assert!(!home.exists());
+    assert_eq!(std::fs::read(Path::new(LOCK_DIR).join(format!("{uid}.lock"))).unwrap(), b"", "the lease is free again");
+    neighbour.provider.teardown(&neighbour_id, None).await.unwrap();
+    restarted.teardown(&restarted_id, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_locked_by_another_process_is_never_leased() {
+    let Some(test) = pool_provider() else { return };
+    let first = new_id("b8", "app");
+    let host = test.provider.provision(&request(&first, "b8")).await.unwrap();
+    let uid = owner(&home_of(&host));
+    test.provider.teardown(&first, None).await.unwrap();
+    // Another process (another server on this machine) holds that user's lock.
+    let lock = Path::new(LOCK_DIR).join(format!("{uid}.lock"));
+    let mut holder = std::process::Command::new("flock")
+        .args(["--exclusive", "--nonblock"])
+        .arg(&lock)
+        .args(["sh", "-c", "echo locked; exec sleep 1000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    let second = new_id("b9", "app");
+    let host = test.provider.provision(&request(&second, "b9")).await.unwrap();
+    assert_ne!(owner(&home_of(&host)), uid, "a user another process holds was leased");
+    test.provider.teardown(&second, None).await.unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
