@@ -20,8 +20,10 @@ use crate::repo_url::{redact_urls, RepoUrl};
 use crate::secrets::SecretSource;
 
 mod auth;
+mod logs;
 
 pub use auth::{AuthConfig, PublicUrl, DEFAULT_SESSION_TTL, MAX_SESSION_TTL};
+pub use logs::LogsConfig;
 
 /// Where the server listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -76,6 +78,8 @@ pub struct Config {
     pub public_url: Option<PublicUrl>,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub logs: LogsConfig,
 }
 
 /// One `[[repo]]` entry.
@@ -264,6 +268,9 @@ pub struct Overrides {
     /// How long a sign-in lasts, e.g. 12h.
     #[arg(long, env = "GANTRY_SESSION_TTL", value_parser = humantime::parse_duration)]
     pub session_ttl: Option<Duration>,
+    /// How many lines of one step's output a build keeps.
+    #[arg(long, env = "GANTRY_MAX_LOG_LINES_PER_STEP")]
+    pub max_log_lines_per_step: Option<usize>,
 }
 
 impl Default for Config {
@@ -276,6 +283,7 @@ impl Default for Config {
             provider: ProvidersConfig::default(),
             public_url: None,
             auth: AuthConfig::default(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -329,6 +337,9 @@ impl Config {
         if let Some(ttl) = overrides.session_ttl {
             self.auth.session_ttl = ttl;
         }
+        if let Some(lines) = overrides.max_log_lines_per_step {
+            self.logs.max_lines_per_step = lines;
+        }
     }
 
     /// Check what the types cannot: names, uniqueness, ranges, and that every repo's provider is
@@ -338,6 +349,7 @@ impl Config {
         if self.max_concurrent_builds == 0 {
             problems.push("max_concurrent_builds must be at least 1".to_string());
         }
+        problems.extend(self.logs.problems());
         let mut names = HashSet::new();
         for repo in &self.repos {
             if let Err(problem) = check_repo_name(&repo.name) {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod forge;
 pub mod git;
 pub mod http;
+pub mod live;
 pub mod local_run;
 pub mod poller;
 pub mod providers;

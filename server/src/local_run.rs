@@ -74,7 +74,14 @@ pub async fn run_local(dir: &Path, data_dir: &Path) -> anyhow::Result<i32> {
     println!("gantry run: {} at {} ({})", info.repo, &info.commit[..12], info.branch);
     let host_ids: BTreeMap<String, HostId> =
         pipeline.hosts.iter().map(|h| (h.role.clone(), HostId(format!("{}-{}", info.key, h.role)))).collect();
-    let plan = BuildPlan { info, pipeline: Arc::new(pipeline), source, host_ids, secrets: BTreeMap::new() };
+    let plan = BuildPlan {
+        info,
+        pipeline: Arc::new(pipeline),
+        source,
+        host_ids,
+        secrets: BTreeMap::new(),
+        log_limits: Default::default(),
+    };
 
     let (events_tx, events) = mpsc::channel(EVENT_BUFFER);
     let cancel = CancellationToken::new();

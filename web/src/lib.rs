@@ -38,6 +38,7 @@
 //! showing a queued or running build reload themselves every [`REFRESH_SECONDS`].
 
 mod account;
+pub mod ansi;
 mod format;
 mod grid;
 mod junit;
@@ -59,6 +60,16 @@ pub const CSS: &str = include_str!("../static/gantry.css");
 
 /// Where every page expects [`CSS`].
 pub const CSS_PATH: &str = "/static/gantry.css";
+
+/// The dashboard's one script: live pages (server-sent events) and the windowed log viewer.
+/// Pages work without it.
+pub const JS: &str = include_str!("../static/gantry.js");
+
+/// Where every page expects [`JS`].
+pub const JS_PATH: &str = "/static/gantry.js";
+
+/// Where the stylesheet of log colours ([`ansi::palette_css`]) is served; `gantry.css` imports it.
+pub const ANSI_CSS_PATH: &str = "/static/ansi.css";
 
 #[cfg(test)]
 mod tests;

@@ -42,11 +42,26 @@ pub use plan::{gantry_env, plan_steps, BuildInfo, BuildPlan};
 /// How long tearing one host down may take before it is reported as failed.
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A step's log keeps at most this many lines; then one truncation notice.
-pub const MAX_LOG_LINES_PER_STEP: usize = 50_000;
+/// A step's log keeps this many lines unless the plan's [`LogLimits`] say otherwise; then a
+/// notice where it was cut and one with the count of what was not kept.
+pub const DEFAULT_MAX_LOG_LINES_PER_STEP: usize = 1_000_000;
 
-/// A step's log keeps at most this many bytes; then one truncation notice.
-pub const MAX_LOG_BYTES_PER_STEP: usize = 8 * 1024 * 1024;
+/// A step's log keeps this many bytes unless the plan's [`LogLimits`] say otherwise (a million
+/// lines of a few hundred characters); then the same notices.
+pub const DEFAULT_MAX_LOG_BYTES_PER_STEP: usize = 512 * 1024 * 1024;
+
+/// How much of one step's output a build keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> LogLimits {
+        LogLimits { max_lines: DEFAULT_MAX_LOG_LINES_PER_STEP, max_bytes: DEFAULT_MAX_LOG_BYTES_PER_STEP }
+    }
+}
 
 /// A report file larger than this is not collected.
 pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;

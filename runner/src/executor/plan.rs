@@ -39,6 +39,8 @@ pub struct BuildPlan {
     /// The secrets this build may hand to the steps and templates that name them, by name. Their
     /// values are masked in everything the build reports, whether a step named them or not.
     pub secrets: BTreeMap<String, SecretString>,
+    /// How much of each step's output is kept.
+    pub log_limits: super::LogLimits,
 }
 
 /// The steps of a build, in the order [`BuildEvent::Planned`] announces them.

@@ -1,8 +1,8 @@
 //! Running steps: every host's setup, then the stages, each started as soon as its needs passed
 //! and concurrently with the others. A step's script runs under its timeout and the build's
-//! cancellation, its output is streamed into the log up to [`MAX_LOG_LINES_PER_STEP`] lines and
-//! [`MAX_LOG_BYTES_PER_STEP`] bytes, and a stage's JUnit reports are collected while its host is
-//! still up.
+//! cancellation, its output is streamed into the log up to the plan's [`LogLimits`] (a notice
+//! marks where it was cut, another counts what was not kept), and a stage's JUnit reports are
+//! collected while its host is still up.
 //!
 //! What a stage waits for is decided in `plan`; provisioning, pushing and teardown are not done
 //! here.
@@ -16,7 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
 use super::plan::Readiness;
-use super::{human_bytes, Run, MAX_LOG_BYTES_PER_STEP, MAX_LOG_LINES_PER_STEP, MAX_REPORT_BYTES};
+use super::{human_bytes, LogLimits, Run, MAX_REPORT_BYTES};
 use crate::event::{BuildEvent, StepIndex, StepKind, StepStatus};
 use crate::pipeline::Stage;
 use crate::transport::{ExecOutcome, ExecRequest, OutputLine, Transport};
@@ -170,7 +170,7 @@ impl Run<'_> {
             return StepStatus::Failed;
         };
         let (output_tx, mut output) = mpsc::channel::<OutputLine>(STEP_OUTPUT_BUFFER_LINES);
-        let mut log = LogBudget::default();
+        let mut log = LogBudget::new(self.plan.log_limits);
         let result = {
             let exec = host.transport.exec(request, &output_tx, &self.cancel);
             tokio::pin!(exec);
@@ -217,6 +217,15 @@ impl Run<'_> {
     async fn log_line(&self, step: StepIndex, line: OutputLine, log: &mut LogBudget) {
         if log.admit(&line.text) {
             self.emit(BuildEvent::Log { step, at: SystemTime::now(), stream: line.stream, text: line.text }).await;
+        } else if log.dropped == 1 {
+            let limits = log.limits;
+            let why = format!(
+                "output cut here: a step keeps at most {} lines and {} of output (the server's [logs] \
+                 max_lines_per_step and max_bytes_per_step); the rest is not stored",
+                limits.max_lines,
+                human_bytes(limits.max_bytes)
+            );
+            self.system_line(step, &why).await;
         }
     }
 
@@ -244,8 +253,8 @@ impl Run<'_> {
 }
 
 /// What is left of one step's log allowance.
-#[derive(Default)]
 struct LogBudget {
+    limits: LogLimits,
     lines: usize,
     bytes: usize,
     /// Lines not stored once the allowance ran out.
@@ -253,10 +262,13 @@ struct LogBudget {
 }
 
 impl LogBudget {
+    fn new(limits: LogLimits) -> LogBudget {
+        LogBudget { limits, lines: 0, bytes: 0, dropped: 0 }
+    }
+
     /// Whether `text` may be stored; counts it either way.
     fn admit(&mut self, text: &str) -> bool {
-        if self.dropped == 0 && self.lines < MAX_LOG_LINES_PER_STEP && self.bytes + text.len() <= MAX_LOG_BYTES_PER_STEP
-        {
+        if self.dropped == 0 && self.lines < self.limits.max_lines && self.bytes + text.len() <= self.limits.max_bytes {
             self.lines += 1;
             self.bytes += text.len();
             true
@@ -273,18 +285,20 @@ mod tests {
 
     #[test]
     fn the_log_budget_stops_at_the_line_cap_and_counts_the_rest() {
-        let mut budget = LogBudget::default();
-        let admitted = (0..MAX_LOG_LINES_PER_STEP + 7).filter(|_| budget.admit("x")).count();
-        assert_eq!(admitted, MAX_LOG_LINES_PER_STEP);
+        let limits = LogLimits::default();
+        let mut budget = LogBudget::new(limits);
+        let admitted = (0..limits.max_lines + 7).filter(|_| budget.admit("x")).count();
+        assert_eq!(admitted, limits.max_lines);
         assert_eq!(budget.dropped, 7);
     }
 
     #[test]
     fn the_log_budget_stops_at_the_byte_cap() {
-        let mut budget = LogBudget::default();
+        let limits = LogLimits { max_lines: 1_000, max_bytes: 8 * 1024 * 1024 };
+        let mut budget = LogBudget::new(limits);
         let line = "y".repeat(1024 * 1024);
         let admitted = (0..10).filter(|_| budget.admit(&line)).count();
-        assert_eq!(admitted, MAX_LOG_BYTES_PER_STEP / line.len());
+        assert_eq!(admitted, limits.max_bytes / line.len());
         assert!(!budget.admit("short"), "nothing is stored after the first dropped line");
     }
 }

@@ -114,7 +114,8 @@ pub(crate) fn relative(path: &str) -> Result<PathBuf, TransportError> {
 
 /// Cuts a byte stream into lines: splits on `\n`, drops a trailing `\r`, cuts lines longer than
 /// [`MAX_LINE_BYTES`], masks the build's secrets, and replaces invalid UTF-8 and control
-/// characters other than tab so binary output is stored safely.
+/// characters other than tab and escape so binary output is stored safely. Escape stays: the
+/// dashboard shows colour sequences as colours and drops every other escape sequence.
 ///
 /// Masking happens on the bytes before a line is cut: when an overlong line is cut, the last
 /// [`Masker::longest`]` - 1` bytes stay for the next line, so a secret that straddles the cut (or
@@ -173,7 +174,7 @@ impl LineSplitter {
         self.mask.mask_bytes(&mut bytes);
         let text = String::from_utf8_lossy(&bytes)
             .chars()
-            .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
+            .map(|c| if c.is_control() && c != '\t' && c != '\u{1b}' { '\u{FFFD}' } else { c })
             .collect();
         OutputLine { stream: self.stream, text }
     }
@@ -194,10 +195,10 @@ mod tests {
     }
 
     #[test]
-    fn binary_output_becomes_replacement_characters() {
+    fn binary_output_becomes_replacement_characters_but_escapes_stay() {
         let mut s = LineSplitter::new(Stream::Stderr, Masker::default());
-        let lines = s.push(b"a\x00b\xff\x1b[0m\tc\n");
-        assert_eq!(lines[0].text, "a\u{FFFD}b\u{FFFD}\u{FFFD}[0m\tc");
+        let lines = s.push(b"a\x00b\xff\x07\x1b[0m\tc\xc2\x9b\n");
+        assert_eq!(lines[0].text, "a\u{FFFD}b\u{FFFD}\u{FFFD}\u{1b}[0m\tc\u{FFFD}");
     }
 
     #[test]

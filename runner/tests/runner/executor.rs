@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_runner::event::{BuildEvent, BuildStatus, StepKind, StepStatus, Stream};
-use gantry_runner::executor::{MAX_LOG_LINES_PER_STEP, MAX_REPORT_BYTES};
+use gantry_runner::executor::{LogLimits, MAX_REPORT_BYTES};
 use gantry_runner::pipeline::{DataPush, Pipeline};
 use gantry_runner::process::host_processes;
 use gantry_runner::source::{GitCommitSource, Source};
@@ -279,7 +279,8 @@ async fn cancelling_mid_stage_kills_it_cancels_the_rest_and_still_tears_down() {
 }
 
 #[tokio::test]
-async fn a_flood_is_capped_with_one_notice_and_binary_output_is_stored_as_text() {
+async fn a_flood_is_capped_with_a_notice_where_it_was_cut_and_binary_output_is_stored_as_text() {
+    const MAX_LINES: usize = 5_000;
     let test = TestProvider::new();
     let (_dir, source) = empty_source();
     let extra = 1234;
@@ -289,17 +290,19 @@ async fn a_flood_is_capped_with_one_notice_and_binary_output_is_stored_as_text()
             "noisy",
             "a",
             &[],
-            &format!(
-                "printf 'bin\\000\\377\\033[31mred\\n'\nyes flood | head -n {}",
-                MAX_LOG_LINES_PER_STEP - 1 + extra
-            ),
+            &format!("printf 'bin\\000\\377\\033[31mred\\n'\nyes flood | head -n {}", MAX_LINES - 1 + extra),
         )],
     );
-    let build = run_build(plan(pipeline, source), test.provider.clone()).await;
+    let mut plan = plan(pipeline, source);
+    plan.log_limits = LogLimits { max_lines: MAX_LINES, ..LogLimits::default() };
+    let build = run_build(plan, test.provider.clone()).await;
     assert_eq!(build.status("noisy"), StepStatus::Passed);
     let lines = build.log_lines("noisy");
-    assert_eq!(lines.len(), MAX_LOG_LINES_PER_STEP + 1, "the cap, then one notice");
-    assert_eq!(lines[0].1, "bin\u{FFFD}\u{FFFD}\u{FFFD}[31mred");
+    assert_eq!(lines.len(), MAX_LINES + 2, "the cap, the notice where it was cut, the count");
+    assert_eq!(lines[0].1, "bin\u{FFFD}\u{FFFD}\u{1b}[31mred");
+    let (stream, cut) = &lines[MAX_LINES];
+    assert_eq!(*stream, Stream::System);
+    assert!(cut.starts_with("[gantry] output cut here: a step keeps at most 5000 lines"), "{cut}");
     let (stream, notice) = lines.last().unwrap();
     assert_eq!(*stream, Stream::System);
     assert_eq!(notice, &format!("[gantry] output truncated: {extra} more lines not stored"));

@@ -203,7 +203,14 @@ pub fn info() -> BuildInfo {
 
 pub fn plan(pipeline: Pipeline, source: Arc<dyn Source>) -> BuildPlan {
     let host_ids = host_ids(&pipeline);
-    BuildPlan { info: info(), pipeline: Arc::new(pipeline), source, host_ids, secrets: BTreeMap::new() }
+    BuildPlan {
+        info: info(),
+        pipeline: Arc::new(pipeline),
+        source,
+        host_ids,
+        secrets: BTreeMap::new(),
+        log_limits: Default::default(),
+    }
 }
 
 /// A source with nothing in it, for pipelines that push nothing.

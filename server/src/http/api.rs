@@ -1,5 +1,5 @@
 //! The JSON API of the contract (§4): repos, their builds, one build with its hosts and steps,
-//! a build's log as plain text, its JUnit reports summarised, and queueing (or cancelling) a
+//! its JUnit reports summarised (a build's log is `logs`'s), and queueing (or cancelling) a
 //! build by hand.
 //!
 //! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue or cancel;
@@ -9,7 +9,7 @@
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,7 +34,6 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/repos", get(list_repos))
         .route("/api/repos/{repo}/builds", get(list_builds).post(queue_build))
         .route("/api/builds/{id}", get(get_build))
-        .route("/api/builds/{id}/log", get(get_log))
         .route("/api/builds/{id}/reports", get(get_reports))
         .route("/api/builds/{id}/cancel", post(cancel_build))
 }
@@ -323,41 +322,6 @@ async fn get_reports(
     let steps = state.store.steps(id).await?;
     let reports = state.store.reports(id).await?;
     Ok(Json(report_views(&steps, reports).into_iter().map(ReportJson::from).collect()))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogQuery {
-    stage: Option<String>,
-}
-
-async fn get_log(
-    _: Reader,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    query: Result<Query<LogQuery>, QueryRejection>,
-) -> Result<Response, HttpError> {
-    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let id = parse_build_id(&id)?;
-    state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
-    let step = match &query.stage {
-        Some(name) => Some(
-            state
-                .store
-                .step_by_name(id, name)
-                .await?
-                .ok_or_else(|| HttpError::NotFound(format!("build {id} has no step {name:?}")))?
-                .idx,
-        ),
-        None => None,
-    };
-    let lines = state.store.log_lines(id, step, None).await?;
-    let mut text = String::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
-    for line in &lines {
-        text.push_str(&line.text);
-        text.push('\n');
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
 async fn cancel_build(

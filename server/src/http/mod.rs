@@ -10,11 +10,14 @@
 //! internals.
 
 mod api;
+mod assets;
 pub mod auth;
 pub mod csrf;
+mod events;
 mod headers;
 mod hooks;
 mod login;
+mod logs;
 mod pages;
 mod tokens;
 
@@ -55,6 +58,9 @@ pub fn router(state: AppState) -> Router {
     let sessions = auth::session_layer(&state.config, state.store.clone());
     let routes = Router::new()
         .merge(api::routes())
+        .merge(assets::routes())
+        .merge(events::routes())
+        .merge(logs::routes())
         .merge(hooks::routes())
         .merge(pages::routes())
         .merge(login::routes())

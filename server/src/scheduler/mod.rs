@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RepoConfig};
 use crate::git::{GitError, Mirrors};
+use crate::live::{Change, LiveBuilds};
 use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
 
@@ -130,6 +131,8 @@ struct Inner {
     wake: Notify,
     running: Mutex<HashMap<BuildId, Running>>,
     updates: broadcast::Sender<BuildUpdate>,
+    /// The live channels of followed builds (the event stream and the dashboard's feeds).
+    live: LiveBuilds,
     /// Cancelled when the server stops: no new claims, running builds are interrupted.
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -152,6 +155,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Scheduler {
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
+        let live = LiveBuilds::new(shutdown.clone());
         Scheduler {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
@@ -162,6 +166,7 @@ impl Scheduler {
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 updates,
+                live,
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -176,6 +181,11 @@ impl Scheduler {
     /// Listen to every build's updates from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<BuildUpdate> {
         self.inner.updates.subscribe()
+    }
+
+    /// The live channels builds' events are broadcast on after they are stored.
+    pub fn live(&self) -> &LiveBuilds {
+        &self.inner.live
     }
 
     /// After a crash: builds left provisioning or running become `interrupted`, and every host
@@ -276,11 +286,13 @@ impl Scheduler {
         for old in superseded {
             tracing::info!(build = %old, by = %build.id, "queued build superseded");
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: old, status: BuildStatus::Cancelled });
+            self.inner.live.close(old);
         }
         if repo.cancel_superseded {
             self.stop_superseded_by(&build);
         }
         let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
+        self.inner.live.changed(Change { build: build.id, event: None });
         self.inner.wake.notify_one();
         Ok(Enqueued::Queued(build))
     }
@@ -304,6 +316,7 @@ impl Scheduler {
     pub async fn cancel(&self, id: BuildId) -> Result<Cancelled, SchedulerError> {
         if self.inner.store.cancel_queued_build(id, CANCELLED_BY_USER).await? {
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
+            self.inner.live.close(id);
             return Ok(Cancelled::Dequeued);
         }
         if let Some(run) = self.inner.running.lock().expect("running table poisoned").get_mut(&id) {
@@ -457,6 +470,8 @@ impl Scheduler {
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
+        // The final status is stored: the build's listeners hear it and their streams end.
+        inner.live.close(id);
     }
 
     /// Everything between the claim and the final status. `Err` is the text of an errored build
@@ -512,10 +527,17 @@ impl Scheduler {
             source,
             host_ids: host_ids.clone(),
             secrets,
+            log_limits: inner.config.logs.limits(),
         };
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let persister =
-            tokio::spawn(persist::persist(inner.store.clone(), build.id, host_ids, received, inner.updates.clone()));
+        let persister = tokio::spawn(persist::persist(
+            inner.store.clone(),
+            build.id,
+            host_ids,
+            received,
+            inner.updates.clone(),
+            inner.live.clone(),
+        ));
         let result = execute(plan, provider, events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.
         if let Err(e) = persister.await {

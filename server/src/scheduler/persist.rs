@@ -3,11 +3,17 @@
 //!
 //! Events are written in batches: whatever is waiting in the channel (up to
 //! [`MAX_EVENTS_PER_BATCH`]) goes into one transaction, so a flood of output costs one commit
-//! per batch while a quiet build's events are written the moment they arrive. The persister
-//! always drains its channel, even when the database fails, so the executor is never blocked by
-//! storage; a failed batch is logged and dropped. It decides nothing about the build itself.
+//! per batch (its lines in a few multi-row inserts) while a quiet build's events are written the
+//! moment they arrive. Every event a listener sees takes the next number of the build's event
+//! sequence (`store::events`) in that same transaction, and log lines their number within their
+//! step; only after the commit is the batch sent to the build's live channel (`crate::live`), so a
+//! listener that subscribed and then read the store misses nothing. The persister always drains
+//! its channel, even when the database fails, so the executor is never blocked by storage; a
+//! failed batch is logged and dropped (its numbers are handed out again). It decides nothing
+//! about the build itself.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use gantry_event::{BuildEvent, StepId, StepKind};
@@ -15,7 +21,10 @@ use gantry_runner::provider::HostId;
 use tokio::sync::{broadcast, mpsc};
 
 use super::BuildUpdate;
+use crate::live::{self, Change, LiveBuilds, WireEvent};
+use crate::store::events::{EventKind, EventRow};
 use crate::store::hosts::{HostPhase, Provisioned};
+use crate::store::reports::ReportRow;
 use crate::store::{self, to_ms, BuildId, LogLine, Store};
 
 /// At most this many events are written in one transaction.
@@ -26,8 +35,17 @@ struct BuildLog {
     build: BuildId,
     host_ids: BTreeMap<String, HostId>,
     steps: Vec<StepId>,
-    /// The next log line's sequence number.
-    next_seq: i64,
+    /// The last event id handed out.
+    last_seq: i64,
+    /// The last line number of each step.
+    step_lines: Vec<i64>,
+}
+
+/// What one batch wrote, to broadcast once it is committed.
+#[derive(Default)]
+struct Written {
+    lines: Vec<LogLine>,
+    others: Vec<EventRow>,
 }
 
 /// Persist every event of `build` until the executor drops its sender.
@@ -37,8 +55,16 @@ pub(super) async fn persist(
     host_ids: BTreeMap<String, HostId>,
     mut events: mpsc::Receiver<BuildEvent>,
     updates: broadcast::Sender<BuildUpdate>,
+    live: LiveBuilds,
 ) {
-    let mut log = BuildLog { build, host_ids, steps: Vec::new(), next_seq: 0 };
+    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new() };
+    match store.begin().await {
+        Ok(mut tx) => match store::events::last_seq(&mut tx, build).await {
+            Ok(seq) => log.last_seq = seq,
+            Err(error) => tracing::error!(build = %build, %error, "cannot read the build's last event id"),
+        },
+        Err(error) => tracing::error!(build = %build, %error, "cannot read the build's last event id"),
+    }
     let mut batch = Vec::new();
     while let Some(first) = events.recv().await {
         batch.push(first);
@@ -48,8 +74,13 @@ pub(super) async fn persist(
                 Err(_) => break,
             }
         }
-        if let Err(error) = log.write(&store, &batch).await {
-            tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
+        let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
+        match log.write(&store, &batch).await {
+            Ok(written) => publish(&live, build, written),
+            Err(error) => {
+                tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
+                (log.last_seq, log.step_lines) = (last_seq, step_lines);
+            }
         }
         for event in batch.drain(..) {
             // Nobody listening is normal: the dashboard subscribes only while a page is open.
@@ -58,49 +89,137 @@ pub(super) async fn persist(
     }
 }
 
-impl BuildLog {
-    async fn write(&mut self, store: &Store, batch: &[BuildEvent]) -> store::Result<()> {
-        let mut tx = store.begin().await?;
-        let mut lines = Vec::new();
-        for event in batch {
-            self.apply(&mut tx, event, &mut lines).await?;
+/// Send a committed batch to the build's listeners, in event order, and its events other than
+/// log lines to the repo-level feeds.
+fn publish(live: &LiveBuilds, build: BuildId, written: Written) {
+    let others: Vec<Arc<WireEvent>> = written
+        .others
+        .into_iter()
+        .map(|e| Arc::new(WireEvent { seq: e.seq, kind: e.kind.as_str(), data: e.data }))
+        .collect();
+    if let Some(sender) = live.sender(build) {
+        let mut lines = written.lines.iter().peekable();
+        let mut others = others.iter().peekable();
+        loop {
+            let next = match (lines.peek(), others.peek()) {
+                (Some(line), Some(other)) if line.seq < other.seq => {
+                    Arc::new(live::log_event(lines.next().expect("peeked")))
+                }
+                (Some(_), None) => Arc::new(live::log_event(lines.next().expect("peeked"))),
+                (_, Some(_)) => Arc::clone(others.next().expect("peeked")),
+                (None, None) => break,
+            };
+            // A send fails only when the last listener just left.
+            let _ = sender.send(next);
         }
-        store::logs::insert_lines(&mut tx, self.build, &lines).await?;
+    }
+    for event in others {
+        live.changed(Change { build, event: Some(event) });
+    }
+}
+
+impl BuildLog {
+    async fn write(&mut self, store: &Store, batch: &[BuildEvent]) -> store::Result<Written> {
+        let mut tx = store.begin().await?;
+        let mut written = Written::default();
+        for event in batch {
+            self.apply(&mut tx, event, &mut written).await?;
+        }
+        store::logs::insert_lines(&mut tx, self.build, &written.lines).await?;
+        store::events::insert(&mut tx, self.build, &written.others).await?;
+        store::events::set_last_seq(&mut tx, self.build, self.last_seq).await?;
         tx.commit().await?;
+        Ok(written)
+    }
+
+    fn next_seq(&mut self) -> i64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// Record an event other than a log line, with `data` its JSON.
+    fn record(&mut self, written: &mut Written, kind: EventKind, data: String) {
+        let seq = self.next_seq();
+        written.others.push(EventRow { seq, kind, data });
+    }
+
+    async fn record_build(&mut self, conn: &mut store::Connection, written: &mut Written) -> store::Result<()> {
+        if let Some(row) = store::events::build(conn, self.build).await? {
+            self.record(written, EventKind::Build, live::build_json(&row));
+        }
         Ok(())
     }
 
-    /// Write one event; log lines are collected into `lines` and inserted together at the end of
-    /// the batch.
+    async fn record_step(
+        &mut self,
+        conn: &mut store::Connection,
+        step: usize,
+        written: &mut Written,
+    ) -> store::Result<()> {
+        if let Some(row) = store::events::step(conn, self.build, step as i64).await? {
+            self.record(written, EventKind::Step, live::step_json(&row));
+        }
+        Ok(())
+    }
+
+    async fn record_host(
+        &mut self,
+        conn: &mut store::Connection,
+        role: &str,
+        written: &mut Written,
+    ) -> store::Result<()> {
+        if let Some(row) = store::events::host(conn, self.build, role).await? {
+            self.record(written, EventKind::Host, live::host_json(&row));
+        }
+        Ok(())
+    }
+
+    /// Write one event; log lines are collected into `written` and inserted together at the end
+    /// of the batch.
     async fn apply(
         &mut self,
         conn: &mut store::Connection,
         event: &BuildEvent,
-        lines: &mut Vec<LogLine>,
+        written: &mut Written,
     ) -> store::Result<()> {
         let build = self.build;
         match event {
             BuildEvent::Log { step, at, stream, text } => {
-                lines.push(LogLine {
+                if self.step_lines.len() <= *step {
+                    self.step_lines.resize(*step + 1, 0);
+                }
+                self.step_lines[*step] += 1;
+                let line = self.step_lines[*step];
+                let seq = self.next_seq();
+                written.lines.push(LogLine {
                     step_idx: *step as i64,
-                    seq: self.next_seq,
+                    line,
+                    seq,
                     at: to_ms(*at),
                     stream: *stream,
                     text: text.clone(),
                 });
-                self.next_seq += 1;
             }
             BuildEvent::Planned { steps } => {
                 store::steps::insert_planned(conn, build, steps).await?;
                 self.steps = steps.clone();
+                self.record_build(conn, written).await?;
+                for step in 0..steps.len() {
+                    self.record_step(conn, step, written).await?;
+                }
             }
-            BuildEvent::Running { .. } => store::builds::mark_running(conn, build).await?,
+            BuildEvent::Running { .. } => {
+                store::builds::mark_running(conn, build).await?;
+                self.record_build(conn, written).await?;
+            }
             BuildEvent::StepStarted { step, at } => {
                 store::steps::start(conn, build, *step, to_ms(*at)).await?;
+                self.record_step(conn, *step, written).await?;
             }
             BuildEvent::StepFinished { step, at, status, exit_code } => {
                 let at = to_ms(*at);
                 let started = store::steps::finish(conn, build, *step, *status, *exit_code, at).await?;
+                self.record_step(conn, *step, written).await?;
                 // A host's provision and teardown times are those of its steps.
                 let phase = match self.steps.get(*step).map(|s| s.kind) {
                     Some(StepKind::Provision) => Some(HostPhase::Provision),
@@ -108,24 +227,31 @@ impl BuildLog {
                     _ => None,
                 };
                 if let Some(phase) = phase {
-                    let role = &self.steps[*step].host;
+                    let role = self.steps[*step].host.clone();
                     let took = started.map(|started| at - started);
-                    store::hosts::record_step_times(conn, build, role, phase, at, took).await?;
+                    store::hosts::record_step_times(conn, build, &role, phase, at, took).await?;
+                    self.record_host(conn, &role, written).await?;
                 }
             }
             BuildEvent::HostProvisioned { role, address, provider_id, isolation } => {
                 let host = Provisioned { address: *address, provider_id, isolation };
                 store::hosts::mark_provisioned(conn, build, role, host).await?;
+                self.record_host(conn, role, written).await?;
             }
             BuildEvent::HostTornDown { role, error } => match self.host_ids.get(role) {
                 Some(host_id) => {
                     store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), to_ms(SystemTime::now()), None)
                         .await?;
+                    self.record_host(conn, role, written).await?;
                 }
                 None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
             },
             BuildEvent::Report { step, path, content } => {
                 store::reports::insert(conn, build, *step as i64, path, content).await?;
+                let stage = self.steps.get(*step).map_or_else(|| format!("step {step}"), |s| s.name.clone());
+                let report = ReportRow { step_idx: *step as i64, path: path.clone(), content: content.clone() };
+                let data = live::report_json(build, &stage, &report);
+                self.record(written, EventKind::Report, data);
             }
         }
         Ok(())

@@ -107,7 +107,7 @@ macro_rules! build_columns {
     };
 }
 
-fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
+pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
     Ok(BuildRow {
         id: BuildId(row.try_get("id")?),
         repo: row.try_get("repo")?,

@@ -68,7 +68,7 @@ macro_rules! host_columns {
     };
 }
 
-fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
+pub(super) fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
     let address: Option<String> = row.try_get("address")?;
     Ok(HostRow {
         build_id: BuildId(row.try_get("build_id")?),

@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod builds;
 pub mod deliveries;
+pub mod events;
 pub mod hosts;
 pub mod logs;
 pub mod reports;

@@ -33,7 +33,7 @@ macro_rules! step_columns {
     };
 }
 
-fn step_from_row(row: &SqliteRow) -> Result<StepRow> {
+pub(super) fn step_from_row(row: &SqliteRow) -> Result<StepRow> {
     Ok(StepRow {
         build_id: BuildId(row.try_get("build_id")?),
         idx: row.try_get("idx")?,
