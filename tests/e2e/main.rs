@@ -23,12 +23,15 @@ mod fixture;
 mod headers;
 mod helpers;
 mod leaks;
+mod live;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
 #[path = "../support/prerequisite.rs"]
 mod prerequisite;
 mod secrets;
+#[path = "../support/sse.rs"]
+mod sse;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
