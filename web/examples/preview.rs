@@ -152,7 +152,12 @@ fn lines(start: i64, stream: Stream, texts: &[&str]) -> Vec<LogLineView> {
     texts
         .iter()
         .enumerate()
-        .map(|(i, text)| LogLineView { at_ms: start + i as i64 * 37, stream, text: text.to_string() })
+        .map(|(i, text)| LogLineView {
+            number: i as i64 + 1,
+            at_ms: start + i as i64 * 37,
+            stream,
+            text: text.to_string(),
+        })
         .collect()
 }
 

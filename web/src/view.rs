@@ -6,6 +6,7 @@
 
 use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 
+use crate::ansi;
 use crate::format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha};
 use crate::grid::StageGrid;
 use crate::junit::JunitSummary;
@@ -178,16 +179,24 @@ pub fn step_status_label(status: StepStatus) -> &'static str {
 /// One output line of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLineView {
+    /// The line's number within its step, from 1: its anchor is `#L<step>-<number>`.
+    pub number: i64,
     /// When the line was produced, unix milliseconds.
     pub at_ms: i64,
     pub stream: Stream,
+    /// The text as the step printed it, escape sequences included.
     pub text: String,
 }
 
 impl LogLineView {
-    /// The text fit for display (see [`display_log_text`]).
+    /// The text without escape sequences, control characters shown (see [`display_log_text`]).
     pub fn display_text(&self) -> String {
         display_log_text(&self.text)
+    }
+
+    /// The text as styled runs: colours as classes, every other escape dropped (see [`ansi`]).
+    pub fn spans(&self) -> Vec<ansi::Span> {
+        ansi::render(&self.text)
     }
 }
 
@@ -195,13 +204,19 @@ impl LogLineView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepView {
     pub step: StepSummary,
-    /// The last lines of the step's log, oldest first.
+    /// The last lines of the step's log, oldest first: the window the page shows first (its
+    /// script loads the others as the reader scrolls).
     pub log: Vec<LogLineView>,
     /// How many earlier lines the server left out of `log` (the raw log has them all).
     pub omitted_lines: u64,
 }
 
 impl StepView {
+    /// How many lines the step's log has.
+    pub fn total_lines(&self) -> u64 {
+        self.omitted_lines + self.log.len() as u64
+    }
+
     /// A line's time relative to the step's start (`+1.2s`), or its UTC time when the step has
     /// no start time.
     pub fn line_offset(&self, line: &LogLineView) -> String {

@@ -23,8 +23,9 @@ use crate::store::{now_ms, BuildRow, HostRow, RefKind, StepRow};
 /// The repo page shows this many of the newest builds.
 pub const REPO_PAGE_BUILDS: u32 = 50;
 
-/// The build page shows at most this many of the last lines of each step; the raw log has all.
-pub const BUILD_PAGE_LINES_PER_STEP: u32 = 2000;
+/// The build page carries this many of the last lines of each step; its script loads the others
+/// as the reader scrolls (`GET /api/builds/{id}/lines`), and the raw log has them all.
+pub const BUILD_PAGE_LINES_PER_STEP: u32 = 500;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -188,12 +189,20 @@ async fn build_page(
     let reports = report_views(&step_rows, state.store.reports(id).await?);
     let mut steps = Vec::new();
     for step in step_rows {
-        let lines = state.store.log_lines(id, Some(step.idx), Some(BUILD_PAGE_LINES_PER_STEP)).await?;
         let total = counts.iter().find(|(idx, _)| *idx == step.idx).map_or(0, |(_, n)| *n);
+        let from = (total - i64::from(BUILD_PAGE_LINES_PER_STEP) + 1).max(1);
+        let lines = if total == 0 {
+            Vec::new()
+        } else {
+            state.store.step_lines(id, step.idx, from, BUILD_PAGE_LINES_PER_STEP).await?
+        };
         steps.push(StepView {
             step: step_summary(&step),
             omitted_lines: u64::try_from(total).unwrap_or(0).saturating_sub(lines.len() as u64),
-            log: lines.into_iter().map(|l| LogLineView { at_ms: l.at, stream: l.stream, text: l.text }).collect(),
+            log: lines
+                .into_iter()
+                .map(|l| LogLineView { number: l.line, at_ms: l.at, stream: l.stream, text: l.text })
+                .collect(),
         });
     }
     let commit_message = match build.commit.parse() {
