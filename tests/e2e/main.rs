@@ -24,6 +24,7 @@ mod headers;
 mod helpers;
 mod leaks;
 mod live;
+mod logs;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
