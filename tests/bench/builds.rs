@@ -1,5 +1,7 @@
 //! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`,
-//! and with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead.
+//! with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead, and
+//! with `-- --logs` what build logs cost (lines stored per second, a line's latency over the event
+//! stream, memory while clients follow a long build; see [`logs::logs_bench`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -29,6 +31,9 @@ mod client;
 use client::Client;
 
 mod auth;
+mod logs;
+#[path = "../support/sse.rs"]
+mod sse;
 
 const SECRET: &str = "bench-secret";
 const ADMIN: &str = "bench";
@@ -43,18 +48,21 @@ struct Args {
     concurrent: usize,
     /// Measure signing in and tokens instead of builds.
     auth: bool,
+    /// Measure build logs instead.
+    logs: bool,
     /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on.
     baseline_bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { builds: 200, concurrent: 50, auth: false, baseline_bin: None };
+    let mut args = Args { builds: 200, concurrent: 50, auth: false, logs: false, baseline_bin: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--builds" => args.builds = it.next().and_then(|v| v.parse().ok()).expect("--builds N"),
             "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
             "--auth" => args.auth = true,
+            "--logs" => args.logs = true,
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
             "--bench" => {}
@@ -276,6 +284,9 @@ async fn main() {
     let args = parse_args();
     if args.auth {
         return auth::auth_bench(args.baseline_bin.as_deref()).await;
+    }
+    if args.logs {
+        return logs::logs_bench().await;
     }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.

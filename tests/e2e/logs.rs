@@ -118,7 +118,10 @@ async fn colours_show_as_classes_and_markup_in_a_log_line_stays_text() {
     assert!(shows_escaped(&html, " <script>alert(1)</script> link"), "it is shown as text, the link as plain text");
     assert!(!html.contains("evil.example"), "an OSC 8 link's target is dropped");
     let step = lines["step"].as_i64().unwrap();
-    assert!(html.contains(&format!(r##"id="L{step}-1"><a class="ln" href="#L{step}-1">1</a>"##)), "each line has its anchor");
+    assert!(
+        html.contains(&format!(r##"id="L{step}-1"><a class="ln" href="#L{step}-1">1</a>"##)),
+        "each line has its anchor"
+    );
 
     // The page's script and the colours' stylesheet are served as files.
     let (status, css) = app.get_text("/static/ansi.css").await;
