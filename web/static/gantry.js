@@ -386,9 +386,17 @@
           .catch(() => {});
       }, 300);
     };
+    // The feed starts a moment after the page has loaded (and the page is reloaded once then, to
+    // catch up): a page that never stops loading is never "loaded" for tools that wait for that,
+    // such as headless Chromium's --dump-dom.
+    setTimeout(() => follow(marker, refresh), FEED_START_DELAY_MS);
+  }
+
+  const FEED_START_DELAY_MS = 2500;
+
+  function follow(marker, refresh) {
     const source = new EventSource(marker.dataset.feed);
-    let opened = false;
-    source.addEventListener("open", () => { if (opened) refresh(); opened = true; });
+    source.addEventListener("open", refresh);
     source.addEventListener("build", refresh);
     source.addEventListener("step", (e) => {
       const step = JSON.parse(e.data);
