@@ -216,6 +216,18 @@ pub fn log_event(line: &LogLine) -> WireEvent {
     WireEvent { seq: line.seq, kind: "log", data: to_json(&LogJson::new(line)) }
 }
 
+/// Hand the memory freed after a build or a stream back to the system. glibc keeps freed memory
+/// in per-thread arenas: without this a server that stored a few million lines, or streamed them
+/// to a few clients, stays tens of megabytes larger than it needs (measured by the logs bench).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it takes no
+    // pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct Inner {
     builds: Mutex<HashMap<BuildId, broadcast::Sender<Arc<WireEvent>>>>,
     changes: broadcast::Sender<Change>,
@@ -248,6 +260,8 @@ impl LiveBuilds {
         let mut builds = self.inner.builds.lock().expect("live builds poisoned");
         if builds.get(&build).is_some_and(|sender| sender.receiver_count() == 0) {
             builds.remove(&build);
+            drop(builds);
+            return_freed_memory();
         }
     }
 
@@ -273,6 +287,7 @@ impl LiveBuilds {
     pub fn close(&self, build: BuildId) {
         self.inner.builds.lock().expect("live builds poisoned").remove(&build);
         self.changed(Change { build, event: None });
+        return_freed_memory();
     }
 
     /// Cancelled when the server stops, so no stream holds the shutdown up.

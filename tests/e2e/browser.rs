@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -98,9 +98,9 @@ async fn a_refused_inline_style_shows_in_the_console() {
 }
 
 /// chromedriver on a free loopback port, stopped when dropped.
-struct Chromedriver {
+pub(crate) struct Chromedriver {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Chromedriver {
@@ -112,7 +112,7 @@ impl Drop for Chromedriver {
 
 /// chromedriver and Chromium, or `None` (saying why) when they are not installed and this is not
 /// CI; on CI their absence fails the test.
-async fn chromedriver() -> Option<Chromedriver> {
+pub(crate) async fn chromedriver() -> Option<Chromedriver> {
     let missing: Vec<&str> =
         [CHROMIUM, CHROMEDRIVER].into_iter().filter(|p| !std::path::Path::new(p).exists()).collect();
     if !missing.is_empty() {

@@ -8,6 +8,7 @@ mod auth;
 mod auth_fuzz;
 mod backup;
 mod browser;
+mod browser_live;
 mod builds;
 #[path = "../support/client.rs"]
 mod client;

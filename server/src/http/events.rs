@@ -35,10 +35,10 @@ use crate::store::events::{Snapshot, StoredEvent};
 use crate::store::{BuildId, Store};
 
 /// How many stored events one read of a catching-up stream takes.
-pub const REPLAY_PAGE: u32 = 1000;
+pub const REPLAY_PAGE: u32 = 256;
 
 /// How many events already in the live channel are sent together.
-pub const LIVE_BURST: usize = 256;
+pub const LIVE_BURST: usize = 64;
 
 /// A comment line keeps idle streams open through proxies this often.
 pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
