@@ -12,6 +12,7 @@ pub mod forge;
 pub mod git;
 pub mod http;
 pub mod local_run;
+pub mod metrics;
 pub mod poller;
 pub mod providers;
 pub mod repo_url;

@@ -9,12 +9,16 @@
 //! errors (5xx) are logged with their cause and answered with a generic message, never echoing
 //! internals.
 
+mod actions;
 mod api;
 pub mod auth;
+mod badge;
 pub mod csrf;
 mod headers;
+mod history;
 mod hooks;
 mod login;
+mod metrics;
 mod pages;
 mod tokens;
 
@@ -55,7 +59,11 @@ pub fn router(state: AppState) -> Router {
     let sessions = auth::session_layer(&state.config, state.store.clone());
     let routes = Router::new()
         .merge(api::routes())
-        .merge(hooks::routes())
+        .merge(hooks::routes().route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_webhook)))
+        .merge(actions::routes())
+        .merge(badge::routes())
+        .merge(history::routes())
+        .merge(metrics::routes())
         .merge(pages::routes())
         .merge(login::routes())
         .merge(tokens::routes())
@@ -119,6 +127,9 @@ pub enum HttpError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request does not fit the state of what it names (re-running a running build).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// A git remote could not be reached; the detail is logged and shown on the repo's page.
@@ -137,6 +148,7 @@ impl HttpError {
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

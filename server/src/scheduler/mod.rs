@@ -10,6 +10,10 @@
 //! teardowns; at start-up [`Scheduler::recover`] interrupts what a crashed server left running
 //! and tears its hosts down before anything new starts.
 //!
+//! [`Scheduler::rerun`] queues a finished build again; [`Scheduler::cancel`] dequeues or stops
+//! one. The scheduler owns the server's [`Metrics`]: it counts builds as they finish, and its
+//! persister times each step.
+//!
 //! It does not speak HTTP, parse webhooks or poll: those call [`Scheduler::enqueue`].
 
 mod persist;
@@ -32,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RepoConfig};
 use crate::git::{GitError, Mirrors};
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
 
@@ -48,10 +53,10 @@ pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// marked interrupted anyway and their hosts are reaped at the next start.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
 
-/// Why a running build was cancelled, recorded as its error.
 /// How often providers sweep for resources no live build owns (besides the sweep at start).
 pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
 
+// Why a running build was cancelled, recorded as its error.
 const SUPERSEDED: &str = "superseded by a newer build of the same branch";
 const CANCELLED_BY_USER: &str = "cancelled through the API";
 const SERVER_STOPPED: &str = "the server shut down while this build ran";
@@ -102,6 +107,16 @@ pub enum Cancelled {
     NotFound,
 }
 
+/// The outcome of [`Scheduler::rerun`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rerun {
+    /// The new build, queued.
+    Queued(BuildRow),
+    /// The build is still queued or running: there is nothing to re-run yet.
+    StillLive,
+    NotFound,
+}
+
 /// Why `.gantry.yml` could not become a pipeline; the text becomes the build's error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -133,6 +148,7 @@ struct Inner {
     /// Cancelled when the server stops: no new claims, running builds are interrupted.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 /// The queue's handle; cheap to clone.
@@ -164,6 +180,7 @@ impl Scheduler {
                 updates,
                 shutdown,
                 tasks: TaskTracker::new(),
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -171,6 +188,11 @@ impl Scheduler {
     /// The git mirrors builds are read from.
     pub fn mirrors(&self) -> &Mirrors {
         &self.inner.mirrors
+    }
+
+    /// The server's metrics, which this scheduler's builds count into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Listen to every build's updates from now on.
@@ -184,6 +206,7 @@ impl Scheduler {
         let store = &self.inner.store;
         for build in store.interrupt_unfinished_builds().await? {
             tracing::warn!(build = %build, "build interrupted by a server stop; marked interrupted");
+            self.inner.metrics.build_finished(BuildStatus::Interrupted);
         }
         let hosts = store.hosts_not_torn_down().await?;
         let reaps = hosts.into_iter().map(|host| async move {
@@ -275,6 +298,7 @@ impl Scheduler {
             commit = %build.commit, trigger = build.trigger.as_str(), "build queued");
         for old in superseded {
             tracing::info!(build = %old, by = %build.id, "queued build superseded");
+            self.inner.metrics.build_finished(BuildStatus::Cancelled);
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: old, status: BuildStatus::Cancelled });
         }
         if repo.cancel_superseded {
@@ -283,6 +307,28 @@ impl Scheduler {
         let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
         self.inner.wake.notify_one();
         Ok(Enqueued::Queued(build))
+    }
+
+    /// Queue a new build of the same commit and ref as the finished build `id`, asked for by a
+    /// person (trigger `manual`, `rerun_of` naming `id`). A re-run supersedes nothing: it builds
+    /// an older commit again, which is no reason to stop newer work on the branch.
+    pub async fn rerun(&self, id: BuildId) -> Result<Rerun, SchedulerError> {
+        let store = &self.inner.store;
+        let Some(old) = store.build(id).await? else { return Ok(Rerun::NotFound) };
+        if old.is_live() {
+            return Ok(Rerun::StillLive);
+        }
+        if self.inner.config.repo(&old.repo).is_none() {
+            return Err(SchedulerError::UnknownRepo(old.repo));
+        }
+        let mut tx = store.begin().await?;
+        let build = store::builds::insert_rerun(&mut tx, &old).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(build = %build.id, repo = %build.repo, number = build.number, rerun_of = %old.id,
+            commit = %build.commit, "re-run queued");
+        let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
+        self.inner.wake.notify_one();
+        Ok(Rerun::Queued(build))
     }
 
     /// Cancel the running builds of `newer`'s repo and ref that are older than it.
@@ -303,6 +349,7 @@ impl Scheduler {
     /// Cancel a queued build, or stop a running one (its hosts are torn down).
     pub async fn cancel(&self, id: BuildId) -> Result<Cancelled, SchedulerError> {
         if self.inner.store.cancel_queued_build(id, CANCELLED_BY_USER).await? {
+            self.inner.metrics.build_finished(BuildStatus::Cancelled);
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
             return Ok(Cancelled::Dequeued);
         }
@@ -373,10 +420,10 @@ impl Scheduler {
                 self.inner.running.lock().expect("running table poisoned").keys().copied().collect();
             for id in left {
                 tracing::error!(build = %id, "build did not stop in time; its hosts are reaped at the next start");
-                if let Err(error) =
-                    self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await
-                {
-                    tracing::error!(build = %id, %error, "could not mark the build interrupted");
+                match self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await {
+                    Ok(true) => self.inner.metrics.build_finished(BuildStatus::Interrupted),
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(build = %id, %error, "could not mark the build interrupted"),
                 }
             }
         }
@@ -453,7 +500,12 @@ impl Scheduler {
             _ => (status, error),
         };
         match inner.store.finish_build(id, status, error.as_deref()).await {
-            Ok(_) => tracing::info!(build = %id, status = status.as_str(), "build finished"),
+            Ok(changed) => {
+                if changed {
+                    inner.metrics.build_finished(status);
+                }
+                tracing::info!(build = %id, status = status.as_str(), "build finished")
+            }
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
@@ -514,8 +566,14 @@ impl Scheduler {
             secrets,
         };
         let (events, received) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let persister =
-            tokio::spawn(persist::persist(inner.store.clone(), build.id, host_ids, received, inner.updates.clone()));
+        let persister = tokio::spawn(persist::persist(
+            inner.store.clone(),
+            build.id,
+            host_ids,
+            received,
+            inner.updates.clone(),
+            Arc::clone(&inner.metrics),
+        ));
         let result = execute(plan, provider, events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.
         if let Err(e) = persister.await {
