@@ -3,9 +3,11 @@
 //! included) on the local provider, real OpenSSH servers for the SSH pool, moto's EC2 API on
 //! loopback for the EC2 provider. One test binary for the whole suite, so it links once.
 
+mod actions;
 mod api;
 mod auth;
 mod auth_fuzz;
+mod badge_metrics;
 mod browser;
 mod builds;
 #[path = "../support/client.rs"]
@@ -21,6 +23,7 @@ mod fault_proxy;
 mod fixture;
 mod headers;
 mod helpers;
+mod history;
 mod leaks;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
@@ -31,5 +34,6 @@ mod secrets;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
+mod tests_across_builds;
 mod throttle;
 mod webhooks;

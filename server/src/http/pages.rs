@@ -26,7 +26,7 @@ use super::history::{history_href, repo_segment, HistoryParams, HistoryRequest, 
 use super::{configured_repo, parse_build_id, report_views, AppState, HttpError};
 use crate::store::{now_ms, BuildId, BuildRow, HistoryPage, HostRow, Newer, RefKind, StepRow, TestHistory};
 
-/// The repo page shows this many of the newest builds.
+/// The repo page shows this many builds (fewer with `?limit=`).
 pub const REPO_PAGE_BUILDS: u32 = 50;
 
 /// The build page shows at most this many of the last lines of each step; the raw log has all.
@@ -174,7 +174,8 @@ async fn repo_page(
     let request = HistoryParams::parse(query, REPO_PAGE_BUILDS)?;
     let repo = configured_repo(&state, &name)?;
     let row = state.store.repo(&repo.name).await?;
-    let page = state.store.history(&repo.name, &request.filter, request.before, REPO_PAGE_BUILDS).await?;
+    let limit = request.limit.unwrap_or(REPO_PAGE_BUILDS);
+    let page = state.store.history(&repo.name, &request.filter, request.before, limit).await?;
     let ids: Vec<BuildId> = page.builds.iter().map(|b| b.id).collect();
     let mut steps = state.store.steps_of_builds(&ids).await?;
     let builds = page

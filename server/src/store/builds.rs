@@ -498,4 +498,19 @@ mod tests {
         assert!(store.cancel_queued_build(history[0].id, "cancelled by a user").await.unwrap());
         assert!(!store.cancel_queued_build(history[0].id, "again").await.unwrap());
     }
+    #[tokio::test]
+    async fn a_rerun_names_its_build_and_supersedes_nothing() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let old = store.insert_build(&NewBuild { trigger: Trigger::Push, ..new_build("main", 'a') }).await.unwrap();
+        store.finish_build(old.id, BuildStatus::Failed, None).await.unwrap();
+        let newer = store.insert_build(&new_build("main", 'b')).await.unwrap();
+        let mut conn = store.writer().acquire().await.unwrap();
+        let rerun = insert_rerun(&mut conn, &store.build(old.id).await.unwrap().unwrap()).await.unwrap();
+        drop(conn);
+        assert_eq!((rerun.commit.as_str(), rerun.branch.as_str()), (old.commit.as_str(), "main"));
+        assert_eq!((rerun.trigger, rerun.rerun_of, rerun.number), (Trigger::Manual, Some(old.id), 3));
+        assert_eq!(store.build(rerun.id).await.unwrap().unwrap().rerun_of, Some(old.id));
+        assert!(!store.has_newer_live_build(&newer).await.unwrap(), "a re-run of an older commit is not newer work");
+        assert!(store.has_newer_live_build(&old).await.unwrap(), "the newer build of the branch is");
+    }
 }

@@ -200,6 +200,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut before = None;
         loop {
+            assert!(seen.len() <= 1_000, "the cursor does not move on");
             let page = store.history("acme", filter, before, limit).await.unwrap();
             assert!(page.builds.len() <= limit as usize);
             seen.extend(page.builds.iter().map(|b| b.id));
