@@ -5,9 +5,12 @@
 //! they reach a final status ([`Metrics::build_finished`]), the persister observes each step's
 //! duration ([`Metrics::step_finished`]), the webhook route counts deliveries by the status code
 //! it answered ([`Metrics::webhook_answered`]). States are read from the store when scraped
-//! ([`Metrics::encode`] with a [`Snapshot`]): the queue's length, the builds in each status and
-//! the hosts not torn down by provider, so they are right after a restart and across servers
-//! sharing a database. One [`Metrics`] belongs to one scheduler; this module reads nothing itself.
+//! ([`Metrics::encode`] with a [`Snapshot`]): the queue's length, the builds queued or running by
+//! status and the hosts not torn down by provider, so they are right after a restart and across
+//! servers sharing a database; each is an index range that does not grow with the history.
+//! Finished builds are counted, not gauged: `gantry_builds_finished_total{status}`, which
+//! Prometheus' `increase()` reads across restarts. One [`Metrics`] belongs to one scheduler; this
+//! module reads nothing itself.
 
 use std::sync::Mutex;
 
@@ -27,17 +30,8 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub const STEP_DURATION_BUCKETS: [f64; 13] =
     [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
-/// Every build status, so each has a series (at zero) from the first scrape on.
-const BUILD_STATUSES: [BuildStatus; 8] = [
-    BuildStatus::Queued,
-    BuildStatus::Provisioning,
-    BuildStatus::Running,
-    BuildStatus::Passed,
-    BuildStatus::Failed,
-    BuildStatus::Cancelled,
-    BuildStatus::Errored,
-    BuildStatus::Interrupted,
-];
+/// The statuses of a live build, so each has a series (at zero) from the first scrape on.
+const LIVE_STATUSES: [BuildStatus; 3] = [BuildStatus::Queued, BuildStatus::Provisioning, BuildStatus::Running];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -63,8 +57,8 @@ struct ProviderLabel {
 /// The states a scrape reports, read from the store just before.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Builds in each status (statuses with none may be left out).
-    pub builds_by_status: Vec<(BuildStatus, i64)>,
+    /// Builds queued, provisioning or running, by status (statuses with none may be left out).
+    pub live_builds: Vec<(BuildStatus, i64)>,
     /// Hosts not torn down, by provider name.
     pub hosts_alive: Vec<(String, i64)>,
     /// The configured providers, each reported even with no host alive.
@@ -78,7 +72,7 @@ pub struct Metrics {
     step_duration: Family<StepLabels, Histogram>,
     webhook_deliveries: Family<CodeLabel, Counter>,
     queue_length: Gauge,
-    builds: Family<StatusLabel, Gauge>,
+    builds_live: Family<StatusLabel, Gauge>,
     hosts_alive: Family<ProviderLabel, Gauge>,
     /// One scrape at a time: its gauges are set, then encoded.
     scrape: Mutex<()>,
@@ -119,8 +113,8 @@ impl Metrics {
         );
         let queue_length = Gauge::default();
         registry.register("queue_length", "Builds queued and not yet claimed", queue_length.clone());
-        let builds = Family::<StatusLabel, Gauge>::default();
-        registry.register("builds", "Builds in the database, by status", builds.clone());
+        let builds_live = Family::<StatusLabel, Gauge>::default();
+        registry.register("builds_live", "Builds queued, provisioning or running, by status", builds_live.clone());
         let hosts_alive = Family::<ProviderLabel, Gauge>::default();
         registry.register("hosts_alive", "Hosts requested and not yet torn down, by provider", hosts_alive.clone());
         Metrics {
@@ -129,7 +123,7 @@ impl Metrics {
             step_duration,
             webhook_deliveries,
             queue_length,
-            builds,
+            builds_live,
             hosts_alive,
             scrape: Mutex::new(()),
         }
@@ -155,9 +149,9 @@ impl Metrics {
     pub fn encode(&self, snapshot: &Snapshot) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count =
-            |status: BuildStatus| snapshot.builds_by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
-        for status in BUILD_STATUSES {
-            self.builds.get_or_create(&StatusLabel { status: status.as_str() }).set(count(status));
+            |status: BuildStatus| snapshot.live_builds.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+        for status in LIVE_STATUSES {
+            self.builds_live.get_or_create(&StatusLabel { status: status.as_str() }).set(count(status));
         }
         self.queue_length.set(count(BuildStatus::Queued));
         self.hosts_alive.clear();
@@ -186,7 +180,7 @@ mod tests {
         metrics.step_finished(StepKind::Stage, StepStatus::Passed, 1_500);
         metrics.webhook_answered(202);
         let snapshot = Snapshot {
-            builds_by_status: vec![(BuildStatus::Queued, 3), (BuildStatus::Passed, 2)],
+            live_builds: vec![(BuildStatus::Queued, 3), (BuildStatus::Running, 2)],
             hosts_alive: vec![("local".to_string(), 2)],
             providers: vec!["local".to_string(), "ec2".to_string()],
         };
@@ -199,8 +193,9 @@ mod tests {
             "gantry_step_duration_seconds_sum{kind=\"stage\",status=\"passed\"} 1.5",
             "gantry_webhook_deliveries_total{code=\"202\"} 1",
             "gantry_queue_length 3",
-            "gantry_builds{status=\"queued\"} 3",
-            "gantry_builds{status=\"interrupted\"} 0",
+            "gantry_builds_live{status=\"queued\"} 3",
+            "gantry_builds_live{status=\"running\"} 2",
+            "gantry_builds_live{status=\"provisioning\"} 0",
             "gantry_hosts_alive{provider=\"local\"} 2",
             "gantry_hosts_alive{provider=\"ec2\"} 0",
         ] {

@@ -1,5 +1,6 @@
 //! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`,
-//! and with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead.
+//! with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead, and
+//! with `-- --history` the pages' times at 100 and at 100,000 builds ([`history::history_bench`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -29,6 +30,7 @@ mod client;
 use client::Client;
 
 mod auth;
+mod history;
 
 const SECRET: &str = "bench-secret";
 const ADMIN: &str = "bench";
@@ -45,16 +47,19 @@ struct Args {
     auth: bool,
     /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on.
     baseline_bin: Option<PathBuf>,
+    /// Measure the pages with a short and a long history instead.
+    history: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { builds: 200, concurrent: 50, auth: false, baseline_bin: None };
+    let mut args = Args { builds: 200, concurrent: 50, auth: false, baseline_bin: None, history: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--builds" => args.builds = it.next().and_then(|v| v.parse().ok()).expect("--builds N"),
             "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
             "--auth" => args.auth = true,
+            "--history" => args.history = true,
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
             "--bench" => {}
@@ -276,6 +281,9 @@ async fn main() {
     let args = parse_args();
     if args.auth {
         return auth::auth_bench(args.baseline_bin.as_deref()).await;
+    }
+    if args.history {
+        return history::history_bench().await;
     }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.

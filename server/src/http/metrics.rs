@@ -25,7 +25,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 async fn scrape(_: Reader, State(state): State<AppState>) -> Result<Response, HttpError> {
-    let builds_by_status = state.store.build_counts_by_status().await?;
+    let live_builds = state.store.live_build_counts().await?;
     let mut hosts_alive: BTreeMap<String, i64> = BTreeMap::new();
     for host in state.store.hosts_not_torn_down().await? {
         *hosts_alive.entry(host.provider).or_default() += 1;
@@ -33,7 +33,7 @@ async fn scrape(_: Reader, State(state): State<AppState>) -> Result<Response, Ht
     let mut providers: Vec<String> = state.config.repos.iter().map(|r| r.provider.as_str().to_string()).collect();
     providers.sort();
     providers.dedup();
-    let snapshot = Snapshot { builds_by_status, hosts_alive: hosts_alive.into_iter().collect(), providers };
+    let snapshot = Snapshot { live_builds, hosts_alive: hosts_alive.into_iter().collect(), providers };
     let text = state.scheduler.metrics().encode(&snapshot);
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }

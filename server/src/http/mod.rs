@@ -2,8 +2,10 @@
 //! handler returns.
 //!
 //! `api` is the JSON API of the contract, `hooks` receives forge webhooks, `pages` renders the
-//! dashboard through the `web` crate, `login` and `tokens` sign people in and out and manage their
-//! API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
+//! dashboard through the `web` crate, `actions` takes its forms (build, cancel, re-run),
+//! `history` parses history queries and lists tests across builds, `badge` and `metrics` serve
+//! `/badge/{repo}.svg` and `/metrics`, `login` and `tokens` sign people in and out and manage
+//! their API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
 //! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. Handlers translate between HTTP and the scheduler or store;
 //! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
 //! errors (5xx) are logged with their cause and answered with a generic message, never echoing
