@@ -33,7 +33,7 @@ const WARMUP: usize = 20;
 const REQUESTS: [(&str, &str); 7] = [
     ("repo page (newest 50)", "/repos/bench"),
     ("repo page deep in the history", "/repos/bench?before={mid}"),
-    ("repo page, failed builds only", "/repos/bench?status=failed"),
+    ("repo page, branch main only", "/repos/bench?branch=main"),
     ("GET /api/repos/bench/builds", "/api/repos/bench/builds"),
     ("repo list", "/"),
     ("badge", "/badge/bench.svg"),

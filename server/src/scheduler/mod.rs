@@ -16,11 +16,12 @@
 //!
 //! It does not speak HTTP, parse webhooks or poll: those call [`Scheduler::enqueue`].
 
+mod actions;
 mod persist;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ use crate::git::{GitError, Mirrors};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
+
+pub use actions::{Cancelled, Rerun};
 
 /// How many events of one build may wait for the persister before the executor waits.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -95,28 +98,6 @@ pub enum Enqueued {
     DuplicateDelivery,
 }
 
-/// The outcome of [`Scheduler::cancel`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancelled {
-    /// It was queued and is now cancelled.
-    Dequeued,
-    /// It was running; its teardown is under way.
-    Stopping,
-    /// It had already finished.
-    AlreadyFinished,
-    NotFound,
-}
-
-/// The outcome of [`Scheduler::rerun`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rerun {
-    /// The new build, queued.
-    Queued(BuildRow),
-    /// The build is still queued or running: there is nothing to re-run yet.
-    StillLive,
-    NotFound,
-}
-
 /// Why `.gantry.yml` could not become a pipeline; the text becomes the build's error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -144,6 +125,9 @@ struct Inner {
     slots: Arc<Semaphore>,
     wake: Notify,
     running: Mutex<HashMap<BuildId, Running>>,
+    /// Builds cancelled after their claim but before they reached the running table; `run`
+    /// cancels them as soon as it adds them. Locked only while `running` is.
+    early_cancels: Mutex<HashSet<BuildId>>,
     updates: broadcast::Sender<BuildUpdate>,
     /// Cancelled when the server stops: no new claims, running builds are interrupted.
     shutdown: CancellationToken,
@@ -177,6 +161,7 @@ impl Scheduler {
                 config,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
+                early_cancels: Mutex::new(HashSet::new()),
                 updates,
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -309,28 +294,6 @@ impl Scheduler {
         Ok(Enqueued::Queued(build))
     }
 
-    /// Queue a new build of the same commit and ref as the finished build `id`, asked for by a
-    /// person (trigger `manual`, `rerun_of` naming `id`). A re-run supersedes nothing: it builds
-    /// an older commit again, which is no reason to stop newer work on the branch.
-    pub async fn rerun(&self, id: BuildId) -> Result<Rerun, SchedulerError> {
-        let store = &self.inner.store;
-        let Some(old) = store.build(id).await? else { return Ok(Rerun::NotFound) };
-        if old.is_live() {
-            return Ok(Rerun::StillLive);
-        }
-        if self.inner.config.repo(&old.repo).is_none() {
-            return Err(SchedulerError::UnknownRepo(old.repo));
-        }
-        let mut tx = store.begin().await?;
-        let build = store::builds::insert_rerun(&mut tx, &old).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(build = %build.id, repo = %build.repo, number = build.number, rerun_of = %old.id,
-            commit = %build.commit, "re-run queued");
-        let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
-        self.inner.wake.notify_one();
-        Ok(Rerun::Queued(build))
-    }
-
     /// Cancel the running builds of `newer`'s repo and ref that are older than it.
     fn stop_superseded_by(&self, newer: &BuildRow) {
         let mut running = self.inner.running.lock().expect("running table poisoned");
@@ -344,24 +307,6 @@ impl Scheduler {
                 run.cancel.cancel();
             }
         }
-    }
-
-    /// Cancel a queued build, or stop a running one (its hosts are torn down).
-    pub async fn cancel(&self, id: BuildId) -> Result<Cancelled, SchedulerError> {
-        if self.inner.store.cancel_queued_build(id, CANCELLED_BY_USER).await? {
-            self.inner.metrics.build_finished(BuildStatus::Cancelled);
-            let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
-            return Ok(Cancelled::Dequeued);
-        }
-        if let Some(run) = self.inner.running.lock().expect("running table poisoned").get_mut(&id) {
-            run.reason.get_or_insert(CANCELLED_BY_USER);
-            run.cancel.cancel();
-            return Ok(Cancelled::Stopping);
-        }
-        Ok(match self.inner.store.build(id).await? {
-            Some(_) => Cancelled::AlreadyFinished,
-            None => Cancelled::NotFound,
-        })
     }
 
     /// Fetch a repo's mirror and record the outcome on the repo (its page shows the last error).
@@ -468,11 +413,15 @@ impl Scheduler {
         let inner = &self.inner;
         let id = build.id;
         let cancel = CancellationToken::new();
-        inner
-            .running
-            .lock()
-            .expect("running table poisoned")
-            .insert(id, Running { build: build.clone(), cancel: cancel.clone(), reason: None });
+        {
+            let mut running = inner.running.lock().expect("running table poisoned");
+            let cancelled_early = inner.early_cancels.lock().expect("early cancels poisoned").remove(&id);
+            let reason = cancelled_early.then_some(CANCELLED_BY_USER);
+            if cancelled_early {
+                cancel.cancel();
+            }
+            running.insert(id, Running { build: build.clone(), cancel: cancel.clone(), reason });
+        }
         if inner.shutdown.is_cancelled() {
             cancel.cancel();
         }
