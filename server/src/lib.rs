@@ -14,6 +14,7 @@ pub mod git;
 pub mod http;
 pub mod live;
 pub mod local_run;
+pub mod metrics;
 pub mod poller;
 pub mod providers;
 pub mod repo_url;

@@ -2,6 +2,7 @@
 //! with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead, and
 //! with `-- --logs` what build logs cost (lines stored per second, a line's latency over the event
 //! stream, memory while clients follow a long build; see [`logs::logs_bench`]).
+//! with `-- --history` the pages' times at 100 and at 100,000 builds ([`history::history_bench`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -31,6 +32,7 @@ mod client;
 use client::Client;
 
 mod auth;
+mod history;
 mod logs;
 #[path = "../support/sse.rs"]
 mod sse;
@@ -52,10 +54,12 @@ struct Args {
     logs: bool,
     /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on.
     baseline_bin: Option<PathBuf>,
+    /// Measure the pages with a short and a long history instead.
+    history: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { builds: 200, concurrent: 50, auth: false, logs: false, baseline_bin: None };
+    let mut args = Args { builds: 200, concurrent: 50, auth: false, logs: false, baseline_bin: None, history: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -63,6 +67,7 @@ fn parse_args() -> Args {
             "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
             "--auth" => args.auth = true,
             "--logs" => args.logs = true,
+            "--history" => args.history = true,
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
             "--bench" => {}
@@ -287,6 +292,9 @@ async fn main() {
     }
     if args.logs {
         return logs::logs_bench().await;
+    }
+    if args.history {
+        return history::history_bench().await;
     }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.

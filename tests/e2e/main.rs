@@ -3,10 +3,12 @@
 //! included) on the local provider, real OpenSSH servers for the SSH pool, moto's EC2 API on
 //! loopback for the EC2 provider. One test binary for the whole suite, so it links once.
 
+mod actions;
 mod api;
 mod auth;
 mod auth_fuzz;
 mod backup;
+mod badge_metrics;
 mod browser;
 mod browser_live;
 mod builds;
@@ -23,6 +25,7 @@ mod fault_proxy;
 mod fixture;
 mod headers;
 mod helpers;
+mod history;
 mod leaks;
 mod live;
 mod logs;
@@ -37,5 +40,6 @@ mod sse;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
+mod tests_across_builds;
 mod throttle;
 mod webhooks;

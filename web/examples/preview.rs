@@ -1,6 +1,6 @@
 //! Renders every dashboard page with realistic sample data into a directory, for looking at the
 //! design without a server: `cargo run -p gantry-web --example preview -- /tmp/gantry-preview`,
-//! then open `repos.html`, `repo.html`, `build.html` or `error.html` in a browser. The stylesheet
+//! then open `repos.html`, `repo.html`, `build.html`, `tests.html` or `error.html` in a browser. The stylesheet
 //! is inlined, so the files work from `file://`.
 
 use std::path::PathBuf;
@@ -204,13 +204,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         now_ms: NOW,
     };
-    let repo = RepoPage::new(
+    let mut repo = RepoPage::new(
         "shop".to_string(),
         "https://git.example.com/acme/shop.git".to_string(),
         Some("failed to fetch refs/heads/*: connection refused (git.example.com:443)".to_string()),
         history.clone(),
         NOW,
     );
+    repo.actions = Some(gantry_web::ActionForms { csrf: "preview".to_string() });
+    repo.branches = vec!["main".to_string(), "feature/discounts".to_string()];
+    repo.history = gantry_web::HistoryNav {
+        filter: gantry_web::HistoryFilterView { branch: "main".to_string(), ..Default::default() },
+        older_href: Some("/repos/shop?branch=main&before=109".to_string()),
+        newer_href: Some("/repos/shop?branch=main&before=140".to_string()),
+        newest_href: Some("/repos/shop?branch=main".to_string()),
+        clear_href: Some("/repos/shop".to_string()),
+    };
+    let run = |number: i64, outcome: &str, duration_ms: i64| gantry_web::TestRunView {
+        build_id: number,
+        number,
+        commit: "6b1f53303a732ccc8c6aae6640399827c15250e3".to_string(),
+        branch: "main".to_string(),
+        outcome: outcome.to_string(),
+        duration_ms: Some(duration_ms),
+        message: (outcome == "failed").then(|| "AssertionError: assert 90 == 81".to_string()),
+    };
+    let test =
+        |classname: &str, name: &str, flaky: bool, runs: Vec<gantry_web::TestRunView>| gantry_web::TestHistoryView {
+            key: gantry_web::TestKeyView {
+                stage: "unit".to_string(),
+                classname: classname.to_string(),
+                name: name.to_string(),
+            },
+            flaky,
+            runs,
+        };
+    let tests = gantry_web::TestsPage {
+        repo: "shop".to_string(),
+        tests: vec![
+            test("tests.test_cart", "test_empty", false, (105..=113).rev().map(|n| run(n, "passed", 3)).collect()),
+            test(
+                "tests.test_cart",
+                "test_total_with_discount",
+                false,
+                vec![run(113, "failed", 4), run(112, "passed", 4), run(111, "passed", 5)],
+            ),
+            test(
+                "tests.test_orders",
+                "test_concurrent_checkout",
+                true,
+                vec![run(113, "passed", 840), run(112, "failed", 2_010), run(111, "passed", 790)],
+            ),
+        ],
+        flaky_only: false,
+        builds_looked_at: 50,
+        now_ms: NOW,
+    };
 
     let (summary, failed_steps) = history[1].clone();
     let mut steps: Vec<StepView> =
@@ -284,6 +333,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             summary: parse_junit(UNIT_REPORT.as_bytes()),
         }],
         now_ms: NOW,
+        actions: Some(gantry_web::ActionForms { csrf: "preview".to_string() }),
+        rerun_of: Some(gantry_web::BuildLink { id: 110, number: 110 }),
+        compared_with: Some(gantry_web::BuildLink { id: 112, number: 112 }),
+        new_failures: vec![gantry_web::TestKeyView {
+            stage: "unit".to_string(),
+            classname: "tests.test_cart".to_string(),
+            name: "test_total_with_discount".to_string(),
+        }],
     };
     let mut errored = build_page.clone();
     errored.reports.clear();
@@ -305,6 +362,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("repo.html", repo.render(&gantry_web::Viewer::Unknown)?),
         ("build.html", build_page.render(&gantry_web::Viewer::Unknown)?),
         ("build-errored.html", errored.render(&gantry_web::Viewer::Unknown)?),
+        ("tests.html", tests.render(&gantry_web::Viewer::Unknown)?),
         ("error.html", error.render(&gantry_web::Viewer::Unknown)?),
     ] {
         let path = dir.join(name);

@@ -8,6 +8,10 @@
 //! so a bad file costs its own section of the page, not the page. Sizes are bounded: at most
 //! [`MAX_FAILING_CASES`] failing cases are kept (the rest are only counted), and each case keeps
 //! at most [`MAX_FAILURE_TEXT_BYTES`] of its message and of its text.
+//!
+//! [`parse_junit_cases`] reads the same file case by case (outcome, duration, message), for the
+//! server to store each case when a report arrives: the one JUnit reader of the workspace serves
+//! both the build page's summary and the tests across builds.
 
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
@@ -93,17 +97,62 @@ pub struct FailingCase {
 
 /// How a case ended, as far as its children say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub enum CaseOutcome {
     Passed,
     Skipped,
     Failed(FailureKind),
+}
+
+impl CaseOutcome {
+    /// `passed`, `failed`, `errored` or `skipped`: the words the tests across builds use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseOutcome::Passed => "passed",
+            CaseOutcome::Skipped => "skipped",
+            CaseOutcome::Failed(FailureKind::Failure) => "failed",
+            CaseOutcome::Failed(FailureKind::Error) => "errored",
+        }
+    }
+}
+
+/// One `<testcase>` of a report, whatever its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JunitCase {
+    /// The case's `classname` attribute, empty when it has none.
+    pub classname: String,
+    /// The case's `name` attribute, empty when it has none.
+    pub name: String,
+    pub outcome: CaseOutcome,
+    /// The case's `time` attribute (seconds) in milliseconds, when it has a readable one.
+    pub duration_ms: Option<u64>,
+    /// The failure's or error's `message`, cut to [`MAX_FAILURE_TEXT_BYTES`].
+    pub message: Option<String>,
+}
+
+/// Every case of the JUnit XML report `content`, in file order; `Err` says why the file is not
+/// valid JUnit XML (as [`JunitSummary::error`] would).
+pub fn parse_junit_cases(content: &[u8]) -> Result<Vec<JunitCase>, String> {
+    let mut cases = Vec::new();
+    read_report(content, |open| {
+        cases.push(JunitCase {
+            classname: open.case.classname,
+            name: open.case.name,
+            outcome: open.outcome,
+            duration_ms: open.duration_ms,
+            message: open.case.message,
+        })
+    })
+    .map_err(|reason| format!("not valid JUnit XML: {reason}"))?;
+    Ok(cases)
 }
 
 /// The `<testcase>` being read.
 struct OpenCase {
     /// The element depth of the `<testcase>` itself.
     depth: usize,
-    outcome: Outcome,
+    outcome: CaseOutcome,
+    /// The `time` attribute, in milliseconds.
+    duration_ms: Option<u64>,
     case: FailingCase,
     /// The element depth of the `<failure>`/`<error>` whose text is being collected.
     collecting: Option<usize>,
@@ -111,19 +160,23 @@ struct OpenCase {
 
 /// Summarise the JUnit XML report `content` (the bytes the host had).
 pub fn parse_junit(content: &[u8]) -> JunitSummary {
-    let text = match std::str::from_utf8(content) {
-        Ok(text) => text,
-        Err(e) => return JunitSummary::invalid(format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to())),
-    };
-    match summarise(text.strip_prefix('\u{feff}').unwrap_or(text)) {
-        Ok(summary) => summary,
+    let mut summary = JunitSummary::default();
+    match read_report(content, |case| finish_case(&mut summary, case)) {
+        Ok(()) => summary,
         Err(reason) => JunitSummary::invalid(reason),
     }
 }
 
-fn summarise(text: &str) -> Result<JunitSummary, String> {
+/// Read the report `content`, handing every case to `on_case` as it ends; `Err` says why the
+/// file is not valid JUnit XML.
+fn read_report(content: &[u8], on_case: impl FnMut(OpenCase)) -> Result<(), String> {
+    let text =
+        std::str::from_utf8(content).map_err(|e| format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    read_cases(text.strip_prefix('\u{feff}').unwrap_or(text), on_case)
+}
+
+fn read_cases(text: &str, mut on_case: impl FnMut(OpenCase)) -> Result<(), String> {
     let mut reader = Reader::from_str(text);
-    let mut summary = JunitSummary::default();
     let mut depth = 0usize;
     let mut seen_root = false;
     let mut open: Option<OpenCase> = None;
@@ -148,7 +201,8 @@ fn summarise(text: &str) -> Result<JunitSummary, String> {
                     None if name == "testcase" => {
                         let case = OpenCase {
                             depth,
-                            outcome: Outcome::Passed,
+                            outcome: CaseOutcome::Passed,
+                            duration_ms: attribute(start, "time")?.as_deref().and_then(seconds_to_ms),
                             case: FailingCase {
                                 kind: FailureKind::Failure,
                                 classname: attribute(start, "classname")?.unwrap_or_default(),
@@ -160,16 +214,16 @@ fn summarise(text: &str) -> Result<JunitSummary, String> {
                             collecting: None,
                         };
                         if empty {
-                            finish_case(&mut summary, case);
+                            on_case(case);
                         } else {
                             open = Some(case);
                         }
                     }
                     // The failure or error element is a direct child of its case.
                     Some(case) if depth == case.depth + 1 => match (name, case.outcome) {
-                        ("failure" | "error", Outcome::Passed | Outcome::Skipped) => {
+                        ("failure" | "error", CaseOutcome::Passed | CaseOutcome::Skipped) => {
                             let kind = if name == "error" { FailureKind::Error } else { FailureKind::Failure };
-                            case.outcome = Outcome::Failed(kind);
+                            case.outcome = CaseOutcome::Failed(kind);
                             case.case.kind = kind;
                             case.case.message =
                                 attribute(start, "message")?.map(|m| truncate(m, MAX_FAILURE_TEXT_BYTES).0);
@@ -177,7 +231,7 @@ fn summarise(text: &str) -> Result<JunitSummary, String> {
                                 case.collecting = Some(depth);
                             }
                         }
-                        ("skipped", Outcome::Passed) => case.outcome = Outcome::Skipped,
+                        ("skipped", CaseOutcome::Passed) => case.outcome = CaseOutcome::Skipped,
                         _ => {}
                     },
                     _ => {}
@@ -192,7 +246,7 @@ fn summarise(text: &str) -> Result<JunitSummary, String> {
                         case.collecting = None;
                     }
                     if case.depth == depth {
-                        finish_case(&mut summary, open.take().expect("a case is open"));
+                        on_case(open.take().expect("a case is open"));
                     }
                 }
                 depth = depth.checked_sub(1).ok_or("an end tag without a start tag")?;
@@ -219,7 +273,14 @@ fn summarise(text: &str) -> Result<JunitSummary, String> {
     if !seen_root {
         return Err("no <testsuites> or <testsuite> element".to_string());
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// A `time` attribute (seconds, `0.031`) in whole milliseconds; `None` when it is not a
+/// non-negative number.
+fn seconds_to_ms(seconds: &str) -> Option<u64> {
+    let seconds: f64 = seconds.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).round() as u64)
 }
 
 /// Add the text of a failure or error element being read to its case, up to the limit.
@@ -239,9 +300,9 @@ fn collect(open: &mut Option<OpenCase>, text: &str) {
 fn finish_case(summary: &mut JunitSummary, open: OpenCase) {
     summary.tests += 1;
     match open.outcome {
-        Outcome::Passed => {}
-        Outcome::Skipped => summary.skipped += 1,
-        Outcome::Failed(kind) => {
+        CaseOutcome::Passed => {}
+        CaseOutcome::Skipped => summary.skipped += 1,
+        CaseOutcome::Failed(kind) => {
             match kind {
                 FailureKind::Failure => summary.failures += 1,
                 FailureKind::Error => summary.errors += 1,
@@ -395,5 +456,25 @@ tests/test_cart.py:9: AssertionError</failure></testcase><testcase classname="te
         assert!(case.text_truncated);
         assert!(case.text.len() <= MAX_FAILURE_TEXT_BYTES && case.text.len() > MAX_FAILURE_TEXT_BYTES - 4);
         assert!(case.message.as_ref().unwrap().len() <= MAX_FAILURE_TEXT_BYTES);
+    }
+    #[test]
+    fn every_case_is_read_with_its_outcome_and_duration() {
+        let cases = parse_junit_cases(PYTEST.as_bytes()).unwrap();
+        let seen: Vec<(&str, &str, Option<u64>)> =
+            cases.iter().map(|c| (c.name.as_str(), c.outcome.as_str(), c.duration_ms)).collect();
+        assert_eq!(
+            seen,
+            [("test_empty", "passed", Some(1)), ("test_total", "failed", Some(2)), ("test_later", "skipped", Some(0))]
+        );
+        assert_eq!(cases[1].classname, "tests.test_cart");
+        assert_eq!(cases[1].message.as_deref(), Some("AssertionError: assert 41 == 42\n +  where 41 = total()"));
+        assert_eq!(cases[0].message, None);
+
+        let odd = br#"<testsuite><testcase name="e" time="-1"><error/></testcase><testcase name="n" time="soon"/></testsuite>"#;
+        let cases = parse_junit_cases(odd).unwrap();
+        assert_eq!((cases[0].outcome.as_str(), cases[0].duration_ms), ("errored", None));
+        assert_eq!(cases[1].duration_ms, None, "an unreadable time is no time");
+        let error = parse_junit_cases(b"<html/>").unwrap_err();
+        assert!(error.starts_with("not valid JUnit XML: the root element is <html>"), "{error}");
     }
 }

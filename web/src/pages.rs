@@ -8,6 +8,7 @@
 use askama::Template;
 
 use crate::account::{LoginPage, TokensPage, Viewer};
+use crate::test_history::TestsPage;
 use crate::view::{BuildPage, ErrorPage, RepoListPage, RepoPage};
 
 /// How often a page showing a queued or running build reloads itself, in seconds.
@@ -57,6 +58,13 @@ struct BuildTemplate<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "tests.html")]
+struct TestsTemplate<'a> {
+    layout: Layout<'a>,
+    page: &'a TestsPage,
+}
+
+#[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorTemplate<'a> {
     layout: Layout<'a>,
@@ -101,6 +109,13 @@ impl Page for BuildPage {
         let title = format!("{} #{} ({})", self.build.repo, self.build.number, self.build.status.as_str());
         let layout = Layout { title, refresh_seconds: refresh_while(self.build.is_live()), viewer };
         BuildTemplate { layout, page: self }.render()
+    }
+}
+
+impl Page for TestsPage {
+    fn render(&self, viewer: &Viewer) -> Result<String, RenderError> {
+        let layout = Layout { title: format!("{} tests", self.repo), refresh_seconds: None, viewer };
+        TestsTemplate { layout, page: self }.render()
     }
 }
 

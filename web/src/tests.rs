@@ -4,6 +4,7 @@
 use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 
 use super::*;
+use crate::grid::StageGrid;
 
 const HOSTILE: &str = "<script>alert(1)</script>";
 const ESCAPED: &str = "&#60;script&#62;alert(1)&#60;/script&#62;";
@@ -250,6 +251,10 @@ fn build_page() -> BuildPage {
             },
         ],
         now_ms: NOW,
+        actions: None,
+        rerun_of: None,
+        compared_with: None,
+        new_failures: Vec::new(),
     }
 }
 
@@ -481,4 +486,181 @@ fn the_tokens_page_lists_tokens_shows_a_new_one_once_and_guards_every_form() {
     let html = page.render(&signed_in(Some("c5rf"))).unwrap();
     assert!(!html.contains("gantry_abc") && !html.contains("/revoke") && !html.contains("Create token"));
     assert!(html.contains("Read-only users cannot create"));
+}
+
+/// A member's view of the repo page: the build form, a filter on a hostile branch and links to
+/// the pages beside it.
+fn repo_page_for_a_member() -> RepoPage {
+    let mut page = repo_page(None);
+    page.actions = Some(ActionForms { csrf: "tok&en\"".to_string() });
+    page.branches = vec!["main".to_string(), HOSTILE.to_string()];
+    page.history = HistoryNav {
+        filter: HistoryFilterView {
+            branch: HOSTILE.to_string(),
+            status: "failed".to_string(),
+            trigger: "manual".to_string(),
+        },
+        older_href: Some("/repos/shop?branch=%3Cscript%3E&status=failed&before=41".to_string()),
+        newer_href: Some("/repos/shop?branch=%3Cscript%3E&before=90".to_string()),
+        newest_href: Some("/repos/shop?branch=%3Cscript%3E".to_string()),
+        clear_href: Some("/repos/shop".to_string()),
+    };
+    page
+}
+
+#[test]
+fn repo_page_offers_the_build_form_only_to_who_may_act() {
+    let html = repo_page_for_a_member().render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains(r#"<form class="inline-form build-form" method="post" action="/repos/shop/builds">"#));
+    assert!(html.contains(r#"<input type="hidden" name="csrf" value="tok&#38;en&#34;">"#), "the token is escaped");
+    assert!(html.contains(r#"name="branch""#) && html.contains(r#"name="commit""#));
+    assert_escaped(&html, "branch suggestions and filter");
+    assert!(!html.contains("<script"), "no script on the page, inline or not");
+
+    let reader = repo_page(None).render(&Viewer::Anonymous).unwrap();
+    assert!(!reader.contains("build-form"), "a reader gets no build form");
+    assert!(!reader.contains(r#"method="post""#), "and no other form that changes anything");
+}
+
+#[test]
+fn repo_page_filter_keeps_its_choices_and_pages_link_to_each_other() {
+    let html = repo_page_for_a_member().render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains(r#"<form class="inline-form history-filter" method="get" action="/repos/shop">"#));
+    assert!(html.contains(r#"<option value="failed" selected>failed</option>"#), "{html}");
+    assert!(html.contains(r#"<option value="manual" selected>manual</option>"#));
+    assert!(html.contains(r#"<option value="passed">passed</option>"#));
+    assert!(html.contains(&format!(r#"value="{ESCAPED}" aria-label="branch""#)), "the branch filter is escaped text");
+    // Links keep their query; `&` is escaped in the attribute, which browsers read back as `&`.
+    assert!(
+        html.contains(
+            r#"<a class="older" rel="next" href="/repos/shop?branch=%3Cscript%3E&#38;status=failed&#38;before=41">"#
+        ),
+        "{html}"
+    );
+    assert!(html.contains(r#"<a class="newer" rel="prev" href="/repos/shop?branch=%3Cscript%3E&#38;before=90">"#));
+    assert!(html.contains(r#"<a class="newest" href="/repos/shop?branch=%3Cscript%3E">"#));
+    assert!(html.contains(r#"<a class="clear-filter" href="/repos/shop">clear</a>"#));
+
+    let mut nothing = repo_page_for_a_member();
+    nothing.builds.clear();
+    nothing.grid = StageGrid::default();
+    let html = nothing.render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains("No build matches this filter."), "an empty filtered page says so: {html}");
+    assert!(!html.contains("No builds yet."));
+    assert!(html.contains("history-filter"), "and keeps the filter to change it");
+}
+
+#[test]
+fn build_page_buttons_cancel_a_live_build_and_rerun_a_finished_one() {
+    let mut page = build_page();
+    assert!(!page.render(&Viewer::Anonymous).unwrap().contains("build-actions"), "no buttons for a reader");
+
+    page.actions = Some(ActionForms { csrf: "abc".to_string() });
+    let html = page.render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains(r#"<form class="inline" method="post" action="/builds/52/rerun">"#));
+    assert!(html.contains(r#"<input type="hidden" name="csrf" value="abc">"#));
+    assert!(!html.contains("/builds/52/cancel"), "a finished build cannot be cancelled");
+
+    page.build.status = BuildStatus::Running;
+    page.build.finished_at_ms = None;
+    let html = page.render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains(r#"<form class="inline" method="post" action="/builds/52/cancel">"#));
+    assert!(!html.contains("/builds/52/rerun"), "a running build is cancelled, not re-run");
+}
+
+#[test]
+fn build_page_marks_new_failures_and_names_the_build_it_reruns() {
+    let mut page = build_page();
+    page.rerun_of = Some(BuildLink { id: 50, number: 10 });
+    page.compared_with = Some(BuildLink { id: 51, number: 11 });
+    page.new_failures = vec![TestKeyView {
+        stage: "unit".to_string(),
+        classname: "tests.test_cart".to_string(),
+        name: "test_render".to_string(),
+    }];
+    let html = page.render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains(r#"re-run of <a href="/builds/50">#10</a>"#));
+    assert!(html.contains(
+        r#"<span class="badge new-failure" title="passed in the previous build of this branch (#11)">new</span>"#
+    ));
+    assert_eq!(html.matches("new-failure").count(), 1, "only the failure that is new is marked");
+
+    // A test of the same name in another stage's report is another test.
+    page.new_failures[0].stage = "lint".to_string();
+    assert!(!page.render(&Viewer::Anonymous).unwrap().contains("new-failure"));
+}
+
+fn tests_page() -> TestsPage {
+    let run = |number: i64, outcome: &str| TestRunView {
+        build_id: 40 + number,
+        number,
+        commit: SHA.to_string(),
+        branch: HOSTILE.to_string(),
+        outcome: outcome.to_string(),
+        duration_ms: Some(1_200),
+        message: (outcome == "failed").then(|| format!("expected {HOSTILE}")),
+    };
+    TestsPage {
+        repo: "shop".to_string(),
+        tests: vec![
+            TestHistoryView {
+                key: TestKeyView {
+                    stage: "unit".to_string(),
+                    classname: "cart".to_string(),
+                    name: HOSTILE.to_string(),
+                },
+                flaky: true,
+                runs: vec![run(3, "passed"), run(2, "failed"), run(1, "passed")],
+            },
+            TestHistoryView {
+                key: TestKeyView { stage: "unit".to_string(), classname: "cart".to_string(), name: "adds".to_string() },
+                flaky: false,
+                runs: vec![run(3, "failed")],
+            },
+        ],
+        flaky_only: false,
+        builds_looked_at: 50,
+        now_ms: NOW,
+    }
+}
+
+#[test]
+fn tests_page_shows_runs_marks_flaky_tests_and_escapes_names() {
+    let page = tests_page();
+    assert_eq!((page.failing_now(), page.flaky()), (1, 1));
+    let html = page.render(&Viewer::Anonymous).unwrap();
+    assert_escaped(&html, "test names, branches in run titles and failure messages");
+    assert!(html.contains(r#"<span class="badge flaky-badge">flaky</span>"#));
+    assert_eq!(html.matches("flaky-badge").count(), 1);
+    assert!(
+        html.contains(r##"<a class="run status-failed" href="/builds/42" title="#2 on &#60;script&#62;"##),
+        "{html}"
+    );
+    assert!(html.contains("2 tests · 1 failing in their newest run · 1 flaky"));
+    assert!(html.contains(r#"href="/repos/shop/tests?flaky=true""#), "a link to the flaky tests only");
+    assert!(html.contains("1.2s"), "durations are shown");
+
+    let mut flaky_only = tests_page();
+    flaky_only.flaky_only = true;
+    flaky_only.tests.clear();
+    let html = flaky_only.render(&Viewer::Anonymous).unwrap();
+    assert!(html.contains("No flaky test in these builds."));
+}
+
+#[test]
+fn the_badge_is_an_svg_of_the_status_with_its_text_escaped() {
+    let svg = Badge::for_status(Some(BuildStatus::Passed)).render().unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+    assert!(svg.contains("<title>build: passed</title>"));
+    assert!(svg.contains("fill=\"#2da44e\""));
+    assert!(Badge::for_status(Some(BuildStatus::Failed)).render().unwrap().contains("build: failed"));
+    assert!(Badge::for_status(None).render().unwrap().contains("build: no builds"));
+    let longer = Badge::for_status(None).render().unwrap();
+    let width = |svg: &str| svg.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse::<u32>().unwrap();
+    assert!(width(&longer) > width(&svg), "the badge grows with its text");
+
+    let hostile = Badge { label: HOSTILE.to_string(), message: "a & b".to_string(), color: "#000000" };
+    let svg = hostile.render().unwrap();
+    assert!(!svg.contains(HOSTILE) && svg.contains(ESCAPED), "{svg}");
+    assert!(svg.contains("a &#38; b"));
 }

@@ -7,9 +7,10 @@
 use gantry_event::{BuildStatus, StepKind, StepStatus, Stream};
 
 use crate::ansi;
+use crate::controls::{ActionForms, BuildLink, HistoryNav};
 use crate::format::{display_log_text, format_age, format_duration_ms, format_timestamp, short_sha};
 use crate::grid::StageGrid;
-use crate::junit::JunitSummary;
+use crate::junit::{FailingCase, JunitSummary};
 
 /// What a build built: a branch or a tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,21 +287,28 @@ fn describe_moment(at_ms: Option<i64>, took_ms: Option<i64>) -> String {
     }
 }
 
-/// `/repos/{name}`: a repo's history and its stage grid.
+/// `/repos/{name}`: one page of a repo's history and its stage grid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoPage {
     pub name: String,
     pub url: String,
     /// Why the last fetch of the repo failed, if it did.
     pub last_error: Option<String>,
-    /// Newest first.
+    /// The builds of this page, newest first.
     pub builds: Vec<BuildSummary>,
     pub grid: StageGrid,
+    /// The filter and the links to older and newer pages (none by default).
+    pub history: HistoryNav,
+    /// The form that builds a branch or a commit, for users who may.
+    pub actions: Option<ActionForms>,
+    /// Branch names the build form suggests.
+    pub branches: Vec<String>,
     pub now_ms: i64,
 }
 
 impl RepoPage {
-    /// The page from the repo's builds, newest first, each with its steps in plan order.
+    /// The page from the repo's builds, newest first, each with its steps in plan order; no
+    /// filter, no other pages, no forms until the caller sets them.
     pub fn new(
         name: String,
         url: String,
@@ -309,7 +317,17 @@ impl RepoPage {
         now_ms: i64,
     ) -> RepoPage {
         let summaries = builds.iter().map(|(build, _)| build.clone()).collect();
-        RepoPage { name, url, last_error, builds: summaries, grid: StageGrid::new(builds), now_ms }
+        RepoPage {
+            name,
+            url,
+            last_error,
+            builds: summaries,
+            grid: StageGrid::new(builds),
+            history: HistoryNav::default(),
+            actions: None,
+            branches: Vec::new(),
+            now_ms,
+        }
     }
 
     pub fn has_live_builds(&self) -> bool {
@@ -331,9 +349,32 @@ pub struct BuildPage {
     /// The stages' JUnit reports, in plan order.
     pub reports: Vec<ReportView>,
     pub now_ms: i64,
+    /// Cancel (while the build is live) or re-run (once it is final), for users who may.
+    pub actions: Option<ActionForms>,
+    /// The build this one re-runs.
+    pub rerun_of: Option<BuildLink>,
+    /// The previous build of the branch with test results, which failures are compared with.
+    pub compared_with: Option<BuildLink>,
+    /// Failing tests that passed in `compared_with`.
+    pub new_failures: Vec<TestKeyView>,
+}
+
+/// What a test is known by across builds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TestKeyView {
+    /// The stage whose report has it.
+    pub stage: String,
+    pub classname: String,
+    pub name: String,
 }
 
 impl BuildPage {
+    /// Whether `case` of `stage`'s report failed here and passed in the previous build of the
+    /// branch.
+    pub fn is_new_failure(&self, stage: &str, case: &FailingCase) -> bool {
+        self.new_failures.iter().any(|k| k.stage == stage && k.classname == case.classname && k.name == case.name)
+    }
+
     /// The commit message's first line.
     pub fn commit_title(&self) -> Option<&str> {
         self.commit_message.as_deref().and_then(|m| m.lines().next()).map(str::trim).filter(|t| !t.is_empty())

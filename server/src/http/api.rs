@@ -1,15 +1,18 @@
-//! The JSON API of the contract (§4): repos, their builds, one build with its hosts and steps,
-//! its JUnit reports summarised (a build's log is `logs`'s), and queueing (or cancelling) a
-//! build by hand.
+//! The JSON API of the contract (§4): repos, their builds (paged newest first with `?before=`
+//! and filtered by branch, status and trigger; the next page is also in a `Link` header), one
+//! build with its hosts and steps (a build's log is `logs`'s), its JUnit reports summarised
+//! (failures that are new since the branch's previous build marked), and queueing, cancelling
+//! or re-running a build by hand.
 //!
-//! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue or cancel;
-//! they never run git or SQL themselves beyond what the scheduler and store offer. Reads take
-//! [`Reader`]; queueing and cancelling take [`Member`] as their first argument, so a request
-//! without credentials is refused (401) before its body is read, and a read-only user's with 403.
+//! Handlers turn store rows into the JSON shapes below and ask the scheduler to queue, cancel or
+//! re-run; they never run git or SQL themselves beyond what the scheduler and store offer. Reads
+//! take [`Reader`]; queueing, cancelling and re-running take [`Member`] as their first argument,
+//! so a request without credentials is refused (401) before its body is read, and a read-only
+//! user's with 403. [`queue_manual`] is also what the repo page's build form calls.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,11 +20,13 @@ use gantry_web::ReportView;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth::{Member, Reader};
+use super::auth::{AuthUser, Member, Reader};
+use super::history::{history_href, repo_segment, HistoryParams};
 use super::{configured_repo, parse_build_id, report_views, rfc3339, AppState, HttpError};
+use crate::config::RepoConfig;
 use crate::git::GitError;
-use crate::scheduler::{Cancelled, Enqueued};
-use crate::store::{BuildRow, HostRow, NewBuild, RefKind, StepRow, Trigger};
+use crate::scheduler::{Cancelled, Enqueued, Rerun};
+use crate::store::{BuildId, BuildRow, HostRow, NewBuild, RefKind, StepRow, TestKey, Trigger};
 
 /// `GET /api/repos/{repo}/builds` returns this many builds without `?limit=`.
 pub const DEFAULT_BUILD_LIST_LIMIT: u32 = 50;
@@ -36,6 +41,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/builds/{id}", get(get_build))
         .route("/api/builds/{id}/reports", get(get_reports))
         .route("/api/builds/{id}/cancel", post(cancel_build))
+        .route("/api/builds/{id}/rerun", post(rerun_build))
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +67,8 @@ pub struct BuildJson {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// The build this one re-runs.
+    pub rerun_of: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,6 +130,8 @@ pub struct FailingCaseJson {
     pub name: String,
     pub message: Option<String>,
     pub text: String,
+    /// It passed in the previous build of the branch that reported tests.
+    pub new_failure: bool,
 }
 
 impl From<ReportView> for ReportJson {
@@ -138,7 +148,13 @@ impl From<ReportView> for ReportJson {
             failing: s
                 .failing
                 .into_iter()
-                .map(|c| FailingCaseJson { classname: c.classname, name: c.name, message: c.message, text: c.text })
+                .map(|c| FailingCaseJson {
+                    classname: c.classname,
+                    name: c.name,
+                    message: c.message,
+                    text: c.text,
+                    new_failure: false,
+                })
                 .collect(),
             failing_omitted: s.omitted_failing,
         }
@@ -160,6 +176,7 @@ impl From<&BuildRow> for BuildJson {
             started_at: b.started_at.map(rfc3339),
             finished_at: b.finished_at.map(rfc3339),
             error: b.error.clone(),
+            rerun_of: b.rerun_of.map(|id| id.0),
         }
     }
 }
@@ -212,23 +229,29 @@ async fn list_repos(_: Reader, State(state): State<AppState>) -> Result<Json<Vec
     Ok(Json(repos))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<u32>,
-}
-
+/// `GET /api/repos/{repo}/builds[?limit=N][&before=ID][&branch=B][&status=S][&trigger=T]`: a
+/// page of the repo's builds, newest first. The next older page is `before` the last build's id;
+/// a `Link: <…>; rel="next"` header names it while there is one.
 async fn list_builds(
     _: Reader,
     State(state): State<AppState>,
     Path(repo): Path<String>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<BuildJson>>, HttpError> {
-    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    configured_repo(&state, &repo)?;
-    let limit = query.limit.unwrap_or(DEFAULT_BUILD_LIST_LIMIT).min(MAX_BUILD_LIST_LIMIT);
-    let builds = state.store.builds_of_repo(&repo, limit).await?;
-    Ok(Json(builds.iter().map(BuildJson::from).collect()))
+    query: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let request = HistoryParams::parse(query, MAX_BUILD_LIST_LIMIT)?;
+    let repo = configured_repo(&state, &repo)?;
+    let limit = request.limit.unwrap_or(DEFAULT_BUILD_LIST_LIMIT);
+    let page = state.store.history(&repo.name, &request.filter, request.before, limit).await?;
+    let builds: Vec<BuildJson> = page.builds.iter().map(BuildJson::from).collect();
+    let mut response = Json(builds).into_response();
+    if let Some(older) = page.older {
+        let path = format!("/api/repos/{}/builds", repo_segment(&repo.name));
+        let next = history_href(&path, &request.filter, Some(older), request.limit);
+        if let Ok(link) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 /// The body of `POST /api/repos/{repo}/builds`: a branch (its current head is built), a commit,
@@ -248,7 +271,21 @@ async fn queue_build(
 ) -> Result<Response, HttpError> {
     let repo = configured_repo(&state, &repo)?;
     let Json(request) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
-    let (commit, branch) = match (request.branch, request.commit) {
+    let build = queue_manual(&state, repo, &user, request.branch, request.commit).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response())
+}
+
+/// Queue a manual build of `repo` for `user`: a branch's current head (fetched first), a commit
+/// (fetched if missing; labelled with `branch` when given, else with a branch whose head it is),
+/// or both.
+pub(super) async fn queue_manual(
+    state: &AppState,
+    repo: &RepoConfig,
+    user: &AuthUser,
+    branch: Option<String>,
+    commit: Option<String>,
+) -> Result<BuildRow, HttpError> {
+    let (commit, branch) = match (branch, commit) {
         (None, None) => return Err(HttpError::BadRequest("give a \"branch\" or a \"commit\" to build".to_string())),
         (Some(branch), None) => {
             state.scheduler.fetch(repo).await.map_err(|e| HttpError::BadGateway(e.to_string()))?;
@@ -269,7 +306,7 @@ async fn queue_build(
             })?;
             let branch = match branch {
                 Some(branch) => branch,
-                None => branch_at(&state, &repo.name, &oid.to_string()).await?,
+                None => branch_at(state, &repo.name, &oid.to_string()).await?,
             };
             (oid, branch)
         }
@@ -284,7 +321,7 @@ async fn queue_build(
     match state.scheduler.enqueue(new, None).await? {
         Enqueued::Queued(build) => {
             tracing::info!(build = %build.id, repo = %build.repo, user = %user.name, "build queued by hand");
-            Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response())
+            Ok(build)
         }
         Enqueued::DuplicateDelivery => Err(HttpError::Internal("a manual build was taken for a redelivery".into())),
     }
@@ -318,10 +355,25 @@ async fn get_reports(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ReportJson>>, HttpError> {
     let id = parse_build_id(&id)?;
-    state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
+    let build = state.store.build(id).await?.ok_or_else(|| HttpError::NotFound(format!("no build {id}")))?;
     let steps = state.store.steps(id).await?;
-    let reports = state.store.reports(id).await?;
-    Ok(Json(report_views(&steps, reports).into_iter().map(ReportJson::from).collect()))
+    let reports = report_views(&steps, state.store.reports(id).await?);
+    let new = if reports.iter().any(|r| !r.summary.failing.is_empty()) {
+        state.store.new_failures(&build).await?.map(|(_, new)| new).unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut json = Vec::with_capacity(reports.len());
+    for report in reports {
+        let stage = report.stage.clone();
+        let mut report = ReportJson::from(report);
+        for case in &mut report.failing {
+            let key = TestKey { stage: stage.clone(), classname: case.classname.clone(), name: case.name.clone() };
+            case.new_failure = new.contains(&key);
+        }
+        json.push(report);
+    }
+    Ok(Json(json))
 }
 
 async fn cancel_build(
@@ -338,4 +390,29 @@ async fn cancel_build(
         Cancelled::AlreadyFinished => (StatusCode::OK, "already finished"),
     };
     Ok((status, Json(json!({ "build": id.0, "outcome": outcome }))).into_response())
+}
+
+/// `POST /api/builds/{id}/rerun` → 202 `{"build": NEW_ID}`: a new build of the same commit and
+/// ref; 409 while the build is still queued or running.
+async fn rerun_build(
+    Member(user): Member,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let build = rerun(&state, &user, parse_build_id(&id)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response())
+}
+
+/// Re-run the build `id` for `user` (the API and the build page's button).
+pub(super) async fn rerun(state: &AppState, user: &AuthUser, id: BuildId) -> Result<BuildRow, HttpError> {
+    match state.scheduler.rerun(id).await? {
+        Rerun::Queued(build) => {
+            tracing::info!(build = %build.id, rerun_of = %id, user = %user.name, "re-run asked for");
+            Ok(build)
+        }
+        Rerun::StillLive => {
+            Err(HttpError::Conflict(format!("build {id} is still queued or running: cancel it or wait for it to end")))
+        }
+        Rerun::NotFound => Err(HttpError::NotFound(format!("no build {id}"))),
+    }
 }

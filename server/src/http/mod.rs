@@ -2,22 +2,28 @@
 //! handler returns.
 //!
 //! `api` is the JSON API of the contract, `hooks` receives forge webhooks, `pages` renders the
-//! dashboard through the `web` crate, `login` and `tokens` sign people in and out and manage their
-//! API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
+//! dashboard through the `web` crate, `actions` takes its forms (build, cancel, re-run),
+//! `history` parses history queries and lists tests across builds, `badge` and `metrics` serve
+//! `/badge/{repo}.svg` and `/metrics`, `login` and `tokens` sign people in and out and manage
+//! their API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
 //! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. Handlers translate between HTTP and the scheduler or store;
 //! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
 //! errors (5xx) are logged with their cause and answered with a generic message, never echoing
 //! internals.
 
+mod actions;
 mod api;
 mod assets;
 pub mod auth;
+mod badge;
 pub mod csrf;
 mod events;
 mod headers;
+mod history;
 mod hooks;
 mod login;
 mod logs;
+mod metrics;
 mod pages;
 mod tokens;
 
@@ -61,7 +67,11 @@ pub fn router(state: AppState) -> Router {
         .merge(assets::routes())
         .merge(events::routes())
         .merge(logs::routes())
-        .merge(hooks::routes())
+        .merge(hooks::routes().route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_webhook)))
+        .merge(actions::routes())
+        .merge(badge::routes())
+        .merge(history::routes())
+        .merge(metrics::routes())
         .merge(pages::routes())
         .merge(login::routes())
         .merge(tokens::routes())
@@ -125,6 +135,9 @@ pub enum HttpError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request does not fit the state of what it names (re-running a running build).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// A git remote could not be reached; the detail is logged and shown on the repo's page.
@@ -143,6 +156,7 @@ impl HttpError {
             HttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,26 +1,32 @@
-//! The dashboard's pages: `/` (repos), `/repos/{repo}` (history and stage grid), `/builds/{id}`
-//! (hosts, test reports, steps and their logs), and the stylesheet.
+//! The dashboard's pages: `/` (repos), `/repos/{repo}` (one page of the history, filtered and
+//! paged like the API's, with its stage grid), `/repos/{repo}/tests` (tests across builds),
+//! `/builds/{id}` (hosts, test reports with new failures marked, steps and their logs), and the
+//! stylesheet.
 //!
 //! Handlers fill the `web` crate's view models from store rows and let it render; all markup and
 //! escaping is the `web` crate's. Every page handler takes [`Reader`] first: without a sign-in (or
-//! `public_read`) it redirects to `/login`. Errors are shown as an HTML error page with the right
-//! status.
+//! `public_read`) it redirects to `/login`. A page shows the forms that act (see `actions`) only
+//! to members and admins. Errors are shown as an HTML error page with the right status.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gantry_web::{
-    BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage, RepoSummary,
-    SignedInView, StepSummary, StepView, Viewer, CSS, CSS_PATH,
+    ActionForms, BuildLink, BuildPage, BuildSummary, ErrorPage, GitRef, HistoryFilterView, HistoryNav, HostView,
+    LogLineView, Page, RepoListPage, RepoPage, RepoSummary, SignedInView, StepSummary, StepView, TestHistoryView,
+    TestKeyView, TestRunView, TestsPage, Viewer, CSS, CSS_PATH,
 };
+use serde::Deserialize;
 
 use super::auth::{AuthUser, Reader};
+use super::history::{history_href, repo_segment, HistoryParams, HistoryRequest, TEST_HISTORY_BUILDS, TEST_RUNS_SHOWN};
 use super::{configured_repo, parse_build_id, report_views, AppState, HttpError};
-use crate::store::{now_ms, BuildRow, HostRow, RefKind, StepRow};
+use crate::store::{now_ms, BuildId, BuildRow, HistoryPage, HostRow, Newer, RefKind, StepRow, TestHistory};
 
-/// The repo page shows this many of the newest builds.
+/// The repo page shows this many builds (fewer with `?limit=`).
 pub const REPO_PAGE_BUILDS: u32 = 50;
 
 /// The build page carries this many of the last lines of each step; its script loads the others
@@ -31,6 +37,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(repo_list))
         .route("/repos/{repo}", get(repo_page))
+        .route("/repos/{repo}/tests", get(tests_page))
         .route("/builds/{id}", get(build_page))
         .route(CSS_PATH, get(stylesheet))
 }
@@ -86,6 +93,12 @@ pub(super) fn viewer(user: Option<&AuthUser>) -> Viewer {
         }),
         None => Viewer::Anonymous,
     }
+}
+
+/// The forms a page offers `reader`: none unless they may change things.
+fn action_forms(reader: &Reader) -> Option<ActionForms> {
+    let user = reader.user.as_ref().filter(|user| user.role.may_change_state())?;
+    Some(ActionForms { csrf: user.csrf().unwrap_or_default().to_string() })
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -158,12 +171,17 @@ async fn repo_page(
     reader: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    query: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Html<String>, PageError> {
+    let request = HistoryParams::parse(query, REPO_PAGE_BUILDS)?;
     let repo = configured_repo(&state, &name)?;
     let row = state.store.repo(&repo.name).await?;
-    let builds = state.store.builds_of_repo(&repo.name, REPO_PAGE_BUILDS).await?;
-    let mut steps = state.store.steps_of_recent_builds(&repo.name, REPO_PAGE_BUILDS).await?;
-    let builds = builds
+    let limit = request.limit.unwrap_or(REPO_PAGE_BUILDS);
+    let page = state.store.history(&repo.name, &request.filter, request.before, limit).await?;
+    let ids: Vec<BuildId> = page.builds.iter().map(|b| b.id).collect();
+    let mut steps = state.store.steps_of_builds(&ids).await?;
+    let builds = page
+        .builds
         .iter()
         .map(|build| {
             // `steps` is ordered like `builds` (newest first), each build's steps in plan order.
@@ -172,8 +190,92 @@ async fn repo_page(
             (build_summary(build), own)
         })
         .collect();
-    let page = RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms());
+    let branches = match state.mirrors.branch_heads(&repo.name).await {
+        Ok(heads) => heads.into_keys().collect(),
+        Err(error) => {
+            tracing::debug!(repo = %repo.name, %error, "no branch names to suggest");
+            Vec::new()
+        }
+    };
+    let mut view =
+        RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms());
+    view.history = history_nav(&repo.name, &request, &page);
+    view.actions = action_forms(&reader);
+    view.branches = branches;
+    render(&view, &reader)
+}
+
+/// The filter form's values and the links to the pages beside `page`.
+fn history_nav(repo: &str, request: &HistoryRequest, page: &HistoryPage) -> HistoryNav {
+    let path = format!("/repos/{}", repo_segment(repo));
+    let filter = &request.filter;
+    let href = |before: Option<BuildId>| history_href(&path, filter, before, request.limit);
+    let active = filter.branch.is_some() || filter.status.is_some() || filter.trigger.is_some();
+    HistoryNav {
+        filter: HistoryFilterView {
+            branch: filter.branch.clone().unwrap_or_default(),
+            status: filter.status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            trigger: filter.trigger.map(|t| t.as_str().to_string()).unwrap_or_default(),
+        },
+        older_href: page.older.map(|before| href(Some(before))),
+        newer_href: page.newer.map(|newer| match newer {
+            Newer::First => href(None),
+            Newer::Before(before) => href(Some(before)),
+        }),
+        newest_href: matches!(page.newer, Some(Newer::Before(_))).then(|| href(None)),
+        clear_href: active.then(|| path.clone()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestsPageQuery {
+    flaky: Option<bool>,
+}
+
+async fn tests_page(
+    reader: Reader,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<TestsPageQuery>, QueryRejection>,
+) -> Result<Html<String>, PageError> {
+    let Query(query) = query.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let repo = configured_repo(&state, &name)?;
+    let flaky_only = query.flaky.unwrap_or(false);
+    let tests = state.store.test_history(&repo.name, TEST_HISTORY_BUILDS, TEST_RUNS_SHOWN, flaky_only).await?;
+    let page = TestsPage {
+        repo: repo.name.clone(),
+        tests: tests.into_iter().map(test_view).collect(),
+        flaky_only,
+        builds_looked_at: TEST_HISTORY_BUILDS,
+        now_ms: now_ms(),
+    };
     render(&page, &reader)
+}
+
+fn test_view(test: TestHistory) -> TestHistoryView {
+    TestHistoryView {
+        key: TestKeyView { stage: test.key.stage, classname: test.key.classname, name: test.key.name },
+        flaky: test.flaky,
+        runs: test
+            .runs
+            .into_iter()
+            .map(|run| TestRunView {
+                build_id: run.build.0,
+                number: run.number,
+                commit: run.commit,
+                branch: run.branch,
+                outcome: run.outcome.as_str().to_string(),
+                duration_ms: run.duration_ms,
+                message: run.message,
+            })
+            .collect(),
+    }
+}
+
+/// Another build of the store as a link, when it exists.
+async fn build_link(state: &AppState, id: BuildId) -> Result<Option<BuildLink>, PageError> {
+    Ok(state.store.build(id).await?.map(|b| BuildLink { id: b.id.0, number: b.number }))
 }
 
 async fn build_page(
@@ -212,6 +314,20 @@ async fn build_page(
         }),
         Err(_) => None,
     };
+    let rerun_of = match build.rerun_of {
+        Some(of) => build_link(&state, of).await?,
+        None => None,
+    };
+    let (compared_with, new_failures) = match reports.iter().any(|r| !r.summary.failing.is_empty()) {
+        true => match state.store.new_failures(&build).await? {
+            Some((previous, new)) => (
+                build_link(&state, previous).await?,
+                new.into_iter().map(|k| TestKeyView { stage: k.stage, classname: k.classname, name: k.name }).collect(),
+            ),
+            None => (None, Vec::new()),
+        },
+        false => (None, Vec::new()),
+    };
     let page = BuildPage {
         build: build_summary(&build),
         commit_message,
@@ -220,6 +336,10 @@ async fn build_page(
         steps,
         reports,
         now_ms: now_ms(),
+        actions: action_forms(&reader),
+        rerun_of,
+        compared_with,
+        new_failures,
     };
     render(&page, &reader)
 }

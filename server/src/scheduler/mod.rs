@@ -10,13 +10,18 @@
 //! teardowns; at start-up [`Scheduler::recover`] interrupts what a crashed server left running
 //! and tears its hosts down before anything new starts.
 //!
+//! [`Scheduler::rerun`] queues a finished build again; [`Scheduler::cancel`] dequeues or stops
+//! one. The scheduler owns the server's [`Metrics`]: it counts builds as they finish, and its
+//! persister times each step.
+//!
 //! It does not speak HTTP, parse webhooks or poll: those call [`Scheduler::enqueue`].
 
+mod actions;
 mod persist;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,8 +38,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, RepoConfig};
 use crate::git::{GitError, Mirrors};
 use crate::live::{Change, LiveBuilds};
+use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
+
+pub use actions::{Cancelled, Rerun};
 
 /// How many events of one build may wait for the persister before the executor waits.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -49,10 +57,10 @@ pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// marked interrupted anyway and their hosts are reaped at the next start.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
 
-/// Why a running build was cancelled, recorded as its error.
 /// How often providers sweep for resources no live build owns (besides the sweep at start).
 pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
 
+// Why a running build was cancelled, recorded as its error.
 const SUPERSEDED: &str = "superseded by a newer build of the same branch";
 const CANCELLED_BY_USER: &str = "cancelled through the API";
 const SERVER_STOPPED: &str = "the server shut down while this build ran";
@@ -91,18 +99,6 @@ pub enum Enqueued {
     DuplicateDelivery,
 }
 
-/// The outcome of [`Scheduler::cancel`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancelled {
-    /// It was queued and is now cancelled.
-    Dequeued,
-    /// It was running; its teardown is under way.
-    Stopping,
-    /// It had already finished.
-    AlreadyFinished,
-    NotFound,
-}
-
 /// Why `.gantry.yml` could not become a pipeline; the text becomes the build's error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -130,12 +126,16 @@ struct Inner {
     slots: Arc<Semaphore>,
     wake: Notify,
     running: Mutex<HashMap<BuildId, Running>>,
+    /// Builds cancelled after their claim but before they reached the running table; `run`
+    /// cancels them as soon as it adds them. Locked only while `running` is.
+    early_cancels: Mutex<HashSet<BuildId>>,
     updates: broadcast::Sender<BuildUpdate>,
     /// The live channels of followed builds (the event stream and the dashboard's feeds).
     live: LiveBuilds,
     /// Cancelled when the server stops: no new claims, running builds are interrupted.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 /// The queue's handle; cheap to clone.
@@ -165,10 +165,12 @@ impl Scheduler {
                 config,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
+                early_cancels: Mutex::new(HashSet::new()),
                 updates,
                 live,
                 shutdown,
                 tasks: TaskTracker::new(),
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -176,6 +178,11 @@ impl Scheduler {
     /// The git mirrors builds are read from.
     pub fn mirrors(&self) -> &Mirrors {
         &self.inner.mirrors
+    }
+
+    /// The server's metrics, which this scheduler's builds count into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Listen to every build's updates from now on.
@@ -194,6 +201,7 @@ impl Scheduler {
         let store = &self.inner.store;
         for build in store.interrupt_unfinished_builds().await? {
             tracing::warn!(build = %build, "build interrupted by a server stop; marked interrupted");
+            self.inner.metrics.build_finished(BuildStatus::Interrupted);
         }
         let hosts = store.hosts_not_torn_down().await?;
         let reaps = hosts.into_iter().map(|host| async move {
@@ -285,6 +293,7 @@ impl Scheduler {
             commit = %build.commit, trigger = build.trigger.as_str(), "build queued");
         for old in superseded {
             tracing::info!(build = %old, by = %build.id, "queued build superseded");
+            self.inner.metrics.build_finished(BuildStatus::Cancelled);
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: old, status: BuildStatus::Cancelled });
             self.inner.live.close(old);
         }
@@ -310,24 +319,6 @@ impl Scheduler {
                 run.cancel.cancel();
             }
         }
-    }
-
-    /// Cancel a queued build, or stop a running one (its hosts are torn down).
-    pub async fn cancel(&self, id: BuildId) -> Result<Cancelled, SchedulerError> {
-        if self.inner.store.cancel_queued_build(id, CANCELLED_BY_USER).await? {
-            let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
-            self.inner.live.close(id);
-            return Ok(Cancelled::Dequeued);
-        }
-        if let Some(run) = self.inner.running.lock().expect("running table poisoned").get_mut(&id) {
-            run.reason.get_or_insert(CANCELLED_BY_USER);
-            run.cancel.cancel();
-            return Ok(Cancelled::Stopping);
-        }
-        Ok(match self.inner.store.build(id).await? {
-            Some(_) => Cancelled::AlreadyFinished,
-            None => Cancelled::NotFound,
-        })
     }
 
     /// Fetch a repo's mirror and record the outcome on the repo (its page shows the last error).
@@ -386,10 +377,10 @@ impl Scheduler {
                 self.inner.running.lock().expect("running table poisoned").keys().copied().collect();
             for id in left {
                 tracing::error!(build = %id, "build did not stop in time; its hosts are reaped at the next start");
-                if let Err(error) =
-                    self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await
-                {
-                    tracing::error!(build = %id, %error, "could not mark the build interrupted");
+                match self.inner.store.finish_build(id, BuildStatus::Interrupted, Some(SERVER_STOPPED)).await {
+                    Ok(true) => self.inner.metrics.build_finished(BuildStatus::Interrupted),
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(build = %id, %error, "could not mark the build interrupted"),
                 }
             }
         }
@@ -434,11 +425,15 @@ impl Scheduler {
         let inner = &self.inner;
         let id = build.id;
         let cancel = CancellationToken::new();
-        inner
-            .running
-            .lock()
-            .expect("running table poisoned")
-            .insert(id, Running { build: build.clone(), cancel: cancel.clone(), reason: None });
+        {
+            let mut running = inner.running.lock().expect("running table poisoned");
+            let cancelled_early = inner.early_cancels.lock().expect("early cancels poisoned").remove(&id);
+            let reason = cancelled_early.then_some(CANCELLED_BY_USER);
+            if cancelled_early {
+                cancel.cancel();
+            }
+            running.insert(id, Running { build: build.clone(), cancel: cancel.clone(), reason });
+        }
         if inner.shutdown.is_cancelled() {
             cancel.cancel();
         }
@@ -466,7 +461,12 @@ impl Scheduler {
             _ => (status, error),
         };
         match inner.store.finish_build(id, status, error.as_deref()).await {
-            Ok(_) => tracing::info!(build = %id, status = status.as_str(), "build finished"),
+            Ok(changed) => {
+                if changed {
+                    inner.metrics.build_finished(status);
+                }
+                tracing::info!(build = %id, status = status.as_str(), "build finished")
+            }
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
@@ -537,6 +537,7 @@ impl Scheduler {
             received,
             inner.updates.clone(),
             inner.live.clone(),
+            Arc::clone(&inner.metrics),
         ));
         let result = execute(plan, provider, events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.

@@ -11,6 +11,10 @@
 //! its channel, even when the database fails, so the executor is never blocked by storage; a
 //! failed batch is logged and dropped (its numbers are handed out again). It decides nothing
 //! about the build itself.
+//!
+//! A JUnit report is also stored case by case (`store::test_cases`, read by the one JUnit
+//! reader, `gantry_web::parse_junit_cases`), and each finished step's duration is observed in
+//! the metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,17 +22,23 @@ use std::time::SystemTime;
 
 use gantry_event::{BuildEvent, StepId, StepKind};
 use gantry_runner::provider::HostId;
+use gantry_web::{parse_junit_cases, CaseOutcome, FailureKind};
 use tokio::sync::{broadcast, mpsc};
 
 use super::BuildUpdate;
 use crate::live::{self, Change, LiveBuilds, WireEvent};
+use crate::metrics::Metrics;
 use crate::store::events::{EventKind, EventRow};
 use crate::store::hosts::{HostPhase, Provisioned};
 use crate::store::reports::ReportRow;
-use crate::store::{self, to_ms, BuildId, LogLine, Store};
+use crate::store::{self, to_ms, BuildId, LogLine, NewTestCase, Store, TestOutcome};
 
 /// At most this many events are written in one transaction.
 pub const MAX_EVENTS_PER_BATCH: usize = 2048;
+
+/// At most this many cases of one report are stored as test cases (the report itself is kept
+/// whole).
+pub const MAX_CASES_PER_REPORT: usize = 50_000;
 
 /// What the persister remembers about one build between batches.
 struct BuildLog {
@@ -39,6 +49,7 @@ struct BuildLog {
     last_seq: i64,
     /// The last line number of each step.
     step_lines: Vec<i64>,
+    metrics: Arc<Metrics>,
 }
 
 /// What one batch wrote, to broadcast once it is committed.
@@ -56,8 +67,9 @@ pub(super) async fn persist(
     mut events: mpsc::Receiver<BuildEvent>,
     updates: broadcast::Sender<BuildUpdate>,
     live: LiveBuilds,
+    metrics: Arc<Metrics>,
 ) {
-    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new() };
+    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new(), metrics };
     match store.begin().await {
         Ok(mut tx) => match store::events::last_seq(&mut tx, build).await {
             Ok(seq) => log.last_seq = seq,
@@ -219,6 +231,9 @@ impl BuildLog {
             BuildEvent::StepFinished { step, at, status, exit_code } => {
                 let at = to_ms(*at);
                 let started = store::steps::finish(conn, build, *step, *status, *exit_code, at).await?;
+                if let (Some(started), Some(planned)) = (started, self.steps.get(*step)) {
+                    self.metrics.step_finished(planned.kind, *status, at - started);
+                }
                 self.record_step(conn, *step, written).await?;
                 // A host's provision and teardown times are those of its steps.
                 let phase = match self.steps.get(*step).map(|s| s.kind) {
@@ -249,6 +264,8 @@ impl BuildLog {
             BuildEvent::Report { step, path, content } => {
                 store::reports::insert(conn, build, *step as i64, path, content).await?;
                 let stage = self.steps.get(*step).map_or_else(|| format!("step {step}"), |s| s.name.clone());
+                let cases = test_cases(content);
+                store::test_cases::replace_report(conn, build, *step as i64, &stage, path, &cases).await?;
                 let report = ReportRow { step_idx: *step as i64, path: path.clone(), content: content.clone() };
                 let data = live::report_json(build, &stage, &report);
                 self.record(written, EventKind::Report, data);
@@ -256,4 +273,26 @@ impl BuildLog {
         }
         Ok(())
     }
+}
+
+/// The cases of a JUnit report, as the store keeps them; none when it is not JUnit XML (the
+/// build page says why, from the stored report).
+fn test_cases(content: &[u8]) -> Vec<NewTestCase> {
+    let Ok(cases) = parse_junit_cases(content) else { return Vec::new() };
+    cases
+        .into_iter()
+        .take(MAX_CASES_PER_REPORT)
+        .map(|case| NewTestCase {
+            classname: case.classname,
+            name: case.name,
+            outcome: match case.outcome {
+                CaseOutcome::Passed => TestOutcome::Passed,
+                CaseOutcome::Skipped => TestOutcome::Skipped,
+                CaseOutcome::Failed(FailureKind::Failure) => TestOutcome::Failed,
+                CaseOutcome::Failed(FailureKind::Error) => TestOutcome::Errored,
+            },
+            duration_ms: case.duration_ms.and_then(|ms| i64::try_from(ms).ok()),
+            message: case.message,
+        })
+        .collect()
 }

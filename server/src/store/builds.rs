@@ -3,6 +3,7 @@
 //! Claiming is one statement (`UPDATE … WHERE id = (SELECT …) RETURNING …`), so two schedulers
 //! could never claim one build; superseding and finishing only ever move a build forward to a
 //! final status. Deciding *when* to do these things is the scheduler's job, not this file's.
+//! Paging through a repo's history lives in `history`.
 
 use gantry_event::BuildStatus;
 use sqlx::sqlite::SqliteRow;
@@ -97,15 +98,26 @@ pub struct BuildRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    /// The build this one re-runs (same commit and ref, asked for by a person).
+    pub rerun_of: Option<BuildId>,
+}
+
+impl BuildRow {
+    /// Whether the build is still queued or running.
+    pub fn is_live(&self) -> bool {
+        !self.status.is_final()
+    }
 }
 
 /// The columns [`build_from_row`] reads, for every query returning builds.
 macro_rules! build_columns {
     () => {
         "id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, started_at, \
-         finished_at, error"
+         finished_at, error, rerun_of"
     };
 }
+
+pub(super) use build_columns;
 
 pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
     Ok(BuildRow {
@@ -121,19 +133,36 @@ pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
         error: row.try_get("error")?,
+        rerun_of: row.try_get::<Option<i64>, _>("rerun_of")?.map(BuildId),
     })
 }
 
-fn builds_from_rows(rows: &[SqliteRow]) -> Result<Vec<BuildRow>> {
+pub(super) fn builds_from_rows(rows: &[SqliteRow]) -> Result<Vec<BuildRow>> {
     rows.iter().map(build_from_row).collect()
 }
 
 /// Queue a build; its number is the repo's next one.
 pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild) -> Result<BuildRow> {
+    insert_with(conn, new, None).await
+}
+
+/// Queue a re-run of `of`: a manual build of the same repo, commit and ref that names it.
+pub async fn insert_rerun(conn: &mut SqliteConnection, of: &BuildRow) -> Result<BuildRow> {
+    let new = NewBuild {
+        repo: of.repo.clone(),
+        commit: of.commit.clone(),
+        branch: of.branch.clone(),
+        ref_kind: of.ref_kind,
+        trigger: Trigger::Manual,
+    };
+    insert_with(conn, &new, Some(of.id)).await
+}
+
+async fn insert_with(conn: &mut SqliteConnection, new: &NewBuild, rerun_of: Option<BuildId>) -> Result<BuildRow> {
     let row = sqlx::query(concat!(
-        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at) \
+        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of) \
          VALUES (?1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = ?1), ?2, ?3, ?4, ?5, \
-         'queued', ?6) RETURNING ",
+         'queued', ?6, ?7) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -142,6 +171,7 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild) -> Result<Build
     .bind(new.ref_kind.as_str())
     .bind(new.trigger.as_str())
     .bind(now_ms())
+    .bind(rerun_of.map(|id| id.0))
     .fetch_one(conn)
     .await?;
     build_from_row(&row)
@@ -278,7 +308,7 @@ impl Store {
         row.as_ref().map(build_from_row).transpose()
     }
 
-    /// A repo's builds, newest first.
+    /// A repo's newest builds, newest first (see `history` for paging and filters).
     pub async fn builds_of_repo(&self, repo: &str, limit: u32) -> Result<Vec<BuildRow>> {
         let rows =
             sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?"))
@@ -306,11 +336,11 @@ impl Store {
     }
 
     /// Whether a newer build of the same repo and ref than `build` is queued or running (then
-    /// `build` is superseded).
+    /// `build` is superseded). A re-run is not newer work: it builds an older commit again.
     pub async fn has_newer_live_build(&self, build: &BuildRow) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND ref_kind = ? AND id > ? \
-             AND status IN ('queued', 'provisioning', 'running') LIMIT 1",
+             AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
         )
         .bind(&build.repo)
         .bind(&build.branch)
@@ -467,5 +497,20 @@ mod tests {
         assert!(!store.has_build_of("acme", "dev", &"b".repeat(40)).await.unwrap());
         assert!(store.cancel_queued_build(history[0].id, "cancelled by a user").await.unwrap());
         assert!(!store.cancel_queued_build(history[0].id, "again").await.unwrap());
+    }
+    #[tokio::test]
+    async fn a_rerun_names_its_build_and_supersedes_nothing() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let old = store.insert_build(&NewBuild { trigger: Trigger::Push, ..new_build("main", 'a') }).await.unwrap();
+        store.finish_build(old.id, BuildStatus::Failed, None).await.unwrap();
+        let newer = store.insert_build(&new_build("main", 'b')).await.unwrap();
+        let mut conn = store.writer().acquire().await.unwrap();
+        let rerun = insert_rerun(&mut conn, &store.build(old.id).await.unwrap().unwrap()).await.unwrap();
+        drop(conn);
+        assert_eq!((rerun.commit.as_str(), rerun.branch.as_str()), (old.commit.as_str(), "main"));
+        assert_eq!((rerun.trigger, rerun.rerun_of, rerun.number), (Trigger::Manual, Some(old.id), 3));
+        assert_eq!(store.build(rerun.id).await.unwrap().unwrap().rerun_of, Some(old.id));
+        assert!(!store.has_newer_live_build(&newer).await.unwrap(), "a re-run of an older commit is not newer work");
+        assert!(store.has_newer_live_build(&old).await.unwrap(), "the newer build of the branch is");
     }
 }

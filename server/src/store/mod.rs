@@ -1,5 +1,6 @@
-//! Gantry's durable state in SQLite: repos, builds, steps, hosts, log lines, reports, webhook
-//! deliveries, the poller's branch heads, and users with their API tokens and sessions.
+//! Gantry's durable state in SQLite: repos, builds (and their history), steps, hosts, log lines,
+//! reports and the test cases in them, webhook deliveries, the poller's branch heads, and users
+//! with their API tokens and sessions.
 //!
 //! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
 //! functions taking a connection (so callers can compose them in one transaction) and methods on
@@ -15,12 +16,14 @@ pub mod backup;
 pub mod builds;
 pub mod deliveries;
 pub mod events;
+pub mod history;
 pub mod hosts;
 pub mod logs;
 pub mod reports;
 pub mod repos;
 pub mod sessions;
 pub mod steps;
+pub mod test_cases;
 pub mod tokens;
 pub mod users;
 
@@ -32,11 +35,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub use builds::{BuildId, BuildRow, NewBuild, RefKind, Trigger};
+pub use history::{HistoryFilter, HistoryPage, Newer};
 pub use hosts::{HostRow, HostState};
 pub use logs::LogLine;
 pub use reports::ReportRow;
 pub use repos::RepoRow;
 pub use steps::StepRow;
+pub use test_cases::{NewTestCase, TestHistory, TestKey, TestOutcome, TestRun};
 pub use tokens::{TokenId, TokenOwner, TokenRow};
 pub use users::{Removed, Role, UserId, UserRow};
 

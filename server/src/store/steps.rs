@@ -135,6 +135,26 @@ impl Store {
         rows.iter().map(step_from_row).collect()
     }
 
+    /// The steps of `builds`, ordered like them (then in plan order), for the stage grid of a
+    /// history page.
+    pub async fn steps_of_builds(&self, builds: &[BuildId]) -> Result<Vec<StepRow>> {
+        if builds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!("SELECT ", step_columns!(), " FROM steps"));
+        query.push(" WHERE build_id IN (");
+        let mut ids = query.separated(", ");
+        for build in builds {
+            ids.push_bind(build.0);
+        }
+        query.push(")");
+        let rows = query.build().fetch_all(self.reader()).await?;
+        let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;
+        let position = |id: BuildId| builds.iter().position(|b| *b == id).unwrap_or(usize::MAX);
+        steps.sort_by_key(|s| (position(s.build_id), s.idx));
+        Ok(steps)
+    }
+
     pub async fn step_by_name(&self, build: BuildId, name: &str) -> Result<Option<StepRow>> {
         let row = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = ? AND name = ?"))
             .bind(build.0)
@@ -178,5 +198,7 @@ mod tests {
         assert_eq!(store.step_by_name(build.id, "lint").await.unwrap().unwrap().idx, 2);
         assert!(store.step_by_name(build.id, "nope").await.unwrap().is_none());
         assert_eq!(store.steps_of_recent_builds("acme", 5).await.unwrap().len(), 3);
+        assert_eq!(store.steps_of_builds(&[build.id]).await.unwrap(), steps);
+        assert!(store.steps_of_builds(&[BuildId(build.id.0 + 1)]).await.unwrap().is_empty());
     }
 }
