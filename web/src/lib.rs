@@ -50,8 +50,8 @@ pub use grid::{GridColumn, GridRow, StageGrid};
 pub use junit::{parse_junit, FailingCase, FailureKind, JunitSummary, MAX_FAILING_CASES, MAX_FAILURE_TEXT_BYTES};
 pub use pages::{Page, RenderError, REFRESH_SECONDS};
 pub use view::{
-    step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, RepoListPage, RepoPage,
-    RepoSummary, ReportView, StepSummary, StepView,
+    step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, PullRequestRef, RepoListPage,
+    RepoPage, RepoSummary, ReportView, StepSummary, StepView,
 };
 
 /// The dashboard's stylesheet, served at [`CSS_PATH`].

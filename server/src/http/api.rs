@@ -62,6 +62,17 @@ pub struct BuildJson {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// Set when `ref_kind` is `pull_request`; `branch` is then the request's source branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestJson>,
+}
+
+/// The pull (merge) request a build built the head of.
+#[derive(Debug, Serialize)]
+pub struct PullRequestJson {
+    pub number: i64,
+    pub source: String,
+    pub target: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +169,11 @@ impl From<&BuildRow> for BuildJson {
             started_at: b.started_at.map(rfc3339),
             finished_at: b.finished_at.map(rfc3339),
             error: b.error.clone(),
+            pull_request: b.pull_request.as_ref().map(|pr| PullRequestJson {
+                number: pr.number,
+                source: pr.source.clone(),
+                target: pr.target.clone(),
+            }),
         }
     }
 }

@@ -12,8 +12,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use gantry_web::{
-    BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, RepoListPage, RepoPage, RepoSummary,
-    SignedInView, StepSummary, StepView, Viewer, CSS, CSS_PATH,
+    BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, Page, PullRequestRef, RepoListPage, RepoPage,
+    RepoSummary, SignedInView, StepSummary, StepView, Viewer, CSS, CSS_PATH,
 };
 
 use super::auth::{AuthUser, Reader};
@@ -97,9 +97,12 @@ fn build_summary(b: &BuildRow) -> BuildSummary {
         repo: b.repo.clone(),
         number: b.number,
         status: b.status,
-        git_ref: match b.ref_kind {
-            RefKind::Branch => GitRef::Branch(b.branch.clone()),
-            RefKind::Tag => GitRef::Tag(b.branch.clone()),
+        git_ref: match (b.ref_kind, &b.pull_request) {
+            (RefKind::Tag, _) => GitRef::Tag(b.branch.clone()),
+            (RefKind::PullRequest, Some(pr)) => {
+                GitRef::PullRequest(PullRequestRef::new(pr.number, pr.source.clone(), pr.target.clone()))
+            }
+            (RefKind::Branch | RefKind::PullRequest, _) => GitRef::Branch(b.branch.clone()),
         },
         commit: b.commit.clone(),
         trigger: b.trigger.as_str().to_string(),
@@ -170,7 +173,9 @@ async fn repo_page(
             (build_summary(build), own)
         })
         .collect();
-    let page = RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms());
+    let mut page =
+        RepoPage::new(repo.name.clone(), repo.url.to_string(), row.and_then(|r| r.last_error), builds, now_ms());
+    page.forge_notice = state.store.forge_error(&repo.name).await?.map(|(error, _)| error);
     render(&page, &reader)
 }
 

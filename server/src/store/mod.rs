@@ -1,5 +1,6 @@
 //! Gantry's durable state in SQLite: repos, builds, steps, hosts, log lines, reports, webhook
-//! deliveries, the poller's branch heads, and users with their API tokens and sessions.
+//! deliveries (the queue of deliveries still to resolve), the commit statuses still to report on
+//! forges, the poller's branch heads, and users with their API tokens and sessions.
 //!
 //! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
 //! functions taking a connection (so callers can compose them in one transaction) and methods on
@@ -15,9 +16,11 @@ pub mod builds;
 pub mod deliveries;
 pub mod hosts;
 pub mod logs;
+pub mod pull_requests;
 pub mod reports;
 pub mod repos;
 pub mod sessions;
+pub mod statuses;
 pub mod steps;
 pub mod tokens;
 pub mod users;
@@ -29,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-pub use builds::{BuildId, BuildRow, NewBuild, RefKind, Trigger};
+pub use builds::{BuildId, BuildRow, NewBuild, PullRequest, RefKind, Trigger};
 pub use hosts::{HostRow, HostState};
 pub use logs::LogLine;
 pub use reports::ReportRow;
