@@ -205,7 +205,13 @@ impl Scheduler {
             let error = format!("repo {:?} is no longer configured", build.repo);
             return self.end_unresolved(delivery, &build, BuildStatus::Errored, &error).await;
         };
-        let commit = match self.ensure_build_commit(repo, &build).await {
+        // A request's head is checked against the request's ref every time, even when the mirror
+        // has the commit already (from a branch): the payload's word alone builds nothing.
+        let commit = match &build.pull_request {
+            Some(pr) => self.ensure_request_head(repo, pr, &build.commit).await,
+            None => self.ensure_commit(repo, &build.commit).await,
+        };
+        let commit = match commit {
             Ok(commit) => commit,
             // The remote may be back when the build runs; it fetches again and records why not.
             Err(error @ GitError::Fetch { .. }) => {
@@ -243,17 +249,23 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Make sure the commit of `build` is in the mirror: a request's head through the request's
-    /// ref of the configured URL, any other commit through a fetch of the branches and tags.
+    /// Make sure the commit of `build` is in the mirror, for its run: a request's head (checked
+    /// against the request's ref when its delivery was resolved) through the request's ref of the
+    /// configured URL if it is missing, any other commit through a fetch of branches and tags.
     pub(super) async fn ensure_build_commit(&self, repo: &RepoConfig, build: &BuildRow) -> Result<Oid, GitError> {
         let Some(pr) = &build.pull_request else {
             return self.ensure_commit(repo, &build.commit).await;
         };
-        let mirrors = &self.inner.mirrors;
-        if let Some(oid) = mirrors.find_commit(&repo.name, &build.commit).await? {
+        if let Some(oid) = self.inner.mirrors.find_commit(&repo.name, &build.commit).await? {
             return Ok(oid);
         }
-        let result = mirrors.ensure_request_head(&repo.name, &repo.url, &pr.head_ref, &build.commit).await;
+        self.ensure_request_head(repo, pr, &build.commit).await
+    }
+
+    /// Fetch the request's ref and check that it reaches `commit`; a fetch error is recorded on
+    /// the repo like any other.
+    async fn ensure_request_head(&self, repo: &RepoConfig, pr: &PullRequest, commit: &str) -> Result<Oid, GitError> {
+        let result = self.inner.mirrors.ensure_request_head(&repo.name, &repo.url, &pr.head_ref, commit).await;
         if let Err(error @ GitError::Fetch { .. }) = &result {
             self.record_fetch(repo, Some(error)).await;
         }
