@@ -70,6 +70,7 @@ impl SlowRemote {
     }
 
     /// From now on, connections wait `delay`.
+    #[allow(dead_code)] // The benchmark keeps its delay.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap(), Ordering::Relaxed);
     }

@@ -194,6 +194,54 @@ mod tests {
         assert!(insert(&mut conn, &delivery(None, Some("h4"))).await.unwrap().is_none());
     }
 
+    /// The queue's migration rebuilds `builds` and `deliveries`: a database written before it keeps
+    /// every build with its number, steps, hosts and log lines, and its old deliveries count as
+    /// processed (their builds are claimed as before).
+    #[tokio::test]
+    async fn the_queue_migration_keeps_every_build_and_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = dir.path().join("before");
+        std::fs::create_dir(&before).unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        for name in ["20240101000000_initial.sql", "20240601000000_users_tokens_sessions.sql"] {
+            std::fs::copy(migrations.join(name), before.join(name)).unwrap();
+        }
+        let path = dir.path().join("gantry.db");
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true).foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(before.as_path()).await.unwrap().run(&pool).await.unwrap();
+        for statement in [
+            "INSERT INTO repos (name, url) VALUES ('acme', '/srv/acme')",
+            "INSERT INTO builds (id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at) \
+             VALUES (5, 'acme', 3, 'abc', 'main', 'tag', 'push', 'passed', 1), \
+             (6, 'acme', 4, 'def', 'dev', 'branch', 'manual', 'queued', 2)",
+            "INSERT INTO steps (build_id, idx, kind, name, host, status) VALUES (5, 0, 'stage', 'unit', 'web', 'passed')",
+            "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) \
+             VALUES (5, 'web', 'b5-web', 'local', 'torn_down', 1)",
+            "INSERT INTO log_lines (build_id, step_idx, seq, at, stream, text) VALUES (5, 0, 0, 1, 'stdout', 'ok')",
+            "INSERT INTO deliveries (repo, delivery_id, received_at, build_id) VALUES ('acme', 'd-1', 1, 6)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(&path).await.unwrap();
+        let old = store.build(BuildId(5)).await.unwrap().unwrap();
+        assert_eq!((old.number, old.branch.as_str(), old.pull_request), (3, "main", None));
+        assert_eq!(store.steps(BuildId(5)).await.unwrap().len(), 1);
+        assert_eq!(store.hosts_of_build(BuildId(5)).await.unwrap().len(), 1);
+        assert_eq!(store.log_lines(BuildId(5), None, None).await.unwrap().len(), 1);
+        assert!(store.has_delivery("acme", "d-1").await.unwrap());
+        assert_eq!(store.next_unprocessed_delivery("acme").await.unwrap(), None);
+        assert_eq!(store.claim_next_build().await.unwrap().unwrap().id, BuildId(6));
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(store.reader()).await.unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(store.writer()).await.unwrap();
+        assert_eq!(fk, 1, "foreign keys are back on after the migration");
+    }
+
     #[tokio::test]
     async fn unprocessed_deliveries_come_oldest_first_until_processed() {
         let (store, _dir, build) = testing::store_with_build().await;
