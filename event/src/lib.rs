@@ -111,6 +111,8 @@ pub enum BuildStatus {
     Cancelled,
     Errored,
     Interrupted,
+    /// The pipeline's `on` does not build this ref; the build's error says why. Nothing ran.
+    Skipped,
 }
 
 impl BuildStatus {
@@ -124,6 +126,7 @@ impl BuildStatus {
             BuildStatus::Cancelled => "cancelled",
             BuildStatus::Errored => "errored",
             BuildStatus::Interrupted => "interrupted",
+            BuildStatus::Skipped => "skipped",
         }
     }
 
@@ -137,6 +140,7 @@ impl BuildStatus {
             "cancelled" => BuildStatus::Cancelled,
             "errored" => BuildStatus::Errored,
             "interrupted" => BuildStatus::Interrupted,
+            "skipped" => BuildStatus::Skipped,
             _ => return None,
         })
     }

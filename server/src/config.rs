@@ -16,13 +16,16 @@ use ipnet::{IpNet, Ipv4Net};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::forge::status::ForgeKind;
 use crate::repo_url::{redact_urls, RepoUrl};
 use crate::secrets::SecretSource;
 
 mod auth;
+mod forge;
 mod logs;
 
 pub use auth::{AuthConfig, PublicUrl, DEFAULT_SESSION_TTL, MAX_SESSION_TTL};
+pub use forge::ForgeSettings;
 pub use logs::LogsConfig;
 
 /// Where the server listens when nothing says otherwise.
@@ -108,6 +111,18 @@ pub struct RepoConfig {
     /// the team's yet).
     #[serde(default)]
     pub secrets_for_pull_requests: bool,
+    /// The forge builds report their states to (contract §7); none: nothing is reported.
+    #[serde(default)]
+    pub forge: Option<ForgeKind>,
+    /// The forge's API base; GitHub's and GitLab.com's are the defaults of those forges.
+    #[serde(default)]
+    pub forge_api: Option<String>,
+    /// `owner/name` (GitLab: the project's path or numeric id).
+    #[serde(default)]
+    pub forge_project: Option<String>,
+    /// Where the API token comes from, read each time a status is sent.
+    #[serde(default)]
+    pub forge_token: Option<SecretSource>,
 }
 
 impl RepoConfig {
@@ -122,7 +137,23 @@ impl RepoConfig {
             cancel_superseded: default_cancel_superseded(),
             secrets: BTreeMap::new(),
             secrets_for_pull_requests: false,
+            forge: None,
+            forge_api: None,
+            forge_project: None,
+            forge_token: None,
         }
+    }
+
+    /// Where this repo's commit statuses go, when all of `forge`, `forge_project` and
+    /// `forge_token` are set (validation makes sure they are set together).
+    pub fn forge_settings(&self) -> Option<ForgeSettings<'_>> {
+        let kind = self.forge?;
+        Some(ForgeSettings {
+            kind,
+            api: self.forge_api.as_deref().or(kind.default_api())?,
+            project: self.forge_project.as_deref()?,
+            token: self.forge_token.as_ref()?,
+        })
     }
 }
 
@@ -367,6 +398,13 @@ impl Config {
                     repo.name
                 ));
             }
+            let forge = forge::check(
+                repo.forge,
+                repo.forge_api.as_deref(),
+                repo.forge_project.as_deref(),
+                repo.forge_token.as_ref(),
+            );
+            problems.extend(forge.into_iter().map(|problem| format!("repo {:?}: {problem}", repo.name)));
             if repo.poll_interval == Some(Duration::ZERO) {
                 problems.push(format!("repo {:?}: poll_interval must be longer than zero", repo.name));
             }

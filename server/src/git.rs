@@ -44,6 +44,9 @@ pub enum GitError {
     Fetch { repo: String, message: String },
     #[error("commit {commit} is not in repo {repo:?}")]
     CommitNotFound { commit: String, repo: String },
+    /// A pull request's head commit could not be reached through the request's ref.
+    #[error("commit {commit} is not reachable through {head_ref} of repo {repo:?}: {reason}")]
+    NotInRequest { commit: String, head_ref: String, repo: String, reason: String },
     #[error("{what:?} is not a commit id")]
     BadCommitId { what: String },
     #[error("git error in the mirror of {repo}: {source}")]
@@ -98,7 +101,51 @@ impl Mirrors {
         let lock = self.fetch_lock(repo);
         let _guard = lock.lock().await;
         let (path, repo, url) = (self.path(repo), repo.to_string(), url.clone());
-        blocking(move || fetch_blocking(&path, &repo, &url)).await
+        blocking(move || fetch_blocking(&path, &repo, &url, &MIRROR_REFSPECS)).await
+    }
+
+    /// Make sure `commit`, the head of a pull (merge) request, is in the mirror, reachable
+    /// through `head_ref` (`refs/pull/N/head`, `refs/merge-requests/N/head`) of the configured
+    /// URL: the ref is fetched into the mirror under its own name, and `commit` must be its
+    /// target or one of its ancestors (a newer push may already have moved it on). A request from
+    /// a fork is fetched the same way: the forge keeps its head under the target repo's ref.
+    pub async fn ensure_request_head(
+        &self,
+        repo: &str,
+        url: &RepoUrl,
+        head_ref: &str,
+        commit: &str,
+    ) -> Result<Oid, GitError> {
+        let oid = Oid::from_str(commit).map_err(|_| GitError::BadCommitId { what: commit.to_string() })?;
+        if !git2::Reference::is_valid_name(head_ref) {
+            return Err(GitError::BadCommitId { what: head_ref.to_string() });
+        }
+        let lock = self.fetch_lock(repo);
+        let _guard = lock.lock().await;
+        let (path, name, url, head_ref) = (self.path(repo), repo.to_string(), url.clone(), head_ref.to_string());
+        blocking(move || {
+            let refspec = format!("+{head_ref}:{head_ref}");
+            fetch_blocking(&path, &name, &url, &[refspec.as_str()])?;
+            let not_in_request = |reason: String| GitError::NotInRequest {
+                commit: oid.to_string(),
+                head_ref: head_ref.clone(),
+                repo: name.clone(),
+                reason,
+            };
+            let mirror =
+                Repository::open_bare(&path).map_err(|source| GitError::Mirror { repo: name.clone(), source })?;
+            let target = match mirror.find_reference(&head_ref).and_then(|r| r.peel_to_commit()) {
+                Ok(commit) => commit.id(),
+                Err(_) => return Err(not_in_request("the repository has no such ref".to_string())),
+            };
+            let reachable = target == oid || mirror.graph_descendant_of(target, oid).unwrap_or(false);
+            if reachable {
+                Ok(oid)
+            } else {
+                Err(not_in_request(format!("the ref points at {target}, which does not contain it")))
+            }
+        })
+        .await
     }
 
     /// Make sure `commit` (a full sha, or an abbreviation the mirror can resolve) is in the
@@ -114,14 +161,14 @@ impl Mirrors {
             return Ok(oid);
         }
         let (path, name, url) = (self.path(repo), repo.to_string(), url.clone());
-        blocking(move || fetch_blocking(&path, &name, &url)).await?;
+        blocking(move || fetch_blocking(&path, &name, &url, &MIRROR_REFSPECS)).await?;
         self.find_commit(repo, commit)
             .await?
             .ok_or_else(|| GitError::CommitNotFound { commit: commit.to_string(), repo: repo.to_string() })
     }
 
-    /// The commit `spec` names in the mirror, if it is there.
-    async fn find_commit(&self, repo: &str, spec: &str) -> Result<Option<Oid>, GitError> {
+    /// The commit `spec` (a full sha or an abbreviation) names in the mirror, if it is there.
+    pub async fn find_commit(&self, repo: &str, spec: &str) -> Result<Option<Oid>, GitError> {
         if spec.is_empty() || spec.len() > 40 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(GitError::BadCommitId { what: spec.to_string() });
         }
@@ -236,7 +283,9 @@ fn absent_as_none<T>(result: Result<T, git2::Error>, repo: &str, absent: &[Error
     }
 }
 
-fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl) -> Result<(), GitError> {
+/// Fetch `refspecs` of `url` into the mirror at `path` (created on first use). Pruning applies to
+/// what the refspecs name: a branch or tag the remote deleted goes, other refs stay.
+fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
     let fetch_err = |e: git2::Error| GitError::Fetch { repo: repo.to_string(), message: url.scrub(e.message()) };
     let mirror = match Repository::open_bare(path) {
         Ok(mirror) => mirror,
@@ -264,7 +313,7 @@ fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl) -> Result<(), GitError
     });
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks).prune(FetchPrune::On).download_tags(AutotagOption::None);
-    remote.fetch(&MIRROR_REFSPECS, Some(&mut options), None).map_err(fetch_err)?;
+    remote.fetch(refspecs, Some(&mut options), None).map_err(fetch_err)?;
     tracing::debug!(%repo, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
     Ok(())
 }
@@ -330,6 +379,33 @@ mod tests {
         assert_eq!(mirrors.resolve_tag("acme", "v1").await.unwrap(), Some(oid));
         // The deleted branch's commit stays readable: a queued build of it can still run.
         assert!(mirrors.ensure_commit("acme", url, &dev).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_request_head_is_fetched_through_its_ref_and_must_be_reachable_from_it() {
+        let upstream = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let url = &RepoUrl::new(upstream.path().to_str().unwrap());
+        testing::commit(upstream.path(), "main", &[("a", "1")]);
+        // A fork's commits: on no branch of the upstream, only under the request's ref.
+        let first = testing::commit(upstream.path(), "fork-branch", &[("b", "2")]);
+        let head = testing::commit(upstream.path(), "fork-branch", &[("b", "3")]);
+        let stray = testing::commit(upstream.path(), "elsewhere", &[("c", "4")]);
+        let repo = git2::Repository::open(upstream.path()).unwrap();
+        repo.reference("refs/pull/5/head", head.parse().unwrap(), true, "forge").unwrap();
+        repo.find_branch("fork-branch", git2::BranchType::Local).unwrap().delete().unwrap();
+        let mirrors = Mirrors::new(data.path().join("repos"));
+        mirrors.fetch("acme", url).await.unwrap();
+
+        let oid = mirrors.ensure_request_head("acme", url, "refs/pull/5/head", &head).await.unwrap();
+        assert_eq!(oid.to_string(), head);
+        // An older head of the same request is still reachable (a newer push moved the ref on).
+        assert!(mirrors.ensure_request_head("acme", url, "refs/pull/5/head", &first).await.is_ok());
+        let err = mirrors.ensure_request_head("acme", url, "refs/pull/5/head", &stray).await.unwrap_err();
+        assert!(matches!(err, GitError::NotInRequest { .. }), "{err}");
+        assert!(err.to_string().contains("is not reachable through refs/pull/5/head"), "{err}");
+        let err = mirrors.ensure_request_head("acme", url, "refs/pull/6/head", &head).await.unwrap_err();
+        assert!(matches!(err, GitError::NotInRequest { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ pub struct Application {
     scheduler: Scheduler,
     store: Store,
     shutdown: CancellationToken,
-    /// The pollers and the expired-session sweeper.
+    /// The pollers, the expired-session sweeper and the commit-status reporter.
     tasks: TaskTracker,
 }
 
@@ -100,8 +100,11 @@ impl Application {
         let scheduler =
             Scheduler::new(store.clone(), Arc::clone(&mirrors), providers, Arc::clone(&config), shutdown.clone());
         scheduler.recover().await.context("failed to recover from the previous run")?;
-        scheduler.start();
         let tasks = TaskTracker::new();
+        // Subscribed before anything is queued, so the reporter misses no build's first state.
+        forge::reporter::start(store.clone(), Arc::clone(&config), scheduler.subscribe(), shutdown.clone(), &tasks)
+            .context("failed to start the commit-status reporter")?;
+        scheduler.start();
         poller::start(&config.repos, &scheduler, &store, &shutdown, &tasks);
         tasks.spawn(http::auth::sweep_expired_sessions(store.clone(), shutdown.clone()));
 

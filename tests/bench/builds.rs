@@ -1,16 +1,21 @@
-//! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C]`,
-//! with `-- --auth [--baseline-bin PATH]` the cost of signing in and of API tokens instead, and
-//! with `-- --logs` what build logs cost (lines stored per second, a line's latency over the event
-//! stream, memory while clients follow a long build; see [`logs::logs_bench`]).
-//! with `-- --history` the pages' times at 100 and at 100,000 builds ([`history::history_bench`]).
+//! Gantry's build benchmark: `cargo bench -p gantry --bench builds [-- --builds N --concurrent C
+//! --roundtrips R --remote-delay-ms D]`, with `-- --auth [--baseline-bin PATH]` the cost of
+//! signing in and of API tokens instead, with `-- --logs` what build logs cost (lines stored per
+//! second, a line's latency over the event stream, memory while clients follow a long build; see
+//! [`logs::logs_bench`]), and with `-- --history` the pages' times at 100 and at 100,000 builds
+//! ([`history::history_bench`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
 //!
-//! 1. latency from sending a signed GitHub push webhook to the step's first command running
-//!    (the step writes a line into a FIFO this program reads), over `--builds` builds, one at a
-//!    time; and, in the same run, the floor of that work done with plain tools: a fresh
-//!    directory, `git archive COMMIT | tar -x`, `sh -c STEP`;
+//! 0. the round trip of a signed GitHub push webhook (sent → answered) when the remote takes
+//!    `--remote-delay-ms` (5 s) to answer a fetch: `git daemon` behind a delaying proxy on
+//!    loopback (`tests/support/slow_remote.rs`), over `--roundtrips` deliveries;
+//! 1. latency from sending a signed GitHub push webhook of a NEW commit to the step's first
+//!    command running (the step writes a line into a FIFO this program reads), over `--builds`
+//!    builds, one at a time, so every build fetches its commit; and, in the same run, the floor
+//!    of that work done with plain tools: `git fetch` of the commit into a bare mirror, a fresh
+//!    directory, `git archive COMMIT | tar -x`, `sh -c STEP` (also reported without the fetch);
 //! 2. trivial builds completed per second, `--builds` queued at once through the API;
 //! 3. the server's resident memory idle and while `--concurrent` builds run at once.
 //!
@@ -30,6 +35,8 @@ use serde_json::{json, Value};
 #[path = "../support/client.rs"]
 mod client;
 use client::Client;
+#[path = "../support/slow_remote.rs"]
+mod slow_remote;
 
 mod auth;
 mod history;
@@ -48,6 +55,10 @@ const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 struct Args {
     builds: usize,
     concurrent: usize,
+    /// Webhooks sent to the server whose remote is slow.
+    roundtrips: usize,
+    /// How long that remote takes to answer a fetch.
+    remote_delay: Duration,
     /// Measure signing in and tokens instead of builds.
     auth: bool,
     /// Measure build logs instead.
@@ -59,12 +70,26 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { builds: 200, concurrent: 50, auth: false, logs: false, baseline_bin: None, history: false };
+    let mut args = Args {
+        builds: 200,
+        concurrent: 50,
+        roundtrips: 200,
+        remote_delay: Duration::from_secs(5),
+        auth: false,
+        logs: false,
+        baseline_bin: None,
+        history: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--builds" => args.builds = it.next().and_then(|v| v.parse().ok()).expect("--builds N"),
             "--concurrent" => args.concurrent = it.next().and_then(|v| v.parse().ok()).expect("--concurrent N"),
+            "--roundtrips" => args.roundtrips = it.next().and_then(|v| v.parse().ok()).expect("--roundtrips N"),
+            "--remote-delay-ms" => {
+                args.remote_delay =
+                    Duration::from_millis(it.next().and_then(|v| v.parse().ok()).expect("--remote-delay-ms MS"))
+            }
             "--auth" => args.auth = true,
             "--logs" => args.logs = true,
             "--history" => args.history = true,
@@ -75,6 +100,12 @@ fn parse_args() -> Args {
         }
     }
     args
+}
+
+/// The `gantry` binary measured: this build's, or `GANTRY_BENCH_BIN` (a copy made right after
+/// the build, when other checkouts share the target directory and may replace `target/release/gantry`).
+fn gantry_bin() -> PathBuf {
+    std::env::var_os("GANTRY_BENCH_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gantry")), PathBuf::from)
 }
 
 fn run(cmd: &mut Command) {
@@ -115,6 +146,14 @@ fn make_repo(dir: &Path, fifo: &Path) -> (PathBuf, String) {
     (repo, sha)
 }
 
+/// A new commit on `main` (the checked-out branch): one file changed, as a small real push.
+fn new_commit(repo: &Path, i: usize) -> String {
+    std::fs::write(repo.join("change.txt"), format!("change {i}\n")).unwrap();
+    git(repo, &["add", "change.txt"]);
+    git(repo, &["-c", "user.name=b", "-c", "user.email=b@b.invalid", "commit", "-q", "-m", &format!("change {i}")]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
 /// Lines written into the FIFO arrive here with the instant they were read.
 fn fifo_reader(fifo: &Path) -> std::sync::mpsc::Receiver<Instant> {
     // Opened read-write so the reader never sees end-of-file between writers.
@@ -146,12 +185,17 @@ impl Drop for Server {
 
 impl Server {
     async fn start(dir: &Path, repo: &Path, max_concurrent: usize) -> Server {
-        Server::start_with(dir, repo, max_concurrent, "", Path::new(env!("CARGO_BIN_EXE_gantry"))).await
+        Server::start_with(dir, repo, max_concurrent, "", &gantry_bin()).await
     }
 
     /// Start `binary` with a configuration ending in `extra`; a binary with users gets an admin
     /// and an API token first, made with `gantry user add` and `gantry token create`.
     async fn start_with(dir: &Path, repo: &Path, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
+        Server::start_at(dir, repo.to_str().unwrap(), max_concurrent, extra, binary).await
+    }
+
+    /// Start `binary` for a repo fetched from `url`.
+    async fn start_at(dir: &Path, url: &str, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
         let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let name = format!("{max_concurrent}-{}", listen.port());
         let data = dir.join(format!("data-{name}"));
@@ -163,11 +207,11 @@ impl Server {
                  [provider.local]\naddresses = \"127.90.0.0/22\"\n\
                  [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n{extra}",
                 data.to_str().unwrap(),
-                repo.to_str().unwrap()
+                url
             ),
         )
         .unwrap();
-        let with_users = binary == Path::new(env!("CARGO_BIN_EXE_gantry"));
+        let with_users = binary == gantry_bin();
         let token = if with_users { admin_token(binary, &config) } else { String::new() };
         let child = Command::new(binary)
             .args(["serve", "--config", config.to_str().unwrap()])
@@ -262,26 +306,49 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The same work with plain tools: a fresh directory, `git archive | tar -x`, `sh -c STEP`.
+/// The same work with plain tools: `git fetch` of the new commit into a bare mirror, a fresh
+/// directory, `git archive | tar -x`, `sh -c STEP`. Returns the time with the fetch and without.
 fn floor_once(
     repo: &Path,
+    mirror: &Path,
     sha: &str,
     work: &Path,
     i: usize,
     fifo: &Path,
     rx: &std::sync::mpsc::Receiver<Instant>,
-) -> Duration {
+) -> (Duration, Duration) {
     let start = Instant::now();
+    run(Command::new("git").arg("-C").arg(mirror).args(["fetch", "-q"]).arg(repo).arg("+refs/heads/*:refs/heads/*"));
+    let fetched = Instant::now();
     let dir = work.join(format!("floor-{i}"));
     std::fs::create_dir(&dir).unwrap();
     run(Command::new("sh").arg("-c").arg(format!(
         "git -C '{}' archive {sha} | tar -x -C '{}'",
-        repo.display(),
+        mirror.display(),
         dir.display()
     )));
     run(Command::new("sh").arg("-c").arg(format!("echo x > {}", fifo.display())).current_dir(&dir));
     let at = rx.recv().unwrap();
-    at - start
+    (at - start, at - fetched)
+}
+
+/// Deliver `count` signed pushes to a server whose remote answers fetches after `delay`, and
+/// return how long each took to be answered, sorted.
+async fn roundtrips(dir: &Path, repo: &Path, count: usize, delay: Duration) -> Vec<Duration> {
+    let base = repo.parent().unwrap();
+    let name = repo.file_name().unwrap().to_str().unwrap();
+    let remote = slow_remote::SlowRemote::start(base, delay).await;
+    let server = Server::start_at(dir, &remote.url(name), 4, "", &gantry_bin()).await;
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        // A different (unknown) commit each time: the same body twice would be a replay.
+        let sha = format!("{:040x}", i + 1);
+        let start = Instant::now();
+        server.push(&sha, 1_000_000 + i).await;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    times
 }
 
 #[tokio::main]
@@ -302,26 +369,37 @@ async fn main() {
     let fifo = dir.path().join("started");
     run(Command::new("mkfifo").arg("-m").arg("666").arg(&fifo));
     let rx = fifo_reader(&fifo);
-    let (repo, sha) = make_repo(dir.path(), &fifo);
+    let (repo, _) = make_repo(dir.path(), &fifo);
 
-    // 1. Latency, webhook → first command of the step, one build at a time.
+    // 0. The webhook's round trip while the remote takes seconds to answer a fetch.
+    let answers = roundtrips(dir.path(), &repo, args.roundtrips, args.remote_delay).await;
+
+    // 1. Latency, webhook → first command of the step, one build (of a new commit) at a time.
     let server = Server::start(dir.path(), &repo, 4).await;
     let idle_rss = server.rss_kib();
     let mut latencies = Vec::with_capacity(args.builds);
     let mut floors = Vec::with_capacity(args.builds);
+    let mut floors_without_fetch = Vec::with_capacity(args.builds);
     let work = dir.path().join("floor");
     std::fs::create_dir(&work).unwrap();
+    let mirror = dir.path().join("floor-mirror.git");
+    run(Command::new("git").args(["init", "-q", "--bare"]).arg(&mirror));
+    run(Command::new("git").arg("-C").arg(&mirror).args(["fetch", "-q"]).arg(&repo).arg("+refs/heads/*:refs/heads/*"));
     for i in 0..args.builds {
+        let sha = new_commit(&repo, i);
         let start = Instant::now();
         let id = server.push(&sha, i).await;
         let at = rx.recv_timeout(BUILD_DEADLINE).expect("the step never ran");
         latencies.push(at - start);
         server.wait_all(&[id], || {}).await;
         // Interleaved with the builds so both see the same machine.
-        floors.push(floor_once(&repo, &sha, &work, i, &fifo, &rx));
+        let (with_fetch, without_fetch) = floor_once(&repo, &mirror, &sha, &work, i, &fifo, &rx);
+        floors.push(with_fetch);
+        floors_without_fetch.push(without_fetch);
     }
     latencies.sort();
     floors.sort();
+    floors_without_fetch.sort();
     let idle_after_rss = server.rss_kib();
 
     // 2. Throughput: every build queued at once.
@@ -362,8 +440,12 @@ async fn main() {
 
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     let (f50, f99) = (percentile(&floors, 0.5), percentile(&floors, 0.99));
-    println!("| measure ({} builds) | Gantry | plain tools | ratio |", args.builds);
+    let (n50, n99) = (percentile(&floors_without_fetch, 0.5), percentile(&floors_without_fetch, 0.99));
+    println!("| measure ({} builds, {} round trips) | Gantry | plain tools | ratio |", args.builds, args.roundtrips);
     println!("|---|---|---|---|");
+    let delay = humantime::format_duration(args.remote_delay);
+    println!("| webhook round trip, remote answering after {delay}, p50 | {} | | |", ms(percentile(&answers, 0.5)));
+    println!("| webhook round trip, remote answering after {delay}, p99 | {} | | |", ms(percentile(&answers, 0.99)));
     println!(
         "| webhook → step running, p50 | {} | {} | {:.2}× |",
         ms(p50),
@@ -376,6 +458,7 @@ async fn main() {
         ms(f99),
         p99.as_secs_f64() / f99.as_secs_f64()
     );
+    println!("| plain tools without the fetch, p50 / p99 | | {} / {} | |", ms(n50), ms(n99));
     println!("| trivial builds per second | {throughput:.1} | | |");
     println!(
         "| server RSS idle (start / after the latency run) | {:.1} / {:.1} MiB | | |",

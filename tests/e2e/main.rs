@@ -15,6 +15,7 @@ mod builds;
 #[path = "../support/client.rs"]
 mod client;
 mod crash;
+mod deliveries;
 mod demo;
 mod ec2;
 #[path = "../../runner/tests/support/ec2_cloud.rs"]
@@ -23,6 +24,8 @@ mod ec2_cloud;
 mod fault_proxy;
 #[path = "../support/fixture.rs"]
 mod fixture;
+mod forge_api;
+mod forge_standin;
 mod headers;
 mod helpers;
 mod history;
@@ -34,12 +37,16 @@ mod moto;
 mod poller;
 #[path = "../support/prerequisite.rs"]
 mod prerequisite;
+mod pull_requests;
 mod secrets;
+#[path = "../support/slow_remote.rs"]
+mod slow_remote;
 #[path = "../support/sse.rs"]
 mod sse;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
+mod statuses;
 mod tests_across_builds;
 mod throttle;
 mod webhooks;

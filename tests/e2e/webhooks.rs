@@ -122,7 +122,7 @@ async fn bad_deliveries_get_their_4xx_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn ping_deletion_duplicates_and_filtered_branches_build_nothing() {
+async fn ping_deletion_and_duplicates_build_nothing_and_a_filtered_branch_is_skipped() {
     let repo = TestRepo::new();
     let sha = repo.commit(
         "main",
@@ -142,13 +142,20 @@ async fn ping_deletion_duplicates_and_filtered_branches_build_nothing() {
     let headers = github_headers("issues", &other_event, &unique_delivery());
     assert_eq!(app.deliver("shop", &headers, other_event).await.0, 202);
 
-    // A branch the pipeline's `on.branches` leaves out.
+    assert!(app.builds("shop").await.is_empty());
+
+    // A branch the pipeline's `on.branches` leaves out: answered at once, then skipped, saying why.
     repo.commit("feature/x", &[("README", "x")]);
     let feature = repo.commit("feature/x", &[("README", "y")]);
     let body = push_payload("github-push.json", "refs/heads/feature/x", &feature);
     let headers = github_headers("push", &body, &unique_delivery());
-    assert_eq!(app.deliver("shop", &headers, body).await.0, 200);
-    assert!(app.builds("shop").await.is_empty());
+    let (status, answer) = app.deliver("shop", &headers, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let skipped = app.wait_for_build(answer["build"].as_i64().unwrap()).await;
+    assert_eq!(skipped["status"], "skipped", "{skipped:#}");
+    assert_eq!(skipped["error"], "the pipeline's on.branches does not build branch feature/x");
+    assert!(skipped["stages"].as_array().unwrap().is_empty() && skipped["started_at"].is_null(), "nothing ran");
+    assert!(app.host_dirs().is_empty());
 
     // One delivery, sent twice (forges redeliver): one build.
     let body = push_payload("github-push.json", "refs/heads/main", &sha);
@@ -157,7 +164,7 @@ async fn ping_deletion_duplicates_and_filtered_branches_build_nothing() {
     assert_eq!(status, 202);
     let (status, _) = app.deliver("shop", &headers, body).await;
     assert_eq!(status, 200);
-    assert_eq!(app.builds("shop").await.len(), 1);
+    assert_eq!(app.builds("shop").await.len(), 2);
     app.wait_for_build(first["build"].as_i64().unwrap()).await;
 
     // A matching release branch builds.

@@ -73,8 +73,8 @@ pub use junit::{
 pub use pages::{Page, RenderError, REFRESH_SECONDS};
 pub use test_history::{TestHistoryView, TestRunView, TestsPage};
 pub use view::{
-    step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, RepoListPage, RepoPage,
-    RepoSummary, ReportView, StepSummary, StepView, TestKeyView,
+    step_status_label, BuildPage, BuildSummary, ErrorPage, GitRef, HostView, LogLineView, PullRequestRef, RepoListPage,
+    RepoPage, RepoSummary, ReportView, StepSummary, StepView, TestKeyView,
 };
 
 /// The dashboard's stylesheet, served at [`CSS_PATH`].

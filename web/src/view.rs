@@ -12,26 +12,56 @@ use crate::format::{display_log_text, format_age, format_duration_ms, format_tim
 use crate::grid::StageGrid;
 use crate::junit::{FailingCase, JunitSummary};
 
-/// What a build built: a branch or a tag.
+/// What a build built: a branch, a tag, or the head of a pull (merge) request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GitRef {
     Branch(String),
     Tag(String),
+    PullRequest(PullRequestRef),
+}
+
+/// A pull (merge) request a build built the head of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestRef {
+    pub number: i64,
+    /// The branch it merges from.
+    pub source: String,
+    /// The branch it merges into.
+    pub target: String,
+    /// `#N source → target`, made once by [`PullRequestRef::new`].
+    label: String,
+}
+
+impl PullRequestRef {
+    pub fn new(number: i64, source: String, target: String) -> PullRequestRef {
+        let label = format!("#{number} {source} → {target}");
+        PullRequestRef { number, source, target, label }
+    }
 }
 
 impl GitRef {
-    /// The branch or tag name.
+    /// The branch or tag name; for a pull request `#N source → target`.
     pub fn name(&self) -> &str {
         match self {
             GitRef::Branch(name) | GitRef::Tag(name) => name,
+            GitRef::PullRequest(pr) => &pr.label,
         }
     }
 
-    /// `branch` or `tag`, for labels and CSS classes.
+    /// `branch`, `tag` or `pull-request`, for labels and CSS classes.
     pub fn kind(&self) -> &'static str {
         match self {
             GitRef::Branch(_) => "branch",
             GitRef::Tag(_) => "tag",
+            GitRef::PullRequest(_) => "pull-request",
+        }
+    }
+
+    /// The pull request, when the build built one.
+    pub fn pull_request(&self) -> Option<&PullRequestRef> {
+        match self {
+            GitRef::PullRequest(pr) => Some(pr),
+            GitRef::Branch(_) | GitRef::Tag(_) => None,
         }
     }
 }
@@ -304,6 +334,9 @@ pub struct RepoPage {
     /// Branch names the build form suggests.
     pub branches: Vec<String>,
     pub now_ms: i64,
+    /// Why reporting a build's state to the repo's forge failed last, in the forge's words;
+    /// `None` once a report succeeded again. Set after [`RepoPage::new`].
+    pub forge_notice: Option<String>,
 }
 
 impl RepoPage {
@@ -327,6 +360,7 @@ impl RepoPage {
             actions: None,
             branches: Vec::new(),
             now_ms,
+            forge_notice: None,
         }
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use file::{load_file, LoadError, PipelineFile};
 pub use template::{render_template, TemplateContext, TemplateError, TEMPLATE_FUEL};
-pub use trigger::Trigger;
+pub use trigger::{PullRequests, Trigger};
 pub use validate::{MAX_NAME_LEN, MAX_STEP_TIMEOUT};
 
 use crate::source::Source;

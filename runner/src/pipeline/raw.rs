@@ -96,9 +96,53 @@ pub(super) enum StageSlot {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a mapping with `branches`")]
+#[serde(expecting = "a mapping with `branches` or `pull_requests`")]
 pub(super) struct RawOn {
     pub(super) branches: Option<Names>,
+    pub(super) pull_requests: Option<RawPullRequests>,
+}
+
+/// `on.pull_requests`: `true`, `false`, or `{branches: [...]}` (the requests' target branches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RawPullRequests {
+    Enabled(bool),
+    Branches(Option<Names>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a mapping with `branches`")]
+struct RawPullRequestBranches {
+    branches: Option<Names>,
+}
+
+impl<'de> Deserialize<'de> for RawPullRequests {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PullRequestsVisitor;
+        impl<'de> Visitor<'de> for PullRequestsVisitor {
+            type Value = RawPullRequests;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`true`, `false` or a mapping with `branches`")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawPullRequests, E> {
+                Ok(RawPullRequests::Enabled(v))
+            }
+            // The YAML reader keeps every scalar as text; YAML 1.2's booleans are these.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPullRequests, E> {
+                match v {
+                    "true" | "True" | "TRUE" => Ok(RawPullRequests::Enabled(true)),
+                    "false" | "False" | "FALSE" => Ok(RawPullRequests::Enabled(false)),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawPullRequests, A::Error> {
+                // Through the map access the caller gave (serde_ignored's), so an unknown key in
+                // here is reported like any other.
+                let branches = RawPullRequestBranches::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPullRequests::Branches(branches.branches))
+            }
+        }
+        deserializer.deserialize_any(PullRequestsVisitor)
+    }
 }
 
 /// A shell script: a string, or a list of lines joined with `\n`.
@@ -121,7 +165,8 @@ pub(super) const CODE_KEYS: &[&str] = &["to"];
 pub(super) const DATA_KEYS: &[&str] = &["from", "to"];
 pub(super) const CONFIG_KEYS: &[&str] = &["template", "to", "secrets"];
 pub(super) const STAGE_KEYS: &[&str] = &["name", "host", "needs", "timeout", "env", "run", "reports", "secrets"];
-pub(super) const ON_KEYS: &[&str] = &["branches"];
+pub(super) const ON_KEYS: &[&str] = &["branches", "pull_requests"];
+pub(super) const PULL_REQUEST_KEYS: &[&str] = &["branches"];
 
 /// The keys the mapping at `parent` accepts; empty for free-form mappings such as `env`.
 pub(super) fn known_keys(parent: &KeyPath) -> &'static [&'static str] {
@@ -135,6 +180,7 @@ pub(super) fn known_keys(parent: &KeyPath) -> &'static [&'static str] {
         [push, config, Segment::Index(_)] if key(push, "push") && key(config, "config") => CONFIG_KEYS,
         [stages, Segment::Index(_)] if key(stages, "stages") => STAGE_KEYS,
         [on] if key(on, "on") => ON_KEYS,
+        [on, pull_requests] if key(on, "on") && key(pull_requests, "pull_requests") => PULL_REQUEST_KEYS,
         _ => &[],
     }
 }
@@ -487,5 +533,6 @@ mod tests {
         all_keys_accepted::<RawConfig>(CONFIG_KEYS);
         all_keys_accepted::<RawStage>(STAGE_KEYS);
         all_keys_accepted::<RawOn>(ON_KEYS);
+        all_keys_accepted::<RawPullRequestBranches>(PULL_REQUEST_KEYS);
     }
 }

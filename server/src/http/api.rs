@@ -69,6 +69,17 @@ pub struct BuildJson {
     pub error: Option<String>,
     /// The build this one re-runs.
     pub rerun_of: Option<i64>,
+    /// Set when `ref_kind` is `pull_request`; `branch` is then the request's source branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestJson>,
+}
+
+/// The pull (merge) request a build built the head of.
+#[derive(Debug, Serialize)]
+pub struct PullRequestJson {
+    pub number: i64,
+    pub source: String,
+    pub target: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,6 +188,11 @@ impl From<&BuildRow> for BuildJson {
             finished_at: b.finished_at.map(rfc3339),
             error: b.error.clone(),
             rerun_of: b.rerun_of.map(|id| id.0),
+            pull_request: b.pull_request.as_ref().map(|pr| PullRequestJson {
+                number: pr.number,
+                source: pr.source.clone(),
+                target: pr.target.clone(),
+            }),
         }
     }
 }

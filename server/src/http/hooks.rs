@@ -1,12 +1,16 @@
-//! `POST /hooks/{repo}`: forge webhooks (contract §3).
+//! `POST /hooks/{repo}`: forge webhooks (contract §3 and §7).
 //!
 //! The repo is looked up before the body is read; `forge::verify_and_parse` checks the signature
-//! before it parses anything. A push is built only after its commit is fetched from the repo's
-//! *configured* URL (never a URL from the payload) and the pipeline of that commit accepts the
-//! branch. Answers: 202 `{"build": ID}` when queued; 200 when there is nothing to build (ping,
-//! deletion, duplicate delivery, filtered branch); 202 for events Gantry does not act on; 401 for
-//! a bad or missing signature, 400 for a malformed delivery, 404 for an unknown repo, 413 for a
-//! body over [`forge::MAX_WEBHOOK_BYTES`].
+//! before it parses anything, and a ref or branch name git would refuse is a malformed delivery.
+//! A push or a pull request event is then stored with its queued build in one transaction
+//! ([`Scheduler::accept_delivery`]) and answered at once: fetching the commit (always from the
+//! repo's *configured* URL, never from a URL in the payload), reading `.gantry.yml` and applying
+//! `on` happen afterwards in the scheduler, so nothing after the answer depends on the connection
+//! staying open. Answers: 202 `{"build": ID}` when queued (a ref the pipeline turns out not to
+//! build ends as a `skipped` build); 202 `{"cancelled": [...]}` for a closed request; 200 when
+//! there is nothing to build (ping, deletion, a delivery id or a signed body seen before); 202 for
+//! events Gantry does not act on; 401 for a bad or missing signature, 400 for a malformed
+//! delivery, 404 for an unknown repo, 413 for a body over [`forge::MAX_WEBHOOK_BYTES`].
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -16,13 +20,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::configured_repo;
 use super::{AppState, HttpError};
 use crate::config::RepoConfig;
-use crate::forge::{self, PushEvent, WebhookError, WebhookEvent};
-use crate::scheduler::Enqueued;
-use crate::store::{NewBuild, RefKind, Trigger};
+use crate::forge::{self, PullRequestAction, PullRequestEvent, PushEvent, WebhookError, WebhookEvent};
+use crate::scheduler::{Accepted, DeliveryRequest, IncomingDelivery};
+use crate::store::{NewBuild, PullRequest, RefKind, Trigger};
 
 /// A body over the limit is still read (and dropped) up to this many bytes before the 413 goes
 /// out, so the forge reads the answer instead of a reset connection; beyond it the connection is
@@ -45,14 +50,26 @@ async fn receive(
         WebhookError::MissingSignature | WebhookError::BadSignature => HttpError::Unauthorized(e.to_string()),
         WebhookError::UnknownForge | WebhookError::Malformed(_) => HttpError::BadRequest(e.to_string()),
     })?;
+    let (forge, event_name) = forge::describe(&parts.headers).ok_or(HttpError::BadRequest("unknown forge".into()))?;
+    let received =
+        Received { repo, forge: forge.as_str(), event: &event_name, body_sha256: hex::encode(Sha256::digest(&body)) };
     match event {
         WebhookEvent::Ping => Ok(nothing_to_build(StatusCode::OK, "pong")),
         WebhookEvent::Other(kind) => {
             tracing::debug!(repo = %repo.name, event = %kind, "webhook event ignored");
             Ok(nothing_to_build(StatusCode::ACCEPTED, &format!("{kind} events are not acted on")))
         }
-        WebhookEvent::Push(push) => push_received(&state, repo, push).await,
+        WebhookEvent::Push(push) => push_received(&state, &received, push).await,
+        WebhookEvent::PullRequest(request) => pull_request_received(&state, &received, request).await,
     }
+}
+
+/// An authenticated delivery, as it is recorded.
+struct Received<'a> {
+    repo: &'a RepoConfig,
+    forge: &'static str,
+    event: &'a str,
+    body_sha256: String,
 }
 
 /// The body, at most [`forge::MAX_WEBHOOK_BYTES`] of it.
@@ -79,14 +96,9 @@ fn nothing_to_build(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({ "queued": false, "reason": reason }))).into_response()
 }
 
-async fn push_received(state: &AppState, repo: &RepoConfig, push: PushEvent) -> Result<Response, HttpError> {
+async fn push_received(state: &AppState, received: &Received<'_>, push: PushEvent) -> Result<Response, HttpError> {
     if push.deleted {
         return Ok(nothing_to_build(StatusCode::OK, &format!("{} was deleted", push.git_ref)));
-    }
-    if let Some(delivery) = &push.delivery {
-        if state.store.has_delivery(&repo.name, delivery).await? {
-            return Ok(nothing_to_build(StatusCode::OK, "this delivery was handled before"));
-        }
     }
     let (name, ref_kind) = match (push.branch, push.tag) {
         (Some(branch), _) => (branch, RefKind::Branch),
@@ -95,20 +107,65 @@ async fn push_received(state: &AppState, repo: &RepoConfig, push: PushEvent) -> 
             return Ok(nothing_to_build(StatusCode::OK, &format!("{} is neither a branch nor a tag", push.git_ref)))
         }
     };
-    match state.scheduler.ensure_commit(repo, &push.after).await {
-        // Only branches are filtered by `on.branches`; a pushed tag always builds.
-        Ok(commit) if ref_kind == RefKind::Branch => {
-            if !state.scheduler.wants_branch(&repo.name, commit, &name).await {
-                return Ok(nothing_to_build(StatusCode::OK, &format!("the pipeline does not build branch {name}")));
-            }
+    let new = NewBuild {
+        repo: received.repo.name.clone(),
+        commit: push.after,
+        branch: name,
+        ref_kind,
+        trigger: Trigger::Push,
+    };
+    let request = DeliveryRequest::Build { new, pull_request: None };
+    accept(state, received, push.delivery.as_deref(), request).await
+}
+
+async fn pull_request_received(
+    state: &AppState,
+    received: &Received<'_>,
+    event: PullRequestEvent,
+) -> Result<Response, HttpError> {
+    let request = match event.action {
+        PullRequestAction::Build => {
+            let new = NewBuild {
+                repo: received.repo.name.clone(),
+                commit: event.head_sha,
+                branch: event.source.clone(),
+                ref_kind: RefKind::PullRequest,
+                trigger: Trigger::Push,
+            };
+            let pr = PullRequest {
+                number: event.number,
+                source: event.source,
+                target: event.target,
+                head_ref: event.head_ref,
+            };
+            DeliveryRequest::Build { new, pull_request: Some(pr) }
         }
-        Ok(_) => {}
-        // Queued anyway: the build records why it could not run.
-        Err(error) => tracing::warn!(repo = %repo.name, commit = %push.after, %error, "pushed commit unavailable"),
-    }
-    let new = NewBuild { repo: repo.name.clone(), commit: push.after, branch: name, ref_kind, trigger: Trigger::Push };
-    match state.scheduler.enqueue(new, push.delivery.as_deref()).await? {
-        Enqueued::Queued(build) => Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response()),
-        Enqueued::DuplicateDelivery => Ok(nothing_to_build(StatusCode::OK, "this delivery was handled before")),
+        PullRequestAction::Closed { merged } => DeliveryRequest::CloseRequest { number: event.number, merged },
+    };
+    accept(state, received, event.delivery.as_deref(), request).await
+}
+
+/// Store the delivery with what it asks for, and answer.
+async fn accept(
+    state: &AppState,
+    received: &Received<'_>,
+    delivery_id: Option<&str>,
+    request: DeliveryRequest,
+) -> Result<Response, HttpError> {
+    let incoming = IncomingDelivery {
+        repo: &received.repo.name,
+        forge: received.forge,
+        event: received.event,
+        delivery_id,
+        body_sha256: &received.body_sha256,
+        request,
+    };
+    match state.scheduler.accept_delivery(incoming).await? {
+        Accepted::Queued(build) => Ok((StatusCode::ACCEPTED, Json(json!({ "build": build.id.0 }))).into_response()),
+        Accepted::Closed { cancelled } => {
+            let ids: Vec<i64> = cancelled.iter().map(|id| id.0).collect();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "queued": false, "cancelled": ids }))).into_response())
+        }
+        Accepted::Duplicate => Ok(nothing_to_build(StatusCode::OK, "this delivery was handled before")),
     }
 }

@@ -16,8 +16,8 @@ use axum::routing::get;
 use axum::Router;
 use gantry_web::{
     ActionForms, BuildLink, BuildPage, BuildSummary, ErrorPage, GitRef, HistoryFilterView, HistoryNav, HostView,
-    LogLineView, Page, RepoListPage, RepoPage, RepoSummary, SignedInView, StepSummary, StepView, TestHistoryView,
-    TestKeyView, TestRunView, TestsPage, Viewer, CSS, CSS_PATH,
+    LogLineView, Page, PullRequestRef, RepoListPage, RepoPage, RepoSummary, SignedInView, StepSummary, StepView,
+    TestHistoryView, TestKeyView, TestRunView, TestsPage, Viewer, CSS, CSS_PATH,
 };
 use serde::Deserialize;
 
@@ -111,9 +111,12 @@ fn build_summary(b: &BuildRow) -> BuildSummary {
         repo: b.repo.clone(),
         number: b.number,
         status: b.status,
-        git_ref: match b.ref_kind {
-            RefKind::Branch => GitRef::Branch(b.branch.clone()),
-            RefKind::Tag => GitRef::Tag(b.branch.clone()),
+        git_ref: match (b.ref_kind, &b.pull_request) {
+            (RefKind::Tag, _) => GitRef::Tag(b.branch.clone()),
+            (RefKind::PullRequest, Some(pr)) => {
+                GitRef::PullRequest(PullRequestRef::new(pr.number, pr.source.clone(), pr.target.clone()))
+            }
+            (RefKind::Branch | RefKind::PullRequest, _) => GitRef::Branch(b.branch.clone()),
         },
         commit: b.commit.clone(),
         trigger: b.trigger.as_str().to_string(),
@@ -202,6 +205,7 @@ async fn repo_page(
     view.history = history_nav(&repo.name, &request, &page);
     view.actions = action_forms(&reader);
     view.branches = branches;
+    view.forge_notice = state.store.forge_error(&repo.name).await?.map(|(error, _)| error);
     render(&view, &reader)
 }
 

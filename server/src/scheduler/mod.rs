@@ -14,9 +14,13 @@
 //! one. The scheduler owns the server's [`Metrics`]: it counts builds as they finish, and its
 //! persister times each step.
 //!
-//! It does not speak HTTP, parse webhooks or poll: those call [`Scheduler::enqueue`].
+//! Webhook deliveries come in through [`Scheduler::accept_delivery`] and are resolved (commit
+//! fetched, `on` applied) by a resolver per repo before their builds may be claimed (see
+//! `deliveries`). It does not speak HTTP, parse webhooks or poll: those call
+//! [`Scheduler::accept_delivery`] or [`Scheduler::enqueue`].
 
 mod actions;
+mod deliveries;
 mod persist;
 #[cfg(test)]
 mod tests;
@@ -43,6 +47,7 @@ use crate::providers::Providers;
 use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
 
 pub use actions::{Cancelled, Rerun};
+pub use deliveries::{Accepted, DeliveryRequest, IncomingDelivery};
 
 /// How many events of one build may wait for the persister before the executor waits.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -61,7 +66,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor
 pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
 
 // Why a running build was cancelled, recorded as its error.
-const SUPERSEDED: &str = "superseded by a newer build of the same branch";
+const SUPERSEDED: &str = "superseded by a newer build of the same branch or pull request";
 const CANCELLED_BY_USER: &str = "cancelled through the API";
 const SERVER_STOPPED: &str = "the server shut down while this build ran";
 
@@ -136,6 +141,8 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    /// Wake each repo's delivery resolver.
+    resolvers: deliveries::Resolvers,
 }
 
 /// The queue's handle; cheap to clone.
@@ -159,6 +166,7 @@ impl Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
+                resolvers: deliveries::Resolvers::new(&config.repos),
                 store,
                 mirrors,
                 providers,
@@ -234,8 +242,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Start the claim loop and the reaper.
+    /// Start the claim loop, the reaper and the delivery resolvers.
     pub fn start(&self) {
+        self.start_resolvers();
         let this = self.clone();
         self.inner.tasks.spawn(async move { this.claim_loop().await });
         let this = self.clone();
@@ -312,7 +321,9 @@ impl Scheduler {
         for (id, run) in running.iter_mut() {
             let same_ref = run.build.repo == newer.repo
                 && run.build.branch == newer.branch
-                && run.build.ref_kind == newer.ref_kind;
+                && run.build.ref_kind == newer.ref_kind
+                && run.build.pull_request.as_ref().map(|pr| pr.number)
+                    == newer.pull_request.as_ref().map(|pr| pr.number);
             if same_ref && *id < newer.id && run.reason.is_none() {
                 tracing::info!(build = %id, by = %newer.id, "stopping a superseded build");
                 run.reason = Some(SUPERSEDED);
@@ -484,14 +495,12 @@ impl Scheduler {
         let inner = &self.inner;
         let repo: &RepoConfig =
             inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
-        let commit = self.ensure_commit(repo, &build.commit).await.map_err(|e| e.to_string())?;
+        let commit = self.ensure_build_commit(repo, build).await.map_err(|e| e.to_string())?;
         let defined = repo.secrets.keys().cloned().collect();
         let pipeline =
             load_pipeline(&inner.mirrors, &repo.name, commit, Some(defined)).await.map_err(|e| e.to_string())?;
-        // Branches and tags are the team's own code; pull requests (when they arrive) are not.
-        let is_pull_request = match build.ref_kind {
-            RefKind::Branch | RefKind::Tag => false,
-        };
+        // Branches and tags are the team's own code; a pull request's is not (yet).
+        let is_pull_request = build.ref_kind == RefKind::PullRequest;
         let secrets = crate::secrets::for_build(&repo.secrets, is_pull_request, repo.secrets_for_pull_requests)
             .map_err(|e| e.to_string())?;
         let provider = Arc::clone(

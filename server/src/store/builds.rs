@@ -48,11 +48,13 @@ impl Trigger {
     }
 }
 
-/// Whether a build's `branch` column names a branch or a tag.
+/// Whether a build's `branch` column names a branch, a tag, or the source branch of a pull
+/// (merge) request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefKind {
     Branch,
     Tag,
+    PullRequest,
 }
 
 impl RefKind {
@@ -60,6 +62,7 @@ impl RefKind {
         match self {
             RefKind::Branch => "branch",
             RefKind::Tag => "tag",
+            RefKind::PullRequest => "pull_request",
         }
     }
 
@@ -67,6 +70,7 @@ impl RefKind {
         Some(match s {
             "branch" => RefKind::Branch,
             "tag" => RefKind::Tag,
+            "pull_request" => RefKind::PullRequest,
             _ => return None,
         })
     }
@@ -100,6 +104,8 @@ pub struct BuildRow {
     pub error: Option<String>,
     /// The build this one re-runs (same commit and ref, asked for by a person).
     pub rerun_of: Option<BuildId>,
+    /// Set exactly when `ref_kind` is `PullRequest`.
+    pub pull_request: Option<PullRequest>,
 }
 
 impl BuildRow {
@@ -109,23 +115,47 @@ impl BuildRow {
     }
 }
 
+/// What a build of a pull (merge) request records about the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The request's number on its forge (GitLab's `iid`).
+    pub number: i64,
+    /// The branch the request merges from (also the build's `branch`).
+    pub source: String,
+    /// The branch the request merges into.
+    pub target: String,
+    /// The ref of the configured repository the head commit is fetched through
+    /// (`refs/pull/N/head`, `refs/merge-requests/N/head`).
+    pub head_ref: String,
+}
+
 /// The columns [`build_from_row`] reads, for every query returning builds.
 macro_rules! build_columns {
     () => {
         "id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, started_at, \
-         finished_at, error, rerun_of"
+         finished_at, error, rerun_of, pr_number, pr_target, pr_head_ref"
     };
 }
-
 pub(super) use build_columns;
 
 pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
+    let branch: String = row.try_get("branch")?;
+    let pr_number: Option<i64> = row.try_get("pr_number")?;
+    let pull_request = match pr_number {
+        Some(number) => Some(PullRequest {
+            number,
+            source: branch.clone(),
+            target: row.try_get::<Option<String>, _>("pr_target")?.unwrap_or_default(),
+            head_ref: row.try_get::<Option<String>, _>("pr_head_ref")?.unwrap_or_default(),
+        }),
+        None => None,
+    };
     Ok(BuildRow {
         id: BuildId(row.try_get("id")?),
         repo: row.try_get("repo")?,
         number: row.try_get("number")?,
         commit: row.try_get("commit_sha")?,
-        branch: row.try_get("branch")?,
+        branch,
         ref_kind: parse_column("builds.ref_kind", row.try_get("ref_kind")?, RefKind::parse)?,
         trigger: parse_column("builds.trigger", row.try_get("trigger")?, Trigger::parse)?,
         status: parse_column("builds.status", row.try_get("status")?, BuildStatus::parse)?,
@@ -134,6 +164,7 @@ pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
         finished_at: row.try_get("finished_at")?,
         error: row.try_get("error")?,
         rerun_of: row.try_get::<Option<i64>, _>("rerun_of")?.map(BuildId),
+        pull_request,
     })
 }
 
@@ -182,7 +213,7 @@ pub async fn supersede_queued(conn: &mut SqliteConnection, newer: &BuildRow) -> 
     let rows = sqlx::query(
         "UPDATE builds SET status = 'cancelled', finished_at = ?1, error = ?2 \
          WHERE repo = ?3 AND branch = ?4 AND ref_kind = ?5 AND status = 'queued' AND id < ?6 \
-         RETURNING id",
+         AND pr_number IS ?7 RETURNING id",
     )
     .bind(now_ms())
     .bind(format!("superseded by build {}", newer.number))
@@ -190,6 +221,7 @@ pub async fn supersede_queued(conn: &mut SqliteConnection, newer: &BuildRow) -> 
     .bind(&newer.branch)
     .bind(newer.ref_kind.as_str())
     .bind(newer.id.0)
+    .bind(newer.pull_request.as_ref().map(|pr| pr.number))
     .fetch_all(conn)
     .await?;
     rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect()
@@ -238,11 +270,14 @@ impl Store {
     }
 
     /// Claim the oldest queued build: it becomes `provisioning` with `started_at` set, in one
-    /// statement.
+    /// statement. A build whose webhook delivery is not resolved yet (its commit fetched, its
+    /// pipeline's `on` applied) waits.
     pub async fn claim_next_build(&self) -> Result<Option<BuildRow>> {
         let row = sqlx::query(concat!(
             "UPDATE builds SET status = 'provisioning', started_at = ?1 \
-             WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1) \
+             WHERE id = (SELECT id FROM builds WHERE status = 'queued' AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.build_id = builds.id AND d.processed_at IS NULL) \
+             ORDER BY id LIMIT 1) \
              RETURNING ",
             build_columns!()
         ))
@@ -340,12 +375,13 @@ impl Store {
     pub async fn has_newer_live_build(&self, build: &BuildRow) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND ref_kind = ? AND id > ? \
-             AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
+             AND pr_number IS ? AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
         )
         .bind(&build.repo)
         .bind(&build.branch)
         .bind(build.ref_kind.as_str())
         .bind(build.id.0)
+        .bind(build.pull_request.as_ref().map(|pr| pr.number))
         .fetch_optional(self.reader())
         .await?;
         Ok(found.is_some())
@@ -354,13 +390,14 @@ impl Store {
     /// Whether any build of `commit` on this ref exists already (the poller skips those a
     /// webhook queued first).
     pub async fn has_build_of(&self, repo: &str, branch: &str, commit: &str) -> Result<bool> {
-        let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND commit_sha = ? LIMIT 1")
-                .bind(repo)
-                .bind(branch)
-                .bind(commit)
-                .fetch_optional(self.reader())
-                .await?;
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND commit_sha = ? AND ref_kind = 'branch' LIMIT 1",
+        )
+        .bind(repo)
+        .bind(branch)
+        .bind(commit)
+        .fetch_optional(self.reader())
+        .await?;
         Ok(found.is_some())
     }
 }

@@ -1,5 +1,6 @@
 //! Gantry's durable state in SQLite: repos, builds (and their history), steps, hosts, log lines,
-//! reports and the test cases in them, webhook deliveries, the poller's branch heads, and users
+//! reports and the test cases in them, webhook deliveries (the queue of deliveries still to
+//! resolve), the commit statuses still to report on forges, the poller's branch heads, and users
 //! with their API tokens and sessions.
 //!
 //! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
@@ -19,9 +20,11 @@ pub mod events;
 pub mod history;
 pub mod hosts;
 pub mod logs;
+pub mod pull_requests;
 pub mod reports;
 pub mod repos;
 pub mod sessions;
+pub mod statuses;
 pub mod steps;
 pub mod test_cases;
 pub mod tokens;
@@ -34,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-pub use builds::{BuildId, BuildRow, NewBuild, RefKind, Trigger};
+pub use builds::{BuildId, BuildRow, NewBuild, PullRequest, RefKind, Trigger};
 pub use history::{HistoryFilter, HistoryPage, Newer};
 pub use hosts::{HostRow, HostState};
 pub use logs::LogLine;

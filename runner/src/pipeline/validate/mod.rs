@@ -552,6 +552,8 @@ mod tests {
             "version: 1\nhosts: {web: }\nenv: {GANTRY_X: y}\nstages: [{name: a, host: web, run: x}]",
             "version: 1\nhosts: {web: }\nstages: [{name: a, host: web, run: x, timeout: soon}]",
             "version: 1\nhosts: {}\nstages: [{name: a, host: web, run: x}]",
+            "version: 1\nhosts: {web: }\nstages: [{name: a, host: web, run: x}]\non: {pull_requests: sometimes}",
+            "version: 1\nhosts: {web: }\nstages: [{name: a, host: web, run: x}]\non: {pull_requests: {target: main}}",
         ];
         for text in refused {
             let instance: serde_json::Value = serde_yaml::from_str(text).unwrap();
