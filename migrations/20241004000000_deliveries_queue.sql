@@ -46,15 +46,19 @@ CREATE TABLE new_builds (
     pr_number   INTEGER,
     pr_target   TEXT,
     pr_head_ref TEXT,
+    -- Kept from earlier migrations: the build a re-run repeats (20241002000000_build_history)
+    -- and the last id of the build's event sequence (20241003000000_event_ids).
+    rerun_of    INTEGER REFERENCES builds (id),
+    event_seq   INTEGER NOT NULL DEFAULT 0,
     UNIQUE (repo, number),
     CHECK ((ref_kind = 'pull_request') = (pr_number IS NOT NULL)),
     CHECK ((pr_number IS NULL) = (pr_target IS NULL) AND (pr_number IS NULL) = (pr_head_ref IS NULL))
 );
 
 INSERT INTO new_builds (id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at,
-                        started_at, finished_at, error)
+                        started_at, finished_at, error, rerun_of, event_seq)
 SELECT id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, started_at,
-       finished_at, error
+       finished_at, error, rerun_of, event_seq
 FROM builds;
 
 DROP TABLE builds;
@@ -65,6 +69,10 @@ CREATE INDEX builds_by_status ON builds (status, id);
 CREATE INDEX builds_by_repo ON builds (repo, branch, id);
 -- A newer push to a request supersedes its older builds; closing it cancels the queued ones.
 CREATE INDEX builds_by_pull_request ON builds (repo, pr_number, id) WHERE pr_number IS NOT NULL;
+-- The history's indexes (20241002000000_build_history), dropped with the old table.
+CREATE INDEX builds_history ON builds (repo, id);
+CREATE INDEX builds_history_by_status ON builds (repo, status, id);
+CREATE INDEX builds_history_by_trigger ON builds (repo, trigger, id);
 
 CREATE TABLE new_deliveries (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
