@@ -215,7 +215,8 @@ impl Scheduler {
             Ok(commit) => commit,
             // The remote may be back when the build runs; it fetches again and records why not.
             Err(error @ GitError::Fetch { .. }) => {
-                tracing::warn!(build = %build.id, %error, "the commit could not be fetched yet");
+                tracing::warn!(repo = %repo.name, build = %build.id, commit = %build.commit, %error,
+                    "pushed commit unavailable");
                 return store.mark_delivery_processed(delivery.id).await;
             }
             Err(error) => return self.end_unresolved(delivery, &build, BuildStatus::Errored, &error.to_string()).await,
