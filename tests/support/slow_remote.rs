@@ -18,6 +18,8 @@ const DAEMON_START_DEADLINE: Duration = Duration::from_secs(20);
 pub struct SlowRemote {
     daemon: Child,
     proxy: tokio::task::JoinHandle<()>,
+    // The benchmark keeps its delay: only the test suite changes it.
+    #[allow(dead_code)]
     delay_ms: Arc<AtomicU64>,
     port: u16,
 }
@@ -70,7 +72,7 @@ impl SlowRemote {
     }
 
     /// From now on, connections wait `delay`.
-    #[allow(dead_code)] // The benchmark keeps its delay.
+    #[allow(dead_code)]
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap(), Ordering::Relaxed);
     }
