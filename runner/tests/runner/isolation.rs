@@ -6,12 +6,13 @@
 //! its home's owner, a user no one else leases meanwhile.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use gantry_runner::provider::local::users::LOCK_DIR;
+use gantry_runner::provider::local::users::{LOCK_DIR, RELEASED_RECORD};
 use gantry_runner::provider::local::{LocalConfig, LocalProvider};
 use gantry_runner::provider::{HostId, HostRequest, Provider, ProvisionedHost};
 use gantry_runner::transport::{ExecOutcome, ExecRequest};
@@ -301,7 +302,8 @@ async fn a_restarted_server_reaps_a_crashed_ones_host_by_its_homes_owner() {
     assert!(process_gone(escapee), "the orphan's escapee survived");
     assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
     assert!(!home.exists());
-    assert_eq!(std::fs::read(Path::new(LOCK_DIR).join(format!("{uid}.lock"))).unwrap(), b"", "the lease is free again");
+    let record = std::fs::read_to_string(Path::new(LOCK_DIR).join(format!("{uid}.lock"))).unwrap();
+    assert_eq!(record, RELEASED_RECORD, "the user is free again, and clean");
     neighbour.provider.teardown(&neighbour_id, None).await.unwrap();
     restarted.teardown(&restarted_id, None).await.unwrap();
 }
@@ -331,4 +333,31 @@ async fn a_user_locked_by_another_process_is_never_leased() {
     test.provider.teardown(&second, None).await.unwrap();
     holder.kill().unwrap();
     holder.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_user_not_released_clean_loses_its_leftover_processes_before_it_serves() {
+    let Some(test) = pool_provider() else { return };
+    let pool = test.provider.users().pool().unwrap();
+    // A user nobody holds now; it stays ours while the lease lives.
+    let lease = pool.users().iter().rev().find_map(|user| pool.try_lock(user).unwrap()).expect("a free user");
+    let user = lease.user().clone();
+    // A leftover of a holder that died: deaf to SIGTERM, out of any home, no environment.
+    let mut leftover = std::process::Command::new("python3")
+        .args(["-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(1000)"])
+        .env_clear()
+        .current_dir("/")
+        .uid(user.uid)
+        .gid(user.gid)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(leftover.stdout.as_mut().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    lease.purge().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(leftover.wait().unwrap().signal(), Some(9), "SIGTERM was ignored, SIGKILL was not");
+    assert_eq!(processes_of_uid(user.uid), Vec::<i32>::new());
+    lease.release();
 }

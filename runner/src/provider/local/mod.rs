@@ -43,9 +43,6 @@ const RESERVED_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// The loopback network every local address must lie in.
 const LOOPBACK_NET: &str = "127.0.0.0/8";
 
-/// The build key of the namespace made at start to learn whether the kernel allows them.
-const PROBE_BUILD: &str = "probe";
-
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     /// Where hosts' homes are created (`data_dir/hosts`).
@@ -382,8 +379,8 @@ fn network_isolation(config: &LocalConfig) -> (Option<Namespaces>, Option<String
     if !config.isolate_network {
         return (None, Some("isolate_network = false".to_string()));
     }
-    match NetNs::create(PROBE_BUILD) {
-        Ok(_) => (Some(Namespaces::default()), None),
+    match Namespaces::new() {
+        Ok(namespaces) => (Some(namespaces), None),
         Err(error) => {
             tracing::warn!(%error, "cannot create network namespaces: every build shares the machine's network");
             (None, Some(format!("network namespaces unavailable: {error}")))

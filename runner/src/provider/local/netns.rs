@@ -5,10 +5,12 @@
 //! build's hosts (in their own namespaces) and every service on the machine's own loopback are
 //! out of reach. A namespace is made by a short-lived thread (`unshare(CLONE_NEWNET)` changes only
 //! the calling thread, and a thread of tokio's pool must never be left inside one), which brings
-//! `lo` up and hands back a descriptor of `/proc/thread-self/ns/net`. The provider keeps that
-//! descriptor while any host of the build lives ([`Namespaces`] counts them); the local transport
-//! enters it in each child before `exec` (`setns`). The kernel frees the namespace when the last
-//! descriptor closes and its last process exits.
+//! `lo` up and hands back a descriptor of `/proc/thread-self/ns/net`. Making one takes about
+//! half a millisecond, so [`Namespaces`] keeps one made ahead, in the background, for the next
+//! build. The provider keeps a build's descriptor while any host of the build lives
+//! ([`Namespaces`] counts them); the local transport enters it in each child before `exec`
+//! (`setns`). The kernel frees the namespace when the last descriptor closes and its last process
+//! exits.
 //!
 //! This module never starts a host's processes and never touches files.
 
@@ -34,21 +36,35 @@ pub struct NetNs {
     fd: OwnedFd,
 }
 
-impl NetNs {
-    /// A new namespace for `build` with its loopback interface up. Needs CAP_SYS_ADMIN (root).
-    pub fn create(build: &str) -> std::io::Result<NetNs> {
-        let fd = std::thread::Builder::new()
+/// A namespace made ahead, not yet any build's.
+#[derive(Debug)]
+struct Blank(OwnedFd);
+
+impl Blank {
+    /// A new namespace with its loopback interface up, made on a thread of its own. Needs
+    /// CAP_SYS_ADMIN (root).
+    fn create() -> std::io::Result<Blank> {
+        std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
-            .spawn(|| -> std::io::Result<OwnedFd> {
-                nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
-                loopback_up()?;
-                Ok(std::fs::File::open(THREAD_NETNS)?.into())
-            })?
+            .spawn(Blank::create_here)?
             .join()
-            .map_err(|_| std::io::Error::other("the namespace thread panicked"))??;
-        Ok(NetNs { build: build.to_string(), fd })
+            .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
     }
 
+    /// Move the calling thread into a new namespace and bring its `lo` up. Only for a thread
+    /// that ends right after.
+    fn create_here() -> std::io::Result<Blank> {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+        loopback_up()?;
+        Ok(Blank(std::fs::File::open(THREAD_NETNS)?.into()))
+    }
+
+    fn assign(self, build: &str) -> NetNs {
+        NetNs { build: build.to_string(), fd: self.0 }
+    }
+}
+
+impl NetNs {
     /// The build this namespace belongs to (`b12`).
     pub fn build(&self) -> &str {
         &self.build
@@ -69,23 +85,58 @@ impl NetNs {
     }
 }
 
-/// The namespaces of the builds that have live hosts, one per build key.
-#[derive(Debug, Default)]
+/// The namespaces of the builds that have live hosts, one per build key, and one made ahead.
+#[derive(Debug)]
 pub struct Namespaces {
     by_build: Mutex<HashMap<String, Weak<NetNs>>>,
+    /// The next build's namespace, made in the background after the last one was taken.
+    spare: Arc<Mutex<Option<Blank>>>,
 }
 
 impl Namespaces {
-    /// The namespace of `build`, made now if none of its hosts holds one. Blocking.
+    /// Make the first namespace now: an error means this process may not make them at all (not
+    /// root, or a container that forbids it).
+    pub fn new() -> std::io::Result<Namespaces> {
+        let first = Blank::create()?;
+        Ok(Namespaces { by_build: Mutex::default(), spare: Arc::new(Mutex::new(Some(first))) })
+    }
+
+    /// The namespace of `build`: the one its live hosts hold, or the spare, or one made now.
+    /// Blocking.
     pub fn for_build(&self, build: &str) -> std::io::Result<Arc<NetNs>> {
         let mut by_build = self.by_build.lock().expect("namespace table poisoned");
         if let Some(ns) = by_build.get(build).and_then(Weak::upgrade) {
             return Ok(ns);
         }
         by_build.retain(|_, ns| ns.strong_count() > 0);
-        let ns = Arc::new(NetNs::create(build)?);
+        let spare = self.spare.lock().expect("spare namespace poisoned").take();
+        let blank = match spare {
+            Some(blank) => blank,
+            None => Blank::create()?,
+        };
+        self.make_spare();
+        let ns = Arc::new(blank.assign(build));
         by_build.insert(build.to_string(), Arc::downgrade(&ns));
         Ok(ns)
+    }
+
+    /// Make the next spare on a thread of its own (which it leaves in the new namespace and
+    /// ends). A failure only means the next build makes its own.
+    fn make_spare(&self) {
+        let spare = Arc::clone(&self.spare);
+        let made =
+            std::thread::Builder::new().name(THREAD_NAME.to_string()).spawn(move || match Blank::create_here() {
+                Ok(blank) => {
+                    let mut slot = spare.lock().expect("spare namespace poisoned");
+                    if slot.is_none() {
+                        *slot = Some(blank);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot make a network namespace ahead"),
+            });
+        if let Err(error) = made {
+            tracing::warn!(%error, "cannot start the thread that makes a network namespace ahead");
+        }
     }
 
     /// How many builds hold a namespace now.

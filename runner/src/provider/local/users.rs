@@ -9,19 +9,20 @@
 //! out the same user, and the kernel releases the lock when its holder dies. The lock file holds
 //! the home of the lease's host while it lives: a server that died leaves its record behind, and
 //! a user whose recorded home still exists (an orphan its server reaps when it starts again) is
-//! not leased by anyone. Before a user is handed out, every process of it (a leftover) is killed
-//! and its files in the machine's shared scratch directories are removed; teardown does the same
-//! before the lease is released. When no pool exists but `<run_as>` does, every host shares that
-//! one user (the isolation of before pools existed), with a warning.
+//! not leased by anyone. Teardown kills every process of the user and removes its files from the
+//! machine's shared scratch directories and cron spools, then records the user as `released`.
+//! A user not released that way (first use since boot, a holder that died) gets the same purge
+//! before it is handed out. When no pool exists but `<run_as>` does, every host shares that one
+//! user (the isolation of before pools existed), with a warning.
 //!
 //! This module owns users and their leases; homes and addresses are the provider's, processes
 //! are found by [`crate::process`].
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -45,9 +46,15 @@ const WRITABLE_BY_OTHERS: u32 = 0o022;
 /// Discovery stops here even if more users follow: a bound on the lookups at start.
 pub const MAX_POOL_USERS: usize = 4096;
 
-/// The machine's shared, world-writable directories a host user can leave files in. Their top
-/// level is cleaned of a user's files before the user serves another host.
-pub const SCRATCH_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
+/// The machine's shared, world-writable directories a host user can leave files in, and the
+/// spools where a user's crontab and `at` jobs (Debian's paths), which would run as the user
+/// after its host is gone, are kept. Their top level is cleaned of a user's files before the
+/// user serves another host.
+pub const SCRATCH_DIRS: &[&str] =
+    &["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/spool/cron/crontabs", "/var/spool/cron/atjobs"];
+
+/// The record of a user given back by a teardown that left nothing of it behind.
+pub const RELEASED_RECORD: &str = "released\n";
 
 /// Which users the local provider's hosts run as.
 #[derive(Debug)]
@@ -72,6 +79,17 @@ pub struct UserPool {
 pub struct UserLease {
     user: RunAs,
     lock: Flock<File>,
+}
+
+/// What a user's lock file says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Nothing since the machine started: it may have leftovers from before.
+    Unknown,
+    /// Given back by a teardown that saw none of its processes left and removed its files.
+    Released,
+    /// Serving the host in this home, or left there by a server that died.
+    Home(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,9 +173,10 @@ impl UserPool {
 
     /// Lease a free user for the host that will live in `home`. Skipped: users another lease
     /// holds (in any process), users whose recorded home still exists, and users owning an entry
-    /// of `hosts_root` (orphans a crashed server left, which its reaping cleans). The leased
-    /// user's leftover processes are killed and its scratch files removed before it is returned.
-    /// Blocking.
+    /// of `hosts_root` (orphans a crashed server left, which its reaping cleans). Unless the last
+    /// teardown released it clean, the leased user's leftover processes are killed and its
+    /// scratch files removed before it is returned (a scan of every process: milliseconds, so
+    /// not paid again for a user whose teardown just did it). Blocking.
     pub fn lease(&self, home: &Path, hosts_root: &Path) -> Result<UserLease, UserError> {
         let orphan_owners = owners_of_entries(hosts_root);
         for user in &self.users {
@@ -165,17 +184,20 @@ impl UserPool {
                 continue;
             }
             let Some(mut lease) = self.try_lock(user)? else { continue };
-            if let Some(recorded) = lease.recorded_home() {
-                if owned_by(&recorded, user.uid) {
+            match lease.record() {
+                Record::Home(recorded) if owned_by(&recorded, user.uid) => {
                     tracing::debug!(user = %user.name, home = %recorded.display(), "skipping a user whose last host was never torn down");
                     continue;
                 }
+                Record::Released => {}
+                Record::Unknown | Record::Home(_) => {
+                    if let Err(message) = lease.purge() {
+                        tracing::warn!(user = %user.name, %message, "cannot clean up after this user; leaving it out");
+                        continue;
+                    }
+                }
             }
-            if let Err(message) = lease.purge() {
-                tracing::warn!(user = %user.name, %message, "cannot clean up after this user; leaving it out");
-                continue;
-            }
-            lease.record(Some(home))?;
+            lease.write_record(Some(home))?;
             return Ok(lease);
         }
         Err(UserError::Exhausted { prefix: self.prefix.clone(), size: self.users.len() })
@@ -214,32 +236,42 @@ impl UserLease {
         Ok(())
     }
 
-    /// The home the last holder recorded, if it left one.
-    pub fn recorded_home(&mut self) -> Option<PathBuf> {
+    /// What the last holder left in the lock file.
+    pub fn record(&mut self) -> Record {
         let mut text = Vec::new();
-        self.lock.rewind().ok()?;
-        self.lock.read_to_end(&mut text).ok()?;
-        (!text.is_empty()).then(|| PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(text)))
+        if self.lock.rewind().and_then(|_| self.lock.read_to_end(&mut text)).is_err() {
+            return Record::Unknown;
+        }
+        if text == RELEASED_RECORD.as_bytes() {
+            Record::Released
+        } else if text.starts_with(b"/") {
+            Record::Home(PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(text)))
+        } else {
+            Record::Unknown
+        }
     }
 
-    /// Record `home` as the lease's host (or clear the record).
-    pub fn record(&mut self, home: Option<&Path>) -> Result<(), UserError> {
-        let write = |file: &mut File| -> std::io::Result<()> {
-            file.set_len(0)?;
-            file.rewind()?;
-            if let Some(home) = home {
-                file.write_all(home.as_os_str().as_bytes())?;
-            }
-            Ok(())
+    /// Record `home` as the lease's host, or (`None`) that the user was released clean. The new
+    /// record is written over the old one and the file cut to its length, never emptied first:
+    /// on ext4 a file truncated to zero and written again is flushed to disk on close, which
+    /// costs milliseconds on every lease.
+    fn write_record(&mut self, home: Option<&Path>) -> Result<(), UserError> {
+        let record = match home {
+            Some(home) => home.as_os_str().as_bytes(),
+            None => RELEASED_RECORD.as_bytes(),
         };
-        write(&mut self.lock).map_err(|e| UserError::Io(format!("cannot record the lease of {}: {e}", self.user.name)))
+        let write = |file: &File| -> std::io::Result<()> {
+            file.write_all_at(record, 0)?;
+            file.set_len(record.len() as u64)
+        };
+        write(&self.lock).map_err(|e| UserError::Io(format!("cannot record the lease of {}: {e}", self.user.name)))
     }
 
-    /// Give the user back: its record is cleared, so the next lease does not take it for an
-    /// orphan. Only after its processes are gone and its files removed.
+    /// Give the user back, recorded as released clean. Only when none of its processes is left
+    /// and its scratch files are removed (or it never ran anything since its purge).
     pub fn release(mut self) {
-        if let Err(error) = self.record(None) {
-            tracing::warn!(user = %self.user.name, %error, "cannot clear a lease record");
+        if let Err(error) = self.write_record(None) {
+            tracing::warn!(user = %self.user.name, %error, "cannot record a lease's release");
         }
     }
 }
