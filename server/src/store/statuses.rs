@@ -288,10 +288,11 @@ mod tests {
     #[tokio::test]
     async fn the_newest_state_of_a_key_wins_and_older_ones_are_superseded() {
         let (store, _dir, build) = testing::store_with_build().await;
-        let now = now_ms();
         let pending = store.queue_status(&status(build.id, "a", CommitState::Pending)).await.unwrap();
         let other = store.queue_status(&status(build.id, "b", CommitState::Pending)).await.unwrap();
         let success = store.queue_status(&status(build.id, "a", CommitState::Success)).await.unwrap();
+        // Read after queueing: every state is due by then, however slow the machine.
+        let now = now_ms();
         let first = store.next_status_to_send("acme", now + 1).await.unwrap().unwrap();
         assert_eq!((first.id, first.state), (other, CommitState::Pending), "oldest key first");
         store.status_sent(first.id).await.unwrap();
@@ -307,8 +308,8 @@ mod tests {
     #[tokio::test]
     async fn a_retried_state_waits_and_a_newer_one_replaces_it() {
         let (store, _dir, build) = testing::store_with_build().await;
-        let now = now_ms();
         let running = store.queue_status(&status(build.id, "a", CommitState::Running)).await.unwrap();
+        let now = now_ms();
         let row = store.next_status_to_send("acme", now + 1).await.unwrap().unwrap();
         store.status_retry(row.id, 1, now + 60_000, "502 Bad Gateway").await.unwrap();
         assert!(store.next_status_to_send("acme", now + 1).await.unwrap().is_none(), "not due yet");
