@@ -174,7 +174,7 @@ pub(super) fn builds_from_rows(rows: &[SqliteRow]) -> Result<Vec<BuildRow>> {
 
 /// Queue a build; its number is the repo's next one.
 pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild) -> Result<BuildRow> {
-    insert_with(conn, new, None).await
+    insert_with(conn, new, None, None).await
 }
 
 /// Queue a re-run of `of`: a manual build of the same repo, commit and ref that names it.
@@ -186,14 +186,21 @@ pub async fn insert_rerun(conn: &mut SqliteConnection, of: &BuildRow) -> Result<
         ref_kind: of.ref_kind,
         trigger: Trigger::Manual,
     };
-    insert_with(conn, &new, Some(of.id)).await
+    insert_with(conn, &new, Some(of.id), of.pull_request.as_ref()).await
 }
 
-async fn insert_with(conn: &mut SqliteConnection, new: &NewBuild, rerun_of: Option<BuildId>) -> Result<BuildRow> {
+/// A re-run of a pull request's build records the same request (the table requires it).
+async fn insert_with(
+    conn: &mut SqliteConnection,
+    new: &NewBuild,
+    rerun_of: Option<BuildId>,
+    pr: Option<&PullRequest>,
+) -> Result<BuildRow> {
     let row = sqlx::query(concat!(
-        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of) \
+        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of, \
+         pr_number, pr_target, pr_head_ref) \
          VALUES (?1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = ?1), ?2, ?3, ?4, ?5, \
-         'queued', ?6, ?7) RETURNING ",
+         'queued', ?6, ?7, ?8, ?9, ?10) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -203,6 +210,9 @@ async fn insert_with(conn: &mut SqliteConnection, new: &NewBuild, rerun_of: Opti
     .bind(new.trigger.as_str())
     .bind(now_ms())
     .bind(rerun_of.map(|id| id.0))
+    .bind(pr.map(|pr| pr.number))
+    .bind(pr.map(|pr| pr.target.as_str()))
+    .bind(pr.map(|pr| pr.head_ref.as_str()))
     .fetch_one(conn)
     .await?;
     build_from_row(&row)
