@@ -18,7 +18,7 @@ const MAX_PAGES: usize = 200;
 /// JSON, newest first.
 async fn history_app(count: usize, pushes: usize) -> (TestRepo, TestApp, Vec<Value>) {
     let repo = TestRepo::new();
-    let main = repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("true"))]);
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("true"))]);
     repo.commit("bad", &[(".gantry.yml", &one_stage_pipeline("false"))]);
     let mut config = RepoConfig::new("shop", &repo);
     config.cancel_superseded = false;
@@ -28,6 +28,8 @@ async fn history_app(count: usize, pushes: usize) -> (TestRepo, TestApp, Vec<Val
         ids.push(app.trigger("shop", "main").await);
         ids.push(app.trigger("shop", "bad").await);
         if i < pushes {
+            // A new commit per push: the same signed body again would be a replay, refused.
+            let main = repo.commit("main", &[("pushed", &i.to_string())]);
             let (status, body) = app.github_push("shop", "refs/heads/main", &main).await;
             assert_eq!(status, 202, "{body}");
             ids.push(body["build"].as_i64().unwrap());
