@@ -22,10 +22,12 @@ use crate::secrets::SecretSource;
 
 mod auth;
 mod forge;
+mod http;
 mod logs;
 
 pub use auth::{AuthConfig, PublicUrl, DEFAULT_SESSION_TTL, MAX_SESSION_TTL};
 pub use forge::ForgeSettings;
+pub use http::{HttpConfig, MIN_CONNECTIONS};
 pub use logs::LogsConfig;
 
 /// Where the server listens when nothing says otherwise.
@@ -83,6 +85,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub logs: LogsConfig,
+    /// Connections, timeouts and the budget of unauthenticated request bodies.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// One `[[repo]]` entry.
@@ -315,6 +320,7 @@ impl Default for Config {
             public_url: None,
             auth: AuthConfig::default(),
             logs: LogsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -432,6 +438,7 @@ impl Config {
         if self.auth.session_ttl.is_zero() || self.auth.session_ttl > MAX_SESSION_TTL {
             problems.push("auth.session_ttl must be longer than zero and at most 366 days".to_string());
         }
+        problems.extend(self.http.problems(crate::forge::MAX_WEBHOOK_BYTES));
         if problems.is_empty() {
             Ok(())
         } else {
