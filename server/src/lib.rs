@@ -4,7 +4,8 @@
 //! [`Application::build`] assembles all of it from a [`config::Config`] and binds the listener
 //! (port 0 works, for tests); [`Application::run_until_stopped`] serves until a
 //! [`ShutdownHandle`] fires, then stops the running builds (their hosts are torn down) and closes
-//! the database. The binary in `main.rs` only parses arguments and starts logging.
+//! the database. The binary in `main.rs` only parses arguments, starts logging and raises the
+//! limit on open files.
 
 pub mod auth;
 pub mod backup;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::git::Mirrors;
+use crate::http::limits::BodyBudget;
 use crate::http::AppState;
 use crate::providers::Providers;
 use crate::scheduler::Scheduler;
@@ -42,6 +44,10 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     router: axum::Router,
+    /// How many connections the listener holds at once (`[http] max_connections`, lowered to
+    /// what the open-files limit allows).
+    connection_cap: usize,
+    config: Arc<Config>,
     scheduler: Scheduler,
     store: Store,
     shutdown: CancellationToken,
@@ -114,9 +120,11 @@ impl Application {
             scheduler: scheduler.clone(),
             mirrors,
             throttle: Arc::default(),
+            body_budget: Arc::new(BodyBudget::new(config.http.body_budget_bytes, config.http.body_budget_wait)),
         });
+        let connection_cap = connection_cap(&config);
         tracing::info!(%address, data_dir = %config.data_dir.display(), repos = config.repos.len(), "gantry is ready");
-        Ok(Application { listener, address, router, scheduler, store, shutdown, tasks })
+        Ok(Application { listener, address, router, connection_cap, config, scheduler, store, shutdown, tasks })
     }
 
     /// Where the server listens (the real port when the configuration said 0).
@@ -129,19 +137,46 @@ impl Application {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    /// How many connections the server holds at once.
+    pub fn connection_cap(&self) -> usize {
+        self.connection_cap
+    }
+
     /// Serve until the shutdown handle fires, then stop the builds and close the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Application { listener, router, scheduler, store, shutdown, tasks, .. } = self;
-        // With the peer's address: the sign-in handler logs it when a sign-in fails.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
-        // The scheduler also stops when the server fails, so no build runs on unattended.
+        let Application { listener, router, connection_cap, config, scheduler, store, shutdown, tasks, .. } = self;
+        http::serve::serve(listener, router, &config.http, connection_cap, shutdown.clone()).await;
         shutdown.cancel();
         scheduler.shutdown().await;
         tasks.close();
         tasks.wait().await;
         store.close().await;
         tracing::info!("gantry stopped");
-        served.context("the HTTP server failed")
+        Ok(())
     }
+}
+
+/// `[http] max_connections`, lowered to what the open-files limit leaves after the reserve for
+/// the database, git and builds; logged, and warned about when lowered.
+fn connection_cap(config: &Config) -> usize {
+    let configured = config.http.max_connections;
+    let nofile = match http::serve::open_files_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit; holding the configured connections");
+            return configured;
+        }
+    };
+    let cap = http::serve::connection_cap(configured, nofile, config.max_concurrent_builds);
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            open_files_limit = nofile,
+            "http.max_connections lowered: the open-files limit leaves room for no more"
+        );
+    } else {
+        tracing::info!(cap, open_files_limit = nofile, "connections capped");
+    }
+    cap
 }

@@ -12,7 +12,7 @@
 //! events Gantry does not act on; 401 for a bad or missing signature, 400 for a malformed
 //! delivery, 404 for an unknown repo, 413 for a body over [`forge::MAX_WEBHOOK_BYTES`].
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -72,19 +72,26 @@ struct Received<'a> {
     body_sha256: String,
 }
 
-/// The body, at most [`forge::MAX_WEBHOOK_BYTES`] of it.
+/// The body, at most [`forge::MAX_WEBHOOK_BYTES`] of it. A body that declares its length is
+/// read into one buffer of that size (the body budget of `http::limits` has reserved it); one
+/// that declares more than the limit is only drained.
 async fn read_limited(body: Body) -> Result<Vec<u8>, HttpError> {
+    let declared = usize::try_from(HttpBody::size_hint(&body).lower()).unwrap_or(usize::MAX);
+    let keep = declared <= forge::MAX_WEBHOOK_BYTES;
     let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(if keep { declared } else { 0 });
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| HttpError::BadRequest(format!("reading the body failed: {e}")))?;
         seen = seen.saturating_add(chunk.len());
-        if seen <= forge::MAX_WEBHOOK_BYTES {
+        if keep && seen <= forge::MAX_WEBHOOK_BYTES {
             bytes.extend_from_slice(&chunk);
         } else if seen > MAX_DRAINED_BYTES {
             break;
         }
+    }
+    if !keep {
+        return Err(HttpError::PayloadTooLarge(forge::MAX_WEBHOOK_BYTES));
     }
     if seen > forge::MAX_WEBHOOK_BYTES {
         return Err(HttpError::PayloadTooLarge(forge::MAX_WEBHOOK_BYTES));

@@ -6,7 +6,9 @@
 //! `history` parses history queries and lists tests across builds, `badge` and `metrics` serve
 //! `/badge/{repo}.svg` and `/metrics`, `login` and `tokens` sign people in and out and manage
 //! their API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
-//! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. Handlers translate between HTTP and the scheduler or store;
+//! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. 
+//! `serve` holds the connections (the accept loop, its timeouts and cap) and `limits` what a
+//! request's body may cost. Handlers translate between HTTP and the scheduler or store;
 //! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
 //! errors (5xx) are logged with their cause and answered with a generic message, never echoing
 //! internals.
@@ -21,20 +23,24 @@ mod events;
 mod headers;
 mod history;
 mod hooks;
+pub mod limits;
 mod login;
 mod logs;
 mod metrics;
 mod pages;
+pub mod serve;
 mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Router};
 use gantry_web::{parse_junit, ReportView};
 use serde_json::json;
+use tower_http::timeout::RequestBodyDeadlineLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, RepoConfig};
@@ -52,14 +58,20 @@ pub struct AppState {
     pub mirrors: Arc<Mirrors>,
     /// Failed sign-ins by client address and user name.
     pub throttle: Arc<crate::auth::throttle::LoginThrottle>,
+    /// The bytes of unauthenticated request bodies held at once (`limits`).
+    pub body_budget: Arc<limits::BodyBudget>,
 }
 
 /// The whole application's routes. Unknown paths answer 404.
 ///
 /// Layers, outermost first: a token in the query string is refused before anything else (and
-/// before the request is traced); then tracing; then sessions (the cookie); then CSRF, which
-/// reads the session. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the
-/// sign-in handler logs the client's address.
+/// before the request is traced); then the budget of unauthenticated bodies (`limits`), whose
+/// 503s are counted and logged there rather than each traced as a server error; then the body's
+/// deadline (`[http] body_timeout`); then tracing; then sessions (the cookie); then CSRF, which
+/// reads the session. Every route but the webhooks' has its body
+/// extractors (JSON, forms) capped at [`limits::MAX_AUTHENTICATED_BODY_BYTES`]; they run after
+/// the credentials are checked, so a request without them is refused before its body is read. Serve it with [`serve::serve`], which puts
+/// the client's address in each request (the sign-in handler logs it).
 pub fn router(state: AppState) -> Router {
     let sessions = auth::session_layer(&state.config, state.store.clone());
     let routes = Router::new()
@@ -67,7 +79,6 @@ pub fn router(state: AppState) -> Router {
         .merge(assets::routes())
         .merge(events::routes())
         .merge(logs::routes())
-        .merge(hooks::routes().route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_webhook)))
         .merge(actions::routes())
         .merge(badge::routes())
         .merge(history::routes())
@@ -75,10 +86,14 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(login::routes())
         .merge(tokens::routes())
+        .layer(DefaultBodyLimit::max(limits::MAX_AUTHENTICATED_BODY_BYTES))
+        .merge(hooks::routes().route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_webhook)))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), csrf::protect))
         .layer(sessions)
         .layer(TraceLayer::new_for_http())
+        .layer(RequestBodyDeadlineLayer::new(state.config.http.body_timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::budget_unauthenticated_bodies))
         .layer(middleware::from_fn(auth::refuse_tokens_in_urls));
     // The security headers go on every answer, a refused token's included.
     headers::add(routes).with_state(state)
@@ -140,6 +155,9 @@ pub enum HttpError {
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The server holds as many request bodies as it will; the answer says when to come back.
+    #[error("the server is busy; try again in {} seconds", .0.as_secs())]
+    Busy(Duration),
     /// A git remote could not be reached; the detail is logged and shown on the repo's page.
     #[error("fetching the repository failed: {0}")]
     BadGateway(String),
@@ -158,6 +176,7 @@ impl HttpError {
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::Conflict(_) => StatusCode::CONFLICT,
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,7 +186,8 @@ impl HttpError {
     /// and answered with a generic message.
     fn public_message(&self) -> String {
         let status = self.status();
-        if !status.is_server_error() {
+        // Being busy is no fault of the server's: it says so, and a flood of them is not logged.
+        if !status.is_server_error() || matches!(self, HttpError::Busy(_)) {
             return self.to_string();
         }
         tracing::error!(error = %self, status = status.as_u16(), "request failed");
