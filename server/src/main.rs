@@ -1,4 +1,5 @@
-//! The `gantry` binary: parses the command line, starts logging and hands over to the library.
+//! The `gantry` binary: fixes glibc's mmap threshold, parses the command line, starts logging,
+//! raises the limit on open files for `serve`, and hands over to the library.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -51,7 +52,28 @@ enum Command {
     Restore(gantry::backup::RestoreArgs),
 }
 
+/// Blocks of at least this many bytes get a mapping of their own from glibc's malloc, returned
+/// to the system when they are freed: glibc's own default, fixed (see [`fix_mmap_threshold`]).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Keep glibc's malloc from raising its mmap threshold. By default it raises the threshold to
+/// the size of the largest mapped block freed (up to 32 MiB), after which blocks like a webhook's
+/// 8 MiB body come from its heaps, whose free memory it keeps: after 128 forged 8 MiB webhooks
+/// at once the server held 45 MiB more than before (332 MiB before the body budget), with the
+/// threshold fixed 6 MiB more, and its peak fell from 100 to 57 MiB (README, Benchmarks).
+/// Allocators that return memory by themselves (jemalloc) did as well after but not at the peak;
+/// the one setting needs no second allocator. Called first, before any thread exists.
+fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; no other thread is running yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 fn main() -> ExitCode {
+    fix_mmap_threshold();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -99,6 +121,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = Config::load(&overrides)?;
+    raise_open_files_limit();
     let app = gantry::Application::build(config).await?;
     let handle = app.shutdown_handle();
     tokio::spawn(async move {
@@ -107,6 +130,28 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
         handle.shutdown();
     });
     app.run_until_stopped().await
+}
+
+/// Raise the soft limit on open files to the hard limit: every connection is a file descriptor,
+/// and the usual soft limit of 1,024 is reached by a few hundred idle clients. Both limits are
+/// logged; the server caps its connections below the result (`http::serve::connection_cap`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(soft, hard, "open-files limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(was = soft, soft = hard, hard, "open-files limit raised to the hard limit"),
+        Err(error) => tracing::warn!(%error, soft, hard, "cannot raise the open-files limit"),
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
