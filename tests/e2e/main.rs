@@ -26,6 +26,7 @@ mod fault_proxy;
 mod fixture;
 mod forge_api;
 mod forge_standin;
+mod hardening;
 mod headers;
 mod helpers;
 mod history;
@@ -43,6 +44,7 @@ mod secrets;
 mod slow_remote;
 #[path = "../support/sse.rs"]
 mod sse;
+mod soak;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
