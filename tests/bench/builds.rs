@@ -3,7 +3,8 @@
 //! signing in and of API tokens instead, with `-- --logs` what build logs cost (lines stored per
 //! second, a line's latency over the event stream, memory while clients follow a long build; see
 //! [`logs::logs_bench`]), and with `-- --history` the pages' times at 100 and at 100,000 builds
-//! ([`history::history_bench`]).
+//! ([`history::history_bench`]), and with `-- --flood [--runs N] [--bin PATH] [--baseline-bin PATH]`
+//! what floods of forged webhooks and idle connections cost the server (see [`flood`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -39,6 +40,7 @@ use client::Client;
 mod slow_remote;
 
 mod auth;
+mod flood;
 mod history;
 mod logs;
 #[path = "../support/sse.rs"]
@@ -63,7 +65,14 @@ struct Args {
     auth: bool,
     /// Measure build logs instead.
     logs: bool,
-    /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on.
+    /// Measure floods of forged webhooks and idle connections instead of builds.
+    flood: bool,
+    /// With `--flood`: rounds on fresh servers, whose medians are reported.
+    runs: usize,
+    /// With `--flood`: the `gantry` to measure, when not the one cargo built for the benchmark.
+    bin: Option<PathBuf>,
+    /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on;
+    /// with `--flood`: an older `gantry` (without `[http]`) measured the same way.
     baseline_bin: Option<PathBuf>,
     /// Measure the pages with a short and a long history instead.
     history: bool,
@@ -77,6 +86,9 @@ fn parse_args() -> Args {
         remote_delay: Duration::from_secs(5),
         auth: false,
         logs: false,
+        flood: false,
+        runs: 3,
+        bin: None,
         baseline_bin: None,
         history: false,
     };
@@ -93,6 +105,9 @@ fn parse_args() -> Args {
             "--auth" => args.auth = true,
             "--logs" => args.logs = true,
             "--history" => args.history = true,
+            "--flood" => args.flood = true,
+            "--runs" => args.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--bin" => args.bin = Some(it.next().expect("--bin PATH").into()),
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
             "--bench" => {}
@@ -191,11 +206,23 @@ impl Server {
     /// Start `binary` with a configuration ending in `extra`; a binary with users gets an admin
     /// and an API token first, made with `gantry user add` and `gantry token create`.
     async fn start_with(dir: &Path, repo: &Path, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
-        Server::start_at(dir, repo.to_str().unwrap(), max_concurrent, extra, binary).await
+        Server::start_full(dir, repo.to_str().unwrap(), max_concurrent, extra, binary, None).await
     }
 
     /// Start `binary` for a repo fetched from `url`.
     async fn start_at(dir: &Path, url: &str, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
+        Server::start_full(dir, url, max_concurrent, extra, binary, None).await
+    }
+
+    /// [`Server::start_at`], the server's soft open-files limit set to `soft_nofile` when given.
+    async fn start_full(
+        dir: &Path,
+        url: &str,
+        max_concurrent: usize,
+        extra: &str,
+        binary: &Path,
+        soft_nofile: Option<u64>,
+    ) -> Server {
         let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let name = format!("{max_concurrent}-{}", listen.port());
         let data = dir.join(format!("data-{name}"));
@@ -211,15 +238,24 @@ impl Server {
             ),
         )
         .unwrap();
-        let with_users = binary == gantry_bin();
+        // A gantry from before users existed has no `user` command.
+        let with_users = Command::new(binary).args(["user", "--help"]).output().is_ok_and(|out| out.status.success());
         let token = if with_users { admin_token(binary, &config) } else { String::new() };
-        let child = Command::new(binary)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(binary);
+        command.args(["serve", "--config", config.to_str().unwrap()]).env("RUST_LOG", "warn");
+        if let Some(soft) = soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+                    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+                    Ok(())
+                });
+            }
+        }
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
         let mut headers = reqwest::header::HeaderMap::new();
         if with_users {
             let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
@@ -362,6 +398,9 @@ async fn main() {
     }
     if args.history {
         return history::history_bench().await;
+    }
+    if args.flood {
+        return flood::flood_bench(args.runs, args.bin.as_deref(), args.baseline_bin.as_deref()).await;
     }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.
