@@ -109,7 +109,8 @@ pub async fn flood_bench(runs: usize, bin: Option<&Path>, baseline: Option<&Path
             memory.push(measured);
             drop(server);
             let extra = if binary == ours { LONG_TIMEOUTS } else { "" };
-            let server = Server::start_full(dir.path(), repo.to_str().unwrap(), 4, extra, binary, Some(SOFT_NOFILE)).await;
+            let server =
+                Server::start_full(dir.path(), repo.to_str().unwrap(), 4, extra, binary, Some(SOFT_NOFILE)).await;
             let measured = idle_connections(&server).await;
             eprintln!(
                 "{name} run {}: {} opened, {} held, {} closed, p50 {} p99 {}, {} unanswered",

@@ -42,9 +42,9 @@ mod pull_requests;
 mod secrets;
 #[path = "../support/slow_remote.rs"]
 mod slow_remote;
+mod soak;
 #[path = "../support/sse.rs"]
 mod sse;
-mod soak;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;

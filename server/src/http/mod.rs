@@ -6,7 +6,7 @@
 //! `history` parses history queries and lists tests across builds, `badge` and `metrics` serve
 //! `/badge/{repo}.svg` and `/metrics`, `login` and `tokens` sign people in and out and manage
 //! their API tokens. Who may do what is decided by `auth`'s extractors, which every handler but the
-//! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer. 
+//! webhooks, the sign-in form and the stylesheet takes; `csrf` guards every form, as a layer.
 //! `serve` holds the connections (the accept loop, its timeouts and cap) and `limits` what a
 //! request's body may cost. Handlers translate between HTTP and the scheduler or store;
 //! they hold no SQL and run no builds. Client errors (4xx) tell the client what was wrong; server
