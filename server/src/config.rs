@@ -203,10 +203,15 @@ pub struct LocalProviderConfig {
     #[serde(default = "default_local_run_as")]
     pub run_as: String,
     /// When the server runs as root: each build's hosts share a network namespace of their own
-    /// (they reach each other, not other builds nor the machine's network). `false` lets builds
-    /// that need the machine's network (downloads) have it.
+    /// (they reach each other, not other builds nor the machine's own services). `false` puts
+    /// builds on the machine's network.
     #[serde(default = "default_isolate_network")]
     pub isolate_network: bool,
+    /// With `isolate_network`: builds download through an egress proxy in their namespace
+    /// (`http_proxy`), which reaches anything but this machine and link-local addresses. `false`:
+    /// isolated builds have no network beyond their own hosts.
+    #[serde(default = "default_egress")]
+    pub egress: bool,
 }
 
 impl Default for LocalProviderConfig {
@@ -215,6 +220,7 @@ impl Default for LocalProviderConfig {
             addresses: default_local_addresses(),
             run_as: default_local_run_as(),
             isolate_network: default_isolate_network(),
+            egress: default_egress(),
         }
     }
 }
@@ -515,6 +521,10 @@ fn default_local_run_as() -> String {
     DEFAULT_LOCAL_RUN_AS.to_string()
 }
 
+fn default_egress() -> bool {
+    true
+}
+
 fn default_isolate_network() -> bool {
     true
 }
@@ -609,6 +619,9 @@ mod tests {
         assert!(!config.provider.local.isolate_network);
         config.apply(&Overrides { local_isolate_network: Some(true), ..Overrides::default() });
         assert!(config.provider.local.isolate_network);
+        assert!(config.provider.local.egress, "isolated builds download through the egress proxy by default");
+        let config = Config::from_toml_str("[provider.local]\negress = false\n").unwrap();
+        assert!(config.provider.local.isolate_network && !config.provider.local.egress);
     }
 
     #[test]

@@ -29,6 +29,7 @@ impl Providers {
             addresses: config.provider.local.addresses,
             run_as: Some(config.provider.local.run_as.clone()),
             isolate_network: config.provider.local.isolate_network,
+            egress: config.provider.local.egress,
         })
         .context("failed to set up the local provider")?;
         let mut providers: Vec<Arc<dyn Provider>> = vec![Arc::new(local)];

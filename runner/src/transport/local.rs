@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR};
+use crate::provider::local::egress::NO_PROXY;
 use crate::provider::local::netns::NetNs;
 use crate::provider::HostId;
 
@@ -126,7 +127,7 @@ impl LocalTransport {
     fn base_env(&self) -> BTreeMap<String, String> {
         let home = self.home.to_string_lossy().into_owned();
         let tmp = self.home.join(TMP_DIR).to_string_lossy().into_owned();
-        BTreeMap::from([
+        let mut env = BTreeMap::from([
             ("PATH".to_string(), HOST_PATH.to_string()),
             ("HOME".to_string(), home),
             ("USER".to_string(), self.user_name.clone()),
@@ -134,7 +135,18 @@ impl LocalTransport {
             ("LANG".to_string(), HOST_LANG.to_string()),
             ("TMPDIR".to_string(), tmp),
             ("SHELL".to_string(), SHELL.to_string()),
-        ])
+        ]);
+        if let Some(proxy) = self.netns.as_ref().and_then(|ns| ns.egress_proxy()) {
+            // Both spellings: curl and wget read the lower-case ones, other tools the upper.
+            let url = format!("http://{proxy}");
+            for name in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+                env.insert(name.to_string(), url.clone());
+            }
+            for name in ["no_proxy", "NO_PROXY"] {
+                env.insert(name.to_string(), NO_PROXY.to_string());
+            }
+        }
+        env
     }
 
     fn spawn(&self, request: &ExecRequest) -> Result<tokio::process::Child, TransportError> {

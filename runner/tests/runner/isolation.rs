@@ -3,7 +3,9 @@
 //! namespace of its own. One build cannot read, list, signal or connect to the other, while its
 //! own hosts reach each other; a process that clears its environment, leaves its home and
 //! ignores SIGTERM is gone after teardown; and a restarted server reaps a crashed one's host by
-//! its home's owner, a user no one else leases meanwhile.
+//! its home's owner, a user no one else leases meanwhile. An isolated build still downloads,
+//! through its egress proxy, from a test host beyond the machine (a namespace of the test's own),
+//! and never reaches the machine itself through it.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -360,4 +362,136 @@ async fn a_user_not_released_clean_loses_its_leftover_processes_before_it_serves
     assert_eq!(leftover.wait().unwrap().signal(), Some(9), "SIGTERM was ignored, SIGKILL was not");
     assert_eq!(processes_of_uid(user.uid), Vec::<i32>::new());
     lease.release();
+}
+
+/// A test host beyond the machine: a network namespace of this test's own, joined to the
+/// machine's by a veth pair with a /30 of 198.18.0.0/15 (the benchmarking range, routed nowhere
+/// here) on it, serving `hello.txt` over HTTP on port [`PORT`]. Gone when dropped.
+struct RemoteHost {
+    netns: String,
+    server: std::process::Child,
+    /// The machine's side of the veth pair, and the remote host's address.
+    machine_side: std::net::Ipv4Addr,
+    address: std::net::Ipv4Addr,
+    _files: tempfile::TempDir,
+}
+
+impl RemoteHost {
+    fn start() -> RemoteHost {
+        let pid = std::process::id();
+        let (netns, outside, inside) = (format!("gantry-test-{pid}"), format!("gtv{pid}a"), format!("gtv{pid}b"));
+        // A /30 of 198.18.0.0/15 this machine has no address in.
+        let own: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+            .unwrap()
+            .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|a| std::net::IpAddr::V4(a.ip()))))
+            .collect();
+        let base = (0..u32::from(u16::MAX))
+            .map(|n| u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + ((pid + n) % 32768) * 4)
+            .find(|base| own.iter().all(|a| !matches!(a, std::net::IpAddr::V4(v4) if u32::from(*v4) & !3 == *base)))
+            .unwrap();
+        let (machine_side, address) = (std::net::Ipv4Addr::from(base + 1), std::net::Ipv4Addr::from(base + 2));
+        let ip = |args: &str| {
+            let status = std::process::Command::new("ip").args(args.split(' ')).status().expect("iproute2's ip");
+            assert!(status.success(), "ip {args}");
+        };
+        ip(&format!("netns add {netns}"));
+        ip(&format!("link add {outside} type veth peer name {inside}"));
+        ip(&format!("link set {inside} netns {netns}"));
+        ip(&format!("addr add {machine_side}/30 dev {outside}"));
+        ip(&format!("link set {outside} up"));
+        ip(&format!("netns exec {netns} ip addr add {address}/30 dev {inside}"));
+        ip(&format!("netns exec {netns} ip link set {inside} up"));
+        let files = tempfile::tempdir().unwrap();
+        std::fs::write(files.path().join("hello.txt"), "hello from beyond the machine\n").unwrap();
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-m", "http.server", &PORT.to_string()])
+            .args(["--bind", &address.to_string(), "--directory"])
+            .arg(files.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let remote = RemoteHost { netns, server, machine_side, address, _files: files };
+        let socket = std::net::SocketAddr::from((address, PORT));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(1)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the remote host's HTTP server never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remote
+    }
+}
+
+impl Drop for RemoteHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// `curl` in a step, printing the body (or the proxy's refusal) and the HTTP status.
+fn curl(args: &str) -> String {
+    format!("curl -sS --max-time 10 -w ' status=%{{http_code}}' {args} 2>&1 || true")
+}
+
+#[tokio::test]
+async fn an_isolated_build_downloads_through_its_egress_proxy_but_never_reaches_this_machine() {
+    let Some(test) = pool_provider() else { return };
+    let remote = RemoteHost::start();
+    let id = new_id("b6", "web");
+    let host = test.provider.provision(&request(&id, "b6")).await.unwrap();
+
+    let env = run_ok(&host, "echo $http_proxy $https_proxy $no_proxy").await;
+    assert_eq!(env, ["http://127.0.0.1:3128 http://127.0.0.1:3128 localhost,127.0.0.0/8,::1"]);
+    let hello = format!("http://{}:{PORT}/hello.txt", remote.address);
+    // A plain HTTP request forwarded, and a CONNECT tunnel (what HTTPS uses).
+    assert_eq!(run_ok(&host, &curl(&hello)).await, ["hello from beyond the machine", " status=200"]);
+    assert_eq!(run_ok(&host, &curl(&format!("-p {hello}"))).await, ["hello from beyond the machine", " status=200"]);
+    // Without the proxy the namespace still has no way out.
+    let direct = run_ok(&host, &curl(&format!("--noproxy '*' {hello}"))).await.join("\n");
+    assert!(direct.contains("status=000"), "{direct}");
+
+    // Through the proxy, this machine is out of reach: its other addresses (the veth's side
+    // here) and link-local addresses such as a cloud's metadata service are refused, and a
+    // loopback address is the build's own, reached inside its namespace, where the machine's
+    // loopback listener is not (the executor's tests reach a build's other host this way).
+    let on_loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let on_machine = std::net::TcpListener::bind((remote.machine_side, 0)).unwrap();
+    let loopback_port = on_loopback.local_addr().unwrap().port();
+    for (target, answer) in [
+        (format!("http://{}/", on_machine.local_addr().unwrap()), "403"),
+        ("http://169.254.169.254/latest/meta-data/".to_string(), "403"),
+        (format!("http://127.0.0.1:{loopback_port}/"), "502"),
+        (format!("http://localhost:{loopback_port}/"), "502"),
+    ] {
+        for how in ["--noproxy '' -x http://127.0.0.1:3128", "--noproxy '' -p -x http://127.0.0.1:3128"] {
+            let out = run_ok(&host, &curl(&format!("{how} {target}"))).await.join("\n");
+            // curl reports a refused tunnel as its own error, naming the proxy's answer.
+            let answered = out.contains(&format!("status={answer}"))
+                || out.contains(&format!("CONNECT tunnel failed, response {answer}"));
+            assert!(answered, "{how} {target}: expected {answer}, got {out}");
+        }
+    }
+    test.provider.teardown(&id, None).await.unwrap();
+    drop(host);
+    // The proxy went with the namespace: nothing listens for the build any more.
+    assert_eq!(test.provider.live_namespaces(), 0);
+    drop(remote);
+}
+
+#[tokio::test]
+async fn without_egress_an_isolated_build_has_no_proxy_and_no_way_out() {
+    let Some(_) = pool_users() else { return };
+    let test = TestProvider::with(|config| {
+        config.run_as = Some(RUN_AS_USER.to_string());
+        config.egress = false;
+    });
+    let id = new_id("b7", "web");
+    let host = test.provider.provision(&request(&id, "b7")).await.unwrap();
+    assert_eq!(run_ok(&host, "echo \"[${http_proxy:-none}]\"").await, ["[none]"]);
+    assert_eq!(run_ok(&host, &connect_script("127.0.0.1", 3128)).await, ["refused: ECONNREFUSED"]);
+    test.provider.teardown(&id, None).await.unwrap();
 }

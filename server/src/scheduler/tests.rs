@@ -49,6 +49,7 @@ async fn harness(cancel_superseded: bool) -> Harness {
         addresses: next_addresses(),
         run_as: Some(config.provider.local.run_as.clone()),
         isolate_network: config.provider.local.isolate_network,
+        egress: config.provider.local.egress,
     })
     .unwrap();
     let scheduler = Scheduler::new(

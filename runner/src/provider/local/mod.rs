@@ -7,13 +7,15 @@
 //! different builds are kept apart: each live host runs as a user of its own, leased from a pool
 //! ([`users`]), in a home only that user may enter ([`homes`]), and all hosts of one build share a
 //! network namespace of their own ([`netns`]) in which their addresses answer and nothing else
-//! does. [`ProvisionedHost::isolation`] says which of these a host got. Teardown kills every
+//! does but the build's way out, an HTTP proxy ([`egress`]) that reaches the world beyond the
+//! machine for downloads. [`ProvisionedHost::isolation`] says which of these a host got. Teardown kills every
 //! process the host started (by its marker, its working directory and its user id, see
 //! [`crate::process`]), removes the user's scratch files and the home, then gives back the user
 //! and the address; it needs only the `HostId` and the home (whose owner names the user), so a
 //! restarted server reaps what a crashed one left. This module never runs a step itself: that is
 //! the transport's job.
 
+pub mod egress;
 mod homes;
 pub mod netns;
 pub mod users;
@@ -53,12 +55,16 @@ pub struct LocalConfig {
     pub run_as: Option<String>,
     /// When the server runs as root: one network namespace per build.
     pub isolate_network: bool,
+    /// With `isolate_network`: each build reaches the world beyond the machine through its egress
+    /// proxy (`http_proxy`); without, an isolated build has no network but its own hosts.
+    pub egress: bool,
 }
 
 impl LocalConfig {
-    /// A configuration with the default address pool, no run-as user and network isolation.
+    /// A configuration with the default address pool, no run-as user, and network isolation with
+    /// egress.
     pub fn new(root: PathBuf) -> LocalConfig {
-        LocalConfig { root, addresses: default_addresses(), run_as: None, isolate_network: true }
+        LocalConfig { root, addresses: default_addresses(), run_as: None, isolate_network: true, egress: true }
     }
 }
 
@@ -379,7 +385,7 @@ fn network_isolation(config: &LocalConfig) -> (Option<Namespaces>, Option<String
     if !config.isolate_network {
         return (None, Some("isolate_network = false".to_string()));
     }
-    match Namespaces::new() {
+    match Namespaces::new(config.egress) {
         Ok(namespaces) => (Some(namespaces), None),
         Err(error) => {
             tracing::warn!(%error, "cannot create network namespaces: every build shares the machine's network");

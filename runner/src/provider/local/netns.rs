@@ -10,7 +10,9 @@
 //! build. The provider keeps a build's descriptor while any host of the build lives
 //! ([`Namespaces`] counts them); the local transport enters it in each child before `exec`
 //! (`setns`). The kernel frees the namespace when the last descriptor closes and its last process
-//! exits.
+//! exits. With egress, the thread that makes a namespace also binds the [`egress`] proxy's
+//! listener in it; the proxy serves from the moment the namespace is a build's until it is
+//! dropped.
 //!
 //! This module never starts a host's processes and never touches files.
 
@@ -19,6 +21,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 
 use nix::sched::CloneFlags;
+
+use super::egress::{self, EgressProxy};
 
 /// Where a thread finds its own network namespace.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
@@ -34,33 +38,44 @@ const THREAD_NAME: &str = "gantry-netns";
 pub struct NetNs {
     build: String,
     fd: OwnedFd,
+    /// The way out, when builds have one.
+    egress: Option<EgressProxy>,
 }
 
-/// A namespace made ahead, not yet any build's.
+/// A namespace made ahead, not yet any build's, and its egress proxy's listener.
 #[derive(Debug)]
-struct Blank(OwnedFd);
+struct Blank {
+    fd: OwnedFd,
+    egress: Option<std::net::TcpListener>,
+}
 
 impl Blank {
-    /// A new namespace with its loopback interface up, made on a thread of its own. Needs
-    /// CAP_SYS_ADMIN (root).
-    fn create() -> std::io::Result<Blank> {
+    /// A new namespace with its loopback interface up (and the egress proxy's listener bound in
+    /// it when `egress`), made on a thread of its own. Needs CAP_SYS_ADMIN (root).
+    fn create(egress: bool) -> std::io::Result<Blank> {
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
-            .spawn(Blank::create_here)?
+            .spawn(move || Blank::create_here(egress))?
             .join()
             .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
     }
 
     /// Move the calling thread into a new namespace and bring its `lo` up. Only for a thread
     /// that ends right after.
-    fn create_here() -> std::io::Result<Blank> {
+    fn create_here(egress: bool) -> std::io::Result<Blank> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
         loopback_up()?;
-        Ok(Blank(std::fs::File::open(THREAD_NETNS)?.into()))
+        let egress = if egress { Some(egress::bind_here()?) } else { None };
+        Ok(Blank { fd: std::fs::File::open(THREAD_NETNS)?.into(), egress })
     }
 
-    fn assign(self, build: &str) -> NetNs {
-        NetNs { build: build.to_string(), fd: self.0 }
+    /// Give the namespace to `build`, starting its egress proxy on the current tokio runtime.
+    fn assign(self, build: &str) -> std::io::Result<NetNs> {
+        let egress = match self.egress {
+            Some(listener) => Some(EgressProxy::start(listener, build, self.fd.try_clone()?)?),
+            None => None,
+        };
+        Ok(NetNs { build: build.to_string(), fd: self.fd, egress })
     }
 }
 
@@ -68,6 +83,11 @@ impl NetNs {
     /// The build this namespace belongs to (`b12`).
     pub fn build(&self) -> &str {
         &self.build
+    }
+
+    /// Where the build's egress proxy listens inside the namespace, when builds have one.
+    pub fn egress_proxy(&self) -> Option<std::net::SocketAddr> {
+        self.egress.as_ref().map(|_| egress::PROXY_ADDRESS)
     }
 
     /// Move the calling thread into this namespace. Only a forked child about to `exec` calls
@@ -88,6 +108,8 @@ impl NetNs {
 /// The namespaces of the builds that have live hosts, one per build key, and one made ahead.
 #[derive(Debug)]
 pub struct Namespaces {
+    /// Whether each namespace gets an egress proxy.
+    egress: bool,
     by_build: Mutex<HashMap<String, Weak<NetNs>>>,
     /// The next build's namespace, made in the background after the last one was taken.
     spare: Arc<Mutex<Option<Blank>>>,
@@ -96,13 +118,15 @@ pub struct Namespaces {
 impl Namespaces {
     /// Make the first namespace now: an error means this process may not make them at all (not
     /// root, or a container that forbids it).
-    pub fn new() -> std::io::Result<Namespaces> {
-        let first = Blank::create()?;
-        Ok(Namespaces { by_build: Mutex::default(), spare: Arc::new(Mutex::new(Some(first))) })
+    /// With `egress`, each build's namespace has an egress proxy.
+    pub fn new(egress: bool) -> std::io::Result<Namespaces> {
+        let first = Blank::create(egress)?;
+        Ok(Namespaces { egress, by_build: Mutex::default(), spare: Arc::new(Mutex::new(Some(first))) })
     }
 
     /// The namespace of `build`: the one its live hosts hold, or the spare, or one made now.
-    /// Blocking.
+    /// Blocking; called within a tokio runtime (on its blocking pool), where the egress proxy
+    /// runs.
     pub fn for_build(&self, build: &str) -> std::io::Result<Arc<NetNs>> {
         let mut by_build = self.by_build.lock().expect("namespace table poisoned");
         if let Some(ns) = by_build.get(build).and_then(Weak::upgrade) {
@@ -112,10 +136,10 @@ impl Namespaces {
         let spare = self.spare.lock().expect("spare namespace poisoned").take();
         let blank = match spare {
             Some(blank) => blank,
-            None => Blank::create()?,
+            None => Blank::create(self.egress)?,
         };
         self.make_spare();
-        let ns = Arc::new(blank.assign(build));
+        let ns = Arc::new(blank.assign(build)?);
         by_build.insert(build.to_string(), Arc::downgrade(&ns));
         Ok(ns)
     }
@@ -123,9 +147,9 @@ impl Namespaces {
     /// Make the next spare on a thread of its own (which it leaves in the new namespace and
     /// ends). A failure only means the next build makes its own.
     fn make_spare(&self) {
-        let spare = Arc::clone(&self.spare);
+        let (spare, egress) = (Arc::clone(&self.spare), self.egress);
         let made =
-            std::thread::Builder::new().name(THREAD_NAME.to_string()).spawn(move || match Blank::create_here() {
+            std::thread::Builder::new().name(THREAD_NAME.to_string()).spawn(move || match Blank::create_here(egress) {
                 Ok(blank) => {
                     let mut slot = spare.lock().expect("spare namespace poisoned");
                     if slot.is_none() {
