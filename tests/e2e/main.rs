@@ -10,6 +10,8 @@ mod auth_fuzz;
 mod backup;
 mod badge_metrics;
 mod browser;
+mod browser_actions;
+mod browser_driver;
 mod browser_live;
 mod builds;
 #[path = "../support/client.rs"]
@@ -42,9 +44,9 @@ mod pull_requests;
 mod secrets;
 #[path = "../support/slow_remote.rs"]
 mod slow_remote;
+mod soak;
 #[path = "../support/sse.rs"]
 mod sse;
-mod soak;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
