@@ -1,9 +1,11 @@
 //! The dashboard's buttons and failing tests in a real browser (Debian's Chromium through
 //! chromedriver): a signed-in member builds a branch by clicking the repo page's Build button and
-//! lands on that build's page; a failing test's failure text opens on the build page; a running
-//! build's Cancel button cancels it, the page shows it cancelled and its hosts torn down without a
-//! reload, and the hosts' processes and directories are gone. `actions.rs` checks the same forms
-//! as plain HTTP; here the browser clicks them. Screenshots go to `target/screenshots/`.
+//! lands on that build's page; a failing test's failure text opens on the build page when its
+//! summary is clicked; a running build's Cancel button cancels it within seconds, the page the form
+//! leads back to shows it cancelled and its host torn down (by itself as the events arrive), and
+//! the host's processes and directory are gone. `actions.rs` checks the same forms as plain HTTP;
+//! here the browser clicks them. Helpers are in `browser_driver`; screenshots (a failing and a
+//! cancelled build) go to `target/screenshots/`.
 
 use std::time::{Duration, Instant};
 
@@ -105,7 +107,6 @@ async fn a_failing_tests_message_opens_on_the_build_page() {
     let failure = case.find(Locator::Css("pre.test-text")).await.unwrap();
     assert!(!failure.is_displayed().await.unwrap(), "the failure text is folded until the test is opened");
 
-    execute_settled(&browser, "document.querySelector('.test-failures').scrollIntoView(); return true").await;
     summary.click().await.unwrap();
     wait_for(
         &browser,
@@ -118,6 +119,8 @@ async fn a_failing_tests_message_opens_on_the_build_page() {
     assert!(text.contains("AssertionError: expected 30, got 20") && text.contains("at cart_test.py:42"), "{text}");
     let page = browser.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
     assert!(!page.contains("adds an item"), "a passing test is not listed among the failures");
+    // The whole build from its top: the failing report and the opened test fit in the window.
+    execute_settled(&browser, "window.scrollTo(0, 0); return true").await;
     screenshot(&browser, "failing-build").await;
     browser.close().await;
     app.stop().await;

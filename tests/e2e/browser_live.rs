@@ -1,7 +1,8 @@
 //! The live dashboard in a real browser (Debian's Chromium through chromedriver): a log line
 //! appears on the build page while its step still runs and the stage cell on the repo page turns
 //! green, both without a reload; a 200,000-line log opens in under a second and a line's anchor
-//! scrolls to it. Screenshots go to `target/screenshots/`.
+//! scrolls to it. Helpers are in `browser_driver`; screenshots (the build page, the stage grid, the
+//! long log) go to `target/screenshots/`.
 
 use std::time::{Duration, Instant};
 
