@@ -59,13 +59,27 @@ pub(crate) async fn chromedriver() -> Option<Chromedriver> {
 }
 
 /// A headless Chromium driven over WebDriver, with its own chromedriver and profile. It derefs to
-/// fantoccini's [`Client`]; end it with [`DrivenBrowser::close`] so Chromium quits before its
-/// driver is stopped (dropped, it stops them anyway).
+/// fantoccini's [`Client`]; end it with [`DrivenBrowser::close`]. Dropped without that (a failed
+/// assertion), it kills its Chromium, which would otherwise outlive the test and its driver.
 pub(crate) struct DrivenBrowser {
     client: Client,
-    // Dropped after the client: the driver first (it takes Chromium with it), then the profile.
+    // Dropped in this order, after `drop` has killed Chromium: the driver, then the profile.
     _driver: Chromedriver,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
+}
+
+impl Drop for DrivenBrowser {
+    fn drop(&mut self) {
+        // Chromium's browser process is the one started with this profile; its helpers end with it.
+        let flag = format!("--user-data-dir={}", self.profile.path().display());
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if cmdline.split(|&b| b == 0).any(|arg| arg == flag.as_bytes()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 impl Deref for DrivenBrowser {
@@ -98,7 +112,7 @@ pub(crate) async fn open_browser() -> Option<DrivenBrowser> {
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let client = ClientBuilder::new(connector).capabilities(capabilities).connect(&driver.url).await.unwrap();
-    Some(DrivenBrowser { client, _driver: driver, _profile: profile })
+    Some(DrivenBrowser { client, _driver: driver, profile })
 }
 
 /// Evaluate `script` (a function body returning a value) until it returns true, or fail saying
