@@ -1,20 +1,19 @@
-//! The dashboard in a real headless browser (Debian's Chromium): pages render, markup in commit
-//! data and logs stays text — a script in a log line never runs — the browser refuses nothing
-//! under the server's Content-Security-Policy and `nosniff` (the stylesheet loads), and signing in
-//! through the real form works while a form posted without its CSRF token is refused. The sign-in
-//! test drives Chromium through Debian's chromedriver (WebDriver) with fantoccini.
+//! The dashboard in a real headless browser (Debian's Chromium). Rendered with `--dump-dom`:
+//! pages render, a script in a log line never runs, and the browser refuses nothing under the
+//! server's Content-Security-Policy and `nosniff` (the stylesheet loads). Driven through Debian's
+//! chromedriver (WebDriver, fantoccini; helpers in `browser_driver`): signing in through the real
+//! form works while a form posted without its CSRF token is refused; and markup in a commit
+//! message, a branch name, a log line (arriving live over the event stream, and as stored) and a
+//! test's name and message stays text on the build page, the repo page and the tests page: it is
+//! shown literally, sets no global and becomes no element.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::json;
 
+use crate::browser_driver::*;
 use crate::helpers::*;
-
-pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// What Chromium made of a page.
 struct Rendered {
@@ -97,95 +96,12 @@ async fn a_refused_inline_style_shows_in_the_console() {
     assert_eq!(page.refusals().len(), 1, "{:?}", page.console);
 }
 
-/// chromedriver on a free loopback port, stopped when dropped.
-pub(crate) struct Chromedriver {
-    child: Child,
-    pub(crate) url: String,
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// chromedriver and Chromium, or `None` (saying why) when they are not installed and this is not
-/// CI; on CI their absence fails the test.
-pub(crate) async fn chromedriver() -> Option<Chromedriver> {
-    let missing: Vec<&str> =
-        [CHROMIUM, CHROMEDRIVER].into_iter().filter(|p| !std::path::Path::new(p).exists()).collect();
-    if !missing.is_empty() {
-        let message =
-            format!("{missing:?} missing: run scripts/install-deps --tests (Debian's chromium, chromium-driver)");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("skipping the sign-in browser test: {message}");
-        return None;
-    }
-    let port = free_loopback_port().rsplit_once(':').unwrap().1.to_string();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let driver = Chromedriver { child, url: format!("http://127.0.0.1:{port}") };
-    let start = Instant::now();
-    while reqwest::get(format!("{}/status", driver.url)).await.is_err() {
-        assert!(start.elapsed() < EVENT_DEADLINE, "chromedriver never answered");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    Some(driver)
-}
-
-/// Wait until the browser is at `path` (after a form's redirect), or fail.
-async fn wait_for_path(browser: &Client, path: &str) {
-    let start = Instant::now();
-    loop {
-        let url = browser.current_url().await.unwrap();
-        let here = match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_string(),
-        };
-        if here == path {
-            return;
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "the browser stayed at {url}, not {path}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
-/// Wait until the page's source contains `text`, and return it.
-async fn wait_for_text(browser: &Client, text: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let source = browser.source().await.unwrap();
-        if source.contains(text) {
-            return source;
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "the page never showed {text:?}: {source}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
 #[tokio::test]
 async fn signing_in_through_the_form_works_and_a_form_without_its_csrf_token_is_refused() {
-    let Some(driver) = chromedriver().await else { return };
+    let Some(browser) = open_browser().await else { return };
     let repo = TestRepo::new();
     repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("true"))]);
     let app = spawn_app(&[RepoConfig::new("shop", &repo)]).await;
-    let profile = tempfile::TempDir::new().unwrap();
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_string(),
-        json!({
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     format!("--user-data-dir={}", profile.path().display())],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let browser = ClientBuilder::new(connector).capabilities(capabilities).connect(&driver.url).await.unwrap();
 
     // A page asked for without signing in leads to the form, which leads back.
     browser.goto(&app.url("/repos/shop")).await.unwrap();
@@ -225,6 +141,107 @@ async fn signing_in_through_the_form_works_and_a_form_without_its_csrf_token_is_
     wait_for_path(&browser, "/login").await;
     browser.goto(&app.url("/")).await.unwrap();
     wait_for_path(&browser, "/login?next=%2F").await;
-    browser.close().await.unwrap();
+    browser.close().await;
+    app.stop().await;
+}
+
+/// Markup that sets `window.__pwned` if a page ever parses it instead of showing it.
+const SCRIPT_MARKUP: &str = "<script>window.__pwned=1</script>";
+const IMG_MARKUP: &str = r#"<img src=x onerror="window.__pwned=1">"#;
+
+/// A pipeline whose stage prints markup between `before` and `after` opening, then writes a JUnit
+/// report whose failing test's name and message are markup, and fails.
+fn markup_pipeline(before: &Gate, after: &Gate) -> String {
+    let script = format!(
+        "echo 'first line'\n{}\necho '{SCRIPT_MARKUP} and {IMG_MARKUP}'\n{}",
+        before.wait_command(),
+        after.wait_command()
+    );
+    let junit = format!(
+        r#"<testsuite name="unit"><testcase classname="cart" name="{}" time="0.1"><failure message="{}">x</failure></testcase></testsuite>"#,
+        xml_escape(SCRIPT_MARKUP),
+        xml_escape(IMG_MARKUP),
+    );
+    junit_pipeline("only", &script, &junit, 1)
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// What the markup would leave if a page parsed it: `window.__pwned` set (were it not for the
+/// Content-Security-Policy, which refuses inline scripts and handlers, so this alone proves
+/// little), and the elements themselves.
+const MARKUP_LEFT: &str = "[typeof window.__pwned, document.querySelectorAll('img[onerror], img[src=x]').length, \
+                           [...document.scripts].filter(s => s.textContent.includes('__pwned')).length]";
+
+/// Wait until the visible text (`innerText`) of `selector` has every one of `texts` (or markup
+/// became elements), then check no markup ran or became elements.
+async fn shows_as_text(browser: &Client, selector: &str, texts: &[&str], what: &str) {
+    let texts = serde_json::to_string(texts).unwrap();
+    wait_for(
+        browser,
+        &format!(
+            "const e = document.querySelector('{selector}'); \
+             return {MARKUP_LEFT}.join() !== 'undefined,0,0' || !!e && {texts}.every(t => e.innerText.includes(t))"
+        ),
+        what,
+    )
+    .await;
+    let left = execute_settled(browser, &format!("return {MARKUP_LEFT}")).await;
+    assert_eq!(left, json!(["undefined", 0, 0]), "markup ran or became elements in {what}");
+}
+
+#[tokio::test]
+async fn script_in_a_commit_message_branch_log_line_and_test_name_stays_text_in_the_browser() {
+    let Some(browser) = open_browser().await else { return };
+    let (printed, reported) = (Gate::new(), Gate::new());
+    let repo = TestRepo::new();
+    let branch = SCRIPT_MARKUP;
+    let message = format!("fix {SCRIPT_MARKUP} {IMG_MARKUP}\n\nbody");
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("true"))]);
+    repo.commit_with_message(branch, &[(".gantry.yml", &markup_pipeline(&printed, &reported))], &message);
+    let app = spawn_app(&[RepoConfig::new("shop", &repo)]).await;
+    sign_in(&browser, &app, ADMIN, ADMIN_PASSWORD).await;
+    let id = app.trigger("shop", branch).await;
+    app.wait_build_until(id, BUILD_DEADLINE, "ran its stage", |b| {
+        b["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "only" && s["status"] == "running"))
+    })
+    .await;
+    assert_eq!(app.build(id).await["branch"], branch);
+
+    // The build page while the step runs: the log line arrives over the event stream, and is
+    // drawn by the page's script (the mark shows the page was not reloaded meanwhile).
+    browser.goto(&app.url(&format!("/builds/{id}"))).await.unwrap();
+    execute_settled(&browser, "window.gantryTestMark = 1; document.getElementById('step-1').open = true; return true")
+        .await;
+    let log_line = format!("{SCRIPT_MARKUP} and {IMG_MARKUP}");
+    shows_as_text(&browser, "#step-1 .log-view", &["first line"], "the first log line").await;
+    printed.open();
+    shows_as_text(&browser, "#step-1 .log-view", &[&log_line], "the live log line").await;
+    shows_as_text(&browser, ".commit-title", &[&format!("fix {SCRIPT_MARKUP} {IMG_MARKUP}")], "the commit title").await;
+    shows_as_text(&browser, ".facts .ref", &[branch], "the branch").await;
+    assert_eq!(execute_settled(&browser, "return window.gantryTestMark").await, json!(1), "the page was reloaded");
+    reported.open();
+
+    // Once the build ends the page reloads with its report: the failing test, and the log as the
+    // server renders it.
+    wait_for(&browser, "return document.querySelector('.build-head').dataset.status === 'failed'", "the build failing")
+        .await;
+    shows_as_text(&browser, ".test-failures", &[SCRIPT_MARKUP, IMG_MARKUP], "the failing test").await;
+    execute_settled(&browser, "document.getElementById('step-1').open = true; return true").await;
+    shows_as_text(&browser, "#step-1 .log-view", &[&log_line], "the stored log line").await;
+    shows_as_text(&browser, ".commit-title", &[SCRIPT_MARKUP], "the commit title after the reload").await;
+
+    // The repo page (stage grid, history, the build form's branch list) and the tests page.
+    browser.goto(&app.url("/repos/shop")).await.unwrap();
+    shows_as_text(&browser, ".grid", &[branch], "the stage grid").await;
+    shows_as_text(&browser, ".history", &[branch], "the history").await;
+    let suggested =
+        execute_settled(&browser, "return [...document.querySelectorAll('#branches option')].map(o => o.value)").await;
+    assert!(suggested.as_array().unwrap().contains(&json!(branch)), "{suggested}");
+    browser.goto(&app.url("/repos/shop/tests")).await.unwrap();
+    shows_as_text(&browser, ".tests", &[SCRIPT_MARKUP, IMG_MARKUP], "the tests page").await;
+    browser.close().await;
     app.stop().await;
 }

@@ -1,74 +1,31 @@
 //! The live dashboard in a real browser (Debian's Chromium through chromedriver): a log line
 //! appears on the build page while its step still runs and the stage cell on the repo page turns
 //! green, both without a reload; a 200,000-line log opens in under a second and a line's anchor
-//! scrolls to it. Screenshots go to `target/screenshots/`.
+//! scrolls to it. Helpers are in `browser_driver`; screenshots (the build page, the stage grid, the
+//! long log) go to `target/screenshots/`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
-use serde_json::json;
-
-use crate::browser::{chromedriver, CHROMIUM};
+use crate::browser_driver::*;
 use crate::helpers::*;
 
 /// Opening a long log must take less than this.
 const LONG_LOG_OPENS_WITHIN: Duration = Duration::from_secs(1);
-
-async fn browser(driver_url: &str, profile: &tempfile::TempDir) -> Client {
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_string(),
-        json!({
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     "--window-size=1400,1000", format!("--user-data-dir={}", profile.path().display())],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector).capabilities(capabilities).connect(driver_url).await.unwrap()
-}
-
-/// Evaluate `script` (a function body returning a value) until it returns true.
-async fn wait_for(browser: &Client, script: &str, what: &str) {
-    let start = Instant::now();
-    loop {
-        if browser.execute(script, Vec::new()).await.unwrap() == json!(true) {
-            return;
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "the page never showed {what}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
 
 /// The build's stage `only` runs (false before the build is planned).
 fn only_running(build: &serde_json::Value) -> bool {
     build["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == "only" && s["status"] == "running"))
 }
 
-async fn screenshot(browser: &Client, name: &str) {
-    let dir = workspace_path("target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let png = browser.screenshot().await.unwrap();
-    std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).unwrap();
-}
-
 #[tokio::test]
 async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_long_log_opens_at_once() {
-    let Some(driver) = chromedriver().await else { return };
-    let gate = tempfile::TempDir::new().unwrap();
-    std::fs::set_permissions(gate.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let open = gate.path().join("open");
-    let script = format!(
-        "echo first line; while [ ! -e {} ]; do sleep 0.02; done; printf '\\033[32msecond line\\033[0m\\n'",
-        open.display()
-    );
+    let Some(browser) = open_browser().await else { return };
+    let gate = Gate::new();
+    let script = format!("echo first line; {}; printf '\\033[32msecond line\\033[0m\\n'", gate.wait_command());
     let repo = TestRepo::new();
     repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
     repo.commit("long", &[(".gantry.yml", &one_stage_pipeline("seq 1 200000"))]);
     let app = spawn_app_configured(&[RepoConfig::new("shop", &repo)], 4, "", "\n[auth]\npublic_read = true\n").await;
-    let profile = tempfile::TempDir::new().unwrap();
-    let browser = browser(&driver.url, &profile).await;
 
     let id = app.trigger("shop", "main").await;
     app.wait_build_until(id, BUILD_DEADLINE, "ran its stage", only_running).await;
@@ -79,7 +36,7 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
         .await
         .unwrap();
     wait_for(&browser, "return document.body.innerText.includes('first line')", "the first line").await;
-    std::fs::write(&open, "").unwrap();
+    gate.open();
     wait_for(
         &browser,
         "return window.gantryTestMark === 1 && !!document.querySelector('.log-view .ansi-fg-2') \
@@ -96,7 +53,7 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
     screenshot(&browser, "build-page").await;
 
     // The repo page: a new build's stage cell turns green without a reload.
-    std::fs::remove_file(&open).unwrap();
+    gate.close();
     browser.goto(&app.url("/repos/shop")).await.unwrap();
     browser.execute("window.gantryTestMark = 1; return true", Vec::new()).await.unwrap();
     let second = app.trigger("shop", "main").await;
@@ -104,7 +61,7 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
     let cell = format!("document.querySelector('td.cell[data-build=\"{second}\"][data-step=\"1\"]')");
     wait_for(&browser, &format!("return !!{cell} && {cell}.classList.contains('status-running')"), "the running cell")
         .await;
-    std::fs::write(&open, "").unwrap();
+    gate.open();
     wait_for(
         &browser,
         &format!("return window.gantryTestMark === 1 && {cell}.classList.contains('status-passed')"),
@@ -130,6 +87,6 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
     )
     .await;
     screenshot(&browser, "long-log").await;
-    browser.close().await.unwrap();
+    browser.close().await;
     app.stop().await;
 }

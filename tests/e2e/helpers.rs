@@ -52,6 +52,11 @@ impl TestRepo {
     /// Write `files` into the tree of `branch` (on top of its current tree) and commit them.
     /// Returns the commit's full sha.
     pub fn commit(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        self.commit_with_message(branch, files, "test commit")
+    }
+
+    /// [`TestRepo::commit`] with the commit message `message`.
+    pub fn commit_with_message(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
         let parent = self
             .repo
             .find_branch(branch, git2::BranchType::Local)
@@ -84,10 +89,8 @@ impl TestRepo {
         let tree = self.repo.find_tree(index.write_tree_to(&self.repo).unwrap()).unwrap();
         let sig = git2::Signature::now("Test", "test@gantry.invalid").unwrap();
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let oid = self
-            .repo
-            .commit(Some(&format!("refs/heads/{branch}")), &sig, &sig, "test commit", &tree, &parents)
-            .unwrap();
+        let oid =
+            self.repo.commit(Some(&format!("refs/heads/{branch}")), &sig, &sig, message, &tree, &parents).unwrap();
         oid.to_string()
     }
 
@@ -456,6 +459,18 @@ pub fn one_stage_pipeline(script: &str) -> String {
     format!("version: 1\nhosts:\n  app: {{}}\nstages:\n  - name: only\n    host: app\n    run: {script:?}\n")
 }
 
+/// A pipeline file of one host and one stage named `stage` that runs `script`, then writes `junit`
+/// (JUnit XML) to `reports/unit.xml`, names it in `reports:` and exits with `exit_code`.
+pub fn junit_pipeline(stage: &str, script: &str, junit: &str, exit_code: i32) -> String {
+    let indent = |text: &str| text.lines().map(|l| format!("      {l}\n")).collect::<String>();
+    format!(
+        "version: 1\nhosts:\n  app: {{}}\nstages:\n  - name: {stage}\n    host: app\n    run: |\n{}      mkdir -p reports\n      \
+         cat > reports/unit.xml <<'XML'\n{}      XML\n      exit {exit_code}\n    reports: [reports/unit.xml]\n",
+        indent(script),
+        indent(junit),
+    )
+}
+
 /// Whether `html` shows `text` escaped, in either of the spellings an HTML escaper may choose
 /// (`&lt;` or `&#60;`).
 pub fn shows_escaped(html: &str, text: &str) -> bool {
@@ -582,4 +597,36 @@ impl Drop for ServerProcess {
 pub fn free_loopback_port() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
+}
+
+/// A file a host step waits for: the test opens the gate when it has seen what the step did
+/// before it, so "while the step still runs" needs no timing.
+pub struct Gate {
+    dir: TempDir,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = TempDir::new().unwrap();
+        // Host steps may run as another user: they must be able to look for the file.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Gate { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("open")
+    }
+
+    /// A shell command that returns once the gate is open.
+    pub fn wait_command(&self) -> String {
+        format!("while [ ! -e {} ]; do sleep 0.02; done", self.path().display())
+    }
+
+    pub fn open(&self) {
+        std::fs::write(self.path(), "").unwrap();
+    }
+
+    pub fn close(&self) {
+        std::fs::remove_file(self.path()).unwrap();
+    }
 }

@@ -10,6 +10,8 @@ mod auth_fuzz;
 mod backup;
 mod badge_metrics;
 mod browser;
+mod browser_actions;
+mod browser_driver;
 mod browser_live;
 mod builds;
 #[path = "../support/client.rs"]
