@@ -39,12 +39,13 @@ mod poller;
 #[path = "../support/prerequisite.rs"]
 mod prerequisite;
 mod pull_requests;
+mod retention;
 mod secrets;
 #[path = "../support/slow_remote.rs"]
 mod slow_remote;
+mod soak;
 #[path = "../support/sse.rs"]
 mod sse;
-mod soak;
 mod ssh;
 #[path = "../../runner/tests/support/sshd.rs"]
 mod sshd;
