@@ -447,7 +447,19 @@ mod tests {
         build_with_big_log(&store, 48 * HOUR_MS).await;
         let with_log = file_size(&store, &path).await;
 
-        store.prune_batch(now_ms() - HOUR_MS, NOTICE, UNLIMITED).await.unwrap();
+        // In batches of the size the retention task uses, timed: a writer waits at most one.
+        let limits = PruneLimits { builds: 500, rows: 5_000 };
+        let mut batches = Vec::new();
+        loop {
+            let start = std::time::Instant::now();
+            let batch = store.prune_batch(now_ms() - HOUR_MS, NOTICE, limits).await.unwrap();
+            batches.push(start.elapsed());
+            if !batch.more {
+                break;
+            }
+        }
+        println!("20,000 lines pruned in {} batches of at most 5,000 rows: {batches:?}", batches.len());
+        assert_eq!(batches.len(), 4);
         let pruned = file_size(&store, &path).await;
         let free: i64 = sqlx::query_scalar("PRAGMA freelist_count").fetch_one(store.reader()).await.unwrap();
 
