@@ -38,8 +38,11 @@ struct Sample {
     other_anon: u64,
 }
 
-/// The rows of the report: a name and how to read the field.
-const FIELDS: [(&str, fn(&Sample) -> u64); 11] = [
+/// A row of the report: its name and how to read it from a sample.
+type Field = (&'static str, fn(&Sample) -> u64);
+
+/// The rows of the report.
+const FIELDS: [Field; 11] = [
     ("VmRSS", |s| s.rss),
     ("RssAnon", |s| s.anon),
     ("RssFile", |s| s.file),
