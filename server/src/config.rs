@@ -24,11 +24,13 @@ mod auth;
 mod forge;
 mod http;
 mod logs;
+mod retention;
 
 pub use auth::{AuthConfig, PublicUrl, DEFAULT_SESSION_TTL, MAX_SESSION_TTL};
 pub use forge::ForgeSettings;
 pub use http::{HttpConfig, MIN_CONNECTIONS};
 pub use logs::LogsConfig;
+pub use retention::{RetentionConfig, DEFAULT_RETENTION_INTERVAL};
 
 /// Where the server listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -88,6 +90,9 @@ pub struct Config {
     /// Connections, timeouts and the budget of unauthenticated request bodies.
     #[serde(default)]
     pub http: HttpConfig,
+    /// How long finished builds keep their logs and reports.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// One `[[repo]]` entry.
@@ -327,6 +332,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             logs: LogsConfig::default(),
             http: HttpConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -393,6 +399,7 @@ impl Config {
             problems.push("max_concurrent_builds must be at least 1".to_string());
         }
         problems.extend(self.logs.problems());
+        problems.extend(self.retention.problems());
         let mut names = HashSet::new();
         for repo in &self.repos {
             if let Err(problem) = check_repo_name(&repo.name) {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use gantry_runner::source::{GitCommitSource, Source};
@@ -30,11 +30,10 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// rejected one).
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
 
-/// libgit2's connect timeout for remote fetches, set once by [`set_network_timeouts`].
+/// libgit2's connect timeout for remote fetches, set once before the first fetch.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// libgit2's timeout for a stalled read or write on a remote, set once by
-/// [`set_network_timeouts`].
+/// libgit2's timeout for a stalled read or write on a remote, set once before the first fetch.
 pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -57,19 +56,30 @@ pub enum GitError {
     Task(String),
 }
 
-/// Set libgit2's process-wide network timeouts.
+/// Set libgit2's process-wide network timeouts, once, before the process's first fetch.
 ///
-/// # Safety
-/// libgit2 keeps these in unsynchronized globals: call this before any other thread exists (at
-/// the top of `main`, before the async runtime starts).
-pub unsafe fn set_network_timeouts() -> Result<(), git2::Error> {
-    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: the caller guarantees no other thread is running.
-    unsafe {
-        git2::opts::set_server_connect_timeout_in_milliseconds(millis(CONNECT_TIMEOUT))?;
-        git2::opts::set_server_timeout_in_milliseconds(millis(NETWORK_TIMEOUT))?;
-    }
-    Ok(())
+/// Lazy on purpose: the first git2 call initializes libgit2 (and OpenSSL with it), about 4 MiB a
+/// server that builds nothing yet does not need to hold; doing it in `main` cost every idle server
+/// that. Every fetch of the process goes through [`fetch_blocking`], which calls this first.
+fn set_network_timeouts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: git2 marks these setters unsafe because they write two libgit2 globals without
+        // synchronization. Those globals are read only by libgit2's network streams, that is by
+        // fetches, and every fetch of this process runs after this initializer: `Once` runs it
+        // exactly once (no two writes race) and makes its writes happen before every later
+        // `call_once` returns, so before any fetch reads them. Other git2 calls that may run
+        // meanwhile on other threads (reading trees, checking ref names) never touch them, and
+        // libgit2's own initialization, which the setters do first, is itself behind a `Once`.
+        let set = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(millis(CONNECT_TIMEOUT))
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(millis(NETWORK_TIMEOUT)))
+        };
+        if let Err(error) = set {
+            tracing::warn!(%error, "could not set git's network timeouts");
+        }
+    });
 }
 
 /// Every mirror of this server.
@@ -286,6 +296,7 @@ fn absent_as_none<T>(result: Result<T, git2::Error>, repo: &str, absent: &[Error
 /// Fetch `refspecs` of `url` into the mirror at `path` (created on first use). Pruning applies to
 /// what the refspecs name: a branch or tag the remote deleted goes, other refs stay.
 fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
+    set_network_timeouts();
     let fetch_err = |e: git2::Error| GitError::Fetch { repo: repo.to_string(), message: url.scrub(e.message()) };
     let mirror = match Repository::open_bare(path) {
         Ok(mirror) => mirror,
@@ -345,6 +356,27 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The timeouts are not set at start (nothing in `main` touches libgit2 any more) but before
+    /// a fetch goes to the network.
+    #[tokio::test]
+    async fn a_fetch_sets_the_network_timeouts_first() {
+        let upstream = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        testing::commit(upstream.path(), "main", &[("x", "1")]);
+        let mirrors = Mirrors::new(data.path().join("repos"));
+        mirrors.fetch("acme", &RepoUrl::new(upstream.path().to_str().unwrap())).await.unwrap();
+        // SAFETY: the getters read the two globals `set_network_timeouts` writes once; the fetch
+        // above went through its `Once`, so that write happened before these reads, and no other
+        // code of this process writes them.
+        let (connect, network) = unsafe {
+            (
+                git2::opts::get_server_connect_timeout_in_milliseconds().unwrap(),
+                git2::opts::get_server_timeout_in_milliseconds().unwrap(),
+            )
+        };
+        assert_eq!((connect, network), (15_000, 60_000));
+    }
 
     #[tokio::test]
     async fn a_mirror_follows_branches_tags_and_deletions() {

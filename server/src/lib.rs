@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod poller;
 pub mod providers;
 pub mod repo_url;
+pub mod retention;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
@@ -51,7 +52,7 @@ pub struct Application {
     scheduler: Scheduler,
     store: Store,
     shutdown: CancellationToken,
-    /// The pollers, the expired-session sweeper and the commit-status reporter.
+    /// The pollers, the expired-session sweeper, the commit-status reporter and the retention task.
     tasks: TaskTracker,
 }
 
@@ -113,6 +114,7 @@ impl Application {
         scheduler.start();
         poller::start(&config.repos, &scheduler, &store, &shutdown, &tasks);
         tasks.spawn(http::auth::sweep_expired_sessions(store.clone(), shutdown.clone()));
+        retention::start(store.clone(), config.retention, shutdown.clone(), &tasks);
 
         let router = http::router(AppState {
             config: Arc::clone(&config),

@@ -80,10 +80,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(log_in_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
         .init();
-    // SAFETY: no other thread exists yet; the async runtime starts below.
-    if let Err(error) = unsafe { gantry::git::set_network_timeouts() } {
-        tracing::warn!(%error, "could not set git's network timeouts");
-    }
     let result = match cli.command {
         Command::Validate { path } => validate(&path),
         Command::Serve(overrides) => runtime().and_then(|rt| rt.block_on(serve(overrides))).map(|()| ExitCode::SUCCESS),

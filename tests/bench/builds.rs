@@ -4,7 +4,9 @@
 //! second, a line's latency over the event stream, memory while clients follow a long build; see
 //! [`logs::logs_bench`]), and with `-- --history` the pages' times at 100 and at 100,000 builds
 //! ([`history::history_bench`]), and with `-- --flood [--runs N] [--bin PATH] [--baseline-bin PATH]`
-//! what floods of forged webhooks and idle connections cost the server (see [`flood`]).
+//! what floods of forged webhooks and idle connections cost the server (see [`flood`]), and with
+//! `-- --idle [--runs N] [--bin PATH] [--baseline-bin PATH]` the resident memory of an idle server
+//! and where it goes (see [`idle`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -42,6 +44,7 @@ mod slow_remote;
 mod auth;
 mod flood;
 mod history;
+mod idle;
 mod logs;
 #[path = "../support/sse.rs"]
 mod sse;
@@ -67,13 +70,18 @@ struct Args {
     logs: bool,
     /// Measure floods of forged webhooks and idle connections instead of builds.
     flood: bool,
-    /// With `--flood`: rounds on fresh servers, whose medians are reported.
-    runs: usize,
-    /// With `--flood`: the `gantry` to measure, when not the one cargo built for the benchmark.
+    /// With `--flood` (default 3) or `--idle` (default 5): rounds on fresh servers, whose medians
+    /// are reported.
+    runs: Option<usize>,
+    /// With `--flood` or `--idle`: the `gantry` to measure, when not the one cargo built for the
+    /// benchmark.
     bin: Option<PathBuf>,
     /// With `--auth`: an older `gantry` (without users) to measure the unauthenticated request on;
-    /// with `--flood`: an older `gantry` (without `[http]`) measured the same way.
+    /// with `--flood`: an older `gantry` (without `[http]`) measured the same way; with `--idle`:
+    /// another `gantry` measured side by side.
     baseline_bin: Option<PathBuf>,
+    /// Measure an idle server's memory instead.
+    idle: bool,
     /// Measure the pages with a short and a long history instead.
     history: bool,
 }
@@ -87,10 +95,11 @@ fn parse_args() -> Args {
         auth: false,
         logs: false,
         flood: false,
-        runs: 3,
+        runs: None,
         bin: None,
         baseline_bin: None,
         history: false,
+        idle: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -106,7 +115,8 @@ fn parse_args() -> Args {
             "--logs" => args.logs = true,
             "--history" => args.history = true,
             "--flood" => args.flood = true,
-            "--runs" => args.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--runs" => args.runs = Some(it.next().and_then(|v| v.parse().ok()).expect("--runs N")),
+            "--idle" => args.idle = true,
             "--bin" => args.bin = Some(it.next().expect("--bin PATH").into()),
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
@@ -400,7 +410,11 @@ async fn main() {
         return history::history_bench().await;
     }
     if args.flood {
-        return flood::flood_bench(args.runs, args.bin.as_deref(), args.baseline_bin.as_deref()).await;
+        return flood::flood_bench(args.runs.unwrap_or(3), args.bin.as_deref(), args.baseline_bin.as_deref()).await;
+    }
+    if args.idle {
+        let bin = args.bin.clone().unwrap_or_else(gantry_bin);
+        return idle::idle_bench(args.runs.unwrap_or(5), &bin, args.baseline_bin.as_deref());
     }
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps may run as an unprivileged user: let them reach the FIFO.

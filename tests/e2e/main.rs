@@ -41,6 +41,7 @@ mod poller;
 #[path = "../support/prerequisite.rs"]
 mod prerequisite;
 mod pull_requests;
+mod retention;
 mod secrets;
 #[path = "../support/slow_remote.rs"]
 mod slow_remote;

@@ -1,7 +1,8 @@
 //! Gantry's durable state in SQLite: repos, builds (and their history), steps, hosts, log lines,
 //! reports and the test cases in them, webhook deliveries (the queue of deliveries still to
 //! resolve), the commit statuses still to report on forges, the poller's branch heads, and users
-//! with their API tokens and sessions.
+//! with their API tokens and sessions. `retention` prunes old builds' logs and reports in bounded
+//! batches.
 //!
 //! **All** SQL of the server lives in this module, one file per aggregate. Each file offers
 //! functions taking a connection (so callers can compose them in one transaction) and methods on
@@ -23,6 +24,7 @@ pub mod logs;
 pub mod pull_requests;
 pub mod reports;
 pub mod repos;
+pub mod retention;
 pub mod sessions;
 pub mod statuses;
 pub mod steps;
@@ -43,6 +45,7 @@ pub use hosts::{HostRow, HostState};
 pub use logs::LogLine;
 pub use reports::ReportRow;
 pub use repos::RepoRow;
+pub use retention::{PruneLimits, Pruned};
 pub use steps::StepRow;
 pub use test_cases::{NewTestCase, TestHistory, TestKey, TestOutcome, TestRun};
 pub use tokens::{TokenId, TokenOwner, TokenRow};
@@ -198,19 +201,21 @@ pub(crate) mod testing {
         sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(store.reader()).await.unwrap()
     }
 
+    /// A push build of `acme`'s `main`, to queue.
+    pub fn main_push() -> NewBuild {
+        NewBuild {
+            repo: "acme".into(),
+            commit: "a".repeat(40),
+            branch: "main".into(),
+            ref_kind: RefKind::Branch,
+            trigger: Trigger::Push,
+        }
+    }
+
     /// A store with the repo `acme` and one queued push build of its `main`.
     pub async fn store_with_build() -> (Store, tempfile::TempDir, BuildRow) {
         let (store, dir) = store_with_repo().await;
-        let build = store
-            .insert_build(&NewBuild {
-                repo: "acme".into(),
-                commit: "a".repeat(40),
-                branch: "main".into(),
-                ref_kind: RefKind::Branch,
-                trigger: Trigger::Push,
-            })
-            .await
-            .unwrap();
+        let build = store.insert_build(&main_push()).await.unwrap();
         (store, dir, build)
     }
 }
