@@ -50,6 +50,16 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
         "the build passing",
     )
     .await;
+    // The moments the page first showed as "–" fill in from the same events, still without a
+    // reload: when the build finished and when its host was torn down.
+    wait_for(
+        &browser,
+        "return window.gantryTestMark === 1 \
+         && / UTC$/.test(document.querySelector('.build-finished').textContent) \
+         && [...document.querySelectorAll('.host-torn-down')].every(td => / UTC$/.test(td.textContent))",
+        "the finished and torn-down times",
+    )
+    .await;
     screenshot(&browser, "build-page").await;
 
     // The repo page: a new build's stage cell turns green without a reload.

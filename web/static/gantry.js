@@ -26,6 +26,12 @@
 
   function ms(rfc3339) { return rfc3339 ? Date.parse(rfc3339) : null; }
 
+  /** `2024-05-02 09:43:20 UTC`, as the server renders moments (web::format_timestamp). */
+  function stamp(rfc3339) { return new Date(Date.parse(rfc3339)).toISOString().slice(0, 19).replace("T", " ") + " UTC"; }
+
+  /** Show a moment the server first rendered as "–", once an event knows it. */
+  function setStamp(el, rfc3339) { if (el && rfc3339 && el.textContent.trim() === "–") el.textContent = stamp(rfc3339); }
+
   /** Durations of running things tick: elements with data-started-ms and no data-finished-ms. */
   function tick() {
     const now = Date.now();
@@ -340,6 +346,8 @@
       if (badge) badge.textContent = host.state.replace("_", " ");
       const address = row.children[3];
       if (address && host.address) address.firstElementChild.textContent = host.address;
+      setStamp(row.querySelector(".host-provisioned"), host.provisioned_at);
+      setStamp(row.querySelector(".host-torn-down"), host.torn_down_at);
     });
     source.addEventListener("report", () => { reportsChanged = true; });
     source.addEventListener("build", (e) => {
@@ -351,8 +359,13 @@
       document.title = document.title.replace(/\((\w+)\)/, "(" + b.status + ")");
       const time = document.querySelector(".build-time");
       setTimes(time, ms(b.started_at), ms(b.finished_at));
+      setStamp(document.querySelector(".build-started"), b.started_at);
+      setStamp(document.querySelector(".build-finished"), b.finished_at);
       if (!["queued", "provisioning", "running"].includes(b.status)) {
         source.close();
+        // A final build has nothing to cancel; its re-run button comes with the next load.
+        const cancel = document.querySelector('form[action$="/cancel"]');
+        if (cancel) cancel.remove();
         const live = document.querySelector(".topbar .live");
         if (live) live.remove();
         // Reports and the error banner are rendered by the server: show them.

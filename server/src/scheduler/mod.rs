@@ -67,7 +67,7 @@ pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
 
 // Why a running build was cancelled, recorded as its error.
 const SUPERSEDED: &str = "superseded by a newer build of the same branch or pull request";
-const CANCELLED_BY_USER: &str = "cancelled through the API";
+const CANCELLED_BY_USER: &str = "cancelled by a user (the API or the build page)";
 const SERVER_STOPPED: &str = "the server shut down while this build ran";
 
 #[derive(Debug, thiserror::Error)]
