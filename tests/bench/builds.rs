@@ -282,9 +282,14 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        status_kib(self.child.id(), "VmRSS").unwrap()
+    }
+
+    /// Resident memory, anonymous (`RssAnon`) and file-backed (`RssFile`: the binary's and
+    /// libraries' pages), in KiB.
+    fn rss_split_kib(&self) -> (u64, u64) {
+        let pid = self.child.id();
+        (status_kib(pid, "RssAnon").unwrap(), status_kib(pid, "RssFile").unwrap())
     }
 
     async fn push(&self, sha: &str, delivery: usize) -> i64 {
@@ -519,4 +524,11 @@ async fn main() {
         idle_after_rss as f64 / 1024.0
     );
     println!("| server RSS peak, {} concurrent builds | {:.1} MiB | | |", args.concurrent, peak_rss as f64 / 1024.0);
+}
+
+/// A `KiB` field of `/proc/PID/status` (`VmRSS`, `RssAnon`, …); `None` once the process is gone.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

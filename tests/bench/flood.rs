@@ -199,7 +199,7 @@ async fn memory_flood(server: &Server) -> MemoryRun {
         let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
         tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib_of(pid) {
+                if let Some(kib) = super::status_kib(pid, "VmRSS") {
                     peak.fetch_max(kib, Ordering::Relaxed);
                 }
                 tokio::time::sleep(RSS_SAMPLE_EVERY).await;
@@ -265,11 +265,6 @@ async fn forged_delivery(address: String, body: Arc<Vec<u8>>, i: usize) -> Strin
         Ok(None) => "closed without an answer".to_string(),
         Err(_) => "no answer in time".to_string(),
     }
-}
-
-fn rss_kib_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn open_fds(pid: u32) -> usize {

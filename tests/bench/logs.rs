@@ -153,9 +153,11 @@ pub async fn logs_bench() {
     )
     .await;
     let big_before = settled_rss(&big).await;
+    let split_before = big.rss_split_kib();
     let id = big.trigger("two-million").await;
     let (_, big_peak) = finish(&big, id).await;
     let big_after = settled_rss(&big).await;
+    let split_after = big.rss_split_kib();
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -181,5 +183,12 @@ pub async fn logs_bench() {
         mib(big_before),
         mib(big_peak),
         mib(big_after)
+    );
+    println!(
+        "| of which anonymous / file-backed, before and after the 2,000,000-line build | {} / {} → {} / {} |",
+        mib(split_before.0),
+        mib(split_before.1),
+        mib(split_after.0),
+        mib(split_after.1)
     );
 }
