@@ -202,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = dir.path().join("before");
         std::fs::create_dir(&before).unwrap();
-        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
         for name in ["20240101000000_initial.sql", "20240601000000_users_tokens_sessions.sql"] {
             std::fs::copy(migrations.join(name), before.join(name)).unwrap();
         }

@@ -60,8 +60,8 @@ pub const MAX_READ_CONNECTIONS: u32 = 8;
 /// How long a caller waits for a free connection before the store reports an error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The migrations in `migrations/`, embedded at compile time and applied by [`Store::open`].
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// The SQLite migrations in `migrations/sqlite/`, embedded at compile time and applied by [`Store::open`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
