@@ -86,7 +86,7 @@ pub fn server() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         let Some(bindir) = bindir() else {
-            panic!("PostgreSQL is not installed (no pg_config --bindir, no /usr/lib/postgresql/*/bin): run scripts/install-deps --tests")
+            panic!("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin): run scripts/install-deps --tests")
         };
         let begun = Instant::now();
         let (sender, receiver) = mpsc::channel();
