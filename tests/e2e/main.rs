@@ -38,6 +38,10 @@ mod logs;
 #[path = "../../runner/tests/support/moto.rs"]
 mod moto;
 mod poller;
+#[path = "../support/postgres.rs"]
+mod postgres;
+mod postgres_schema;
+mod postgres_server;
 #[path = "../support/prerequisite.rs"]
 mod prerequisite;
 mod pull_requests;
