@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
-use super::Connection;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
 
 use super::{now_ms, Result, Store};
 
@@ -22,7 +20,7 @@ pub struct RepoRow {
     pub last_polled_at: Option<i64>,
 }
 
-fn repo_from_row(row: &AnyRow) -> Result<RepoRow> {
+fn repo_from_row(row: &SqliteRow) -> Result<RepoRow> {
     Ok(RepoRow {
         name: row.try_get("name")?,
         url: row.try_get("url")?,
@@ -32,10 +30,10 @@ fn repo_from_row(row: &AnyRow) -> Result<RepoRow> {
 }
 
 /// Replace a repo's recorded branch heads with `heads` (branch → commit sha).
-pub async fn replace_heads(conn: &mut Connection, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
-    sqlx::query("DELETE FROM branch_heads WHERE repo = $1").bind(repo).execute(&mut *conn).await?;
+pub async fn replace_heads(conn: &mut SqliteConnection, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
+    sqlx::query("DELETE FROM branch_heads WHERE repo = ?").bind(repo).execute(&mut *conn).await?;
     for (branch, sha) in heads {
-        sqlx::query("INSERT INTO branch_heads (repo, branch, commit_sha) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO branch_heads (repo, branch, commit_sha) VALUES (?, ?, ?)")
             .bind(repo)
             .bind(branch)
             .bind(sha)
@@ -48,18 +46,16 @@ pub async fn replace_heads(conn: &mut Connection, repo: &str, heads: &BTreeMap<S
 impl Store {
     /// Record a configured repo, or update its URL.
     pub async fn upsert_repo(&self, name: &str, url: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO repos (name, url) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET url = excluded.url",
-        )
-        .bind(name)
-        .bind(url)
-        .execute(self.writer())
-        .await?;
+        sqlx::query("INSERT INTO repos (name, url) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET url = excluded.url")
+            .bind(name)
+            .bind(url)
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 
     pub async fn repo(&self, name: &str) -> Result<Option<RepoRow>> {
-        let row = sqlx::query("SELECT name, url, last_error, last_polled_at FROM repos WHERE name = $1")
+        let row = sqlx::query("SELECT name, url, last_error, last_polled_at FROM repos WHERE name = ?")
             .bind(name)
             .fetch_optional(self.reader())
             .await?;
@@ -69,7 +65,7 @@ impl Store {
     /// Record the outcome of a fetch: `Some(error)` is shown on the repo's page until a later
     /// fetch succeeds (`None`).
     pub async fn set_repo_error(&self, name: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2 AND last_error IS NOT $1")
+        sqlx::query("UPDATE repos SET last_error = ?1 WHERE name = ?2 AND last_error IS NOT ?1")
             .bind(error)
             .bind(name)
             .execute(self.writer())
@@ -83,20 +79,20 @@ impl Store {
     pub async fn rewrite_repo_errors(&self, repo: &str, rewrite: impl Fn(&str) -> String) -> Result<u64> {
         let mut tx = self.begin().await?;
         let mut changed = 0;
-        let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM repos WHERE name = $1")
+        let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM repos WHERE name = ?")
             .bind(repo)
             .fetch_optional(&mut *tx)
             .await?
             .flatten();
         if let Some(text) = last_error.filter(|text| rewrite(text) != *text) {
-            sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2")
+            sqlx::query("UPDATE repos SET last_error = ? WHERE name = ?")
                 .bind(rewrite(&text))
                 .bind(repo)
                 .execute(&mut *tx)
                 .await?;
             changed += 1;
         }
-        let errors = sqlx::query("SELECT id, error FROM builds WHERE repo = $1 AND error IS NOT NULL")
+        let errors = sqlx::query("SELECT id, error FROM builds WHERE repo = ? AND error IS NOT NULL")
             .bind(repo)
             .fetch_all(&mut *tx)
             .await?;
@@ -104,7 +100,7 @@ impl Store {
             let (id, text): (i64, String) = (row.try_get("id")?, row.try_get("error")?);
             let rewritten = rewrite(&text);
             if rewritten != text {
-                sqlx::query("UPDATE builds SET error = $1 WHERE id = $2")
+                sqlx::query("UPDATE builds SET error = ? WHERE id = ?")
                     .bind(rewritten)
                     .bind(id)
                     .execute(&mut *tx)
@@ -117,7 +113,7 @@ impl Store {
     }
 
     pub async fn set_repo_polled(&self, name: &str) -> Result<()> {
-        sqlx::query("UPDATE repos SET last_polled_at = $1 WHERE name = $2")
+        sqlx::query("UPDATE repos SET last_polled_at = ? WHERE name = ?")
             .bind(now_ms())
             .bind(name)
             .execute(self.writer())
@@ -127,7 +123,7 @@ impl Store {
 
     /// The branch heads the poller recorded last; empty before the first poll.
     pub async fn branch_heads(&self, repo: &str) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query("SELECT branch, commit_sha FROM branch_heads WHERE repo = $1")
+        let rows = sqlx::query("SELECT branch, commit_sha FROM branch_heads WHERE repo = ?")
             .bind(repo)
             .fetch_all(self.reader())
             .await?;
