@@ -6,8 +6,10 @@
 //! Paging through a repo's history lives in `history`.
 
 use gantry_event::BuildStatus;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, parse_column, Result, Store};
 
@@ -138,7 +140,7 @@ macro_rules! build_columns {
 }
 pub(super) use build_columns;
 
-pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
+pub(super) fn build_from_row(row: &AnyRow) -> Result<BuildRow> {
     let branch: String = row.try_get("branch")?;
     let pr_number: Option<i64> = row.try_get("pr_number")?;
     let pull_request = match pr_number {
@@ -168,17 +170,17 @@ pub(super) fn build_from_row(row: &SqliteRow) -> Result<BuildRow> {
     })
 }
 
-pub(super) fn builds_from_rows(rows: &[SqliteRow]) -> Result<Vec<BuildRow>> {
+pub(super) fn builds_from_rows(rows: &[AnyRow]) -> Result<Vec<BuildRow>> {
     rows.iter().map(build_from_row).collect()
 }
 
 /// Queue a build; its number is the repo's next one.
-pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild) -> Result<BuildRow> {
+pub async fn insert(conn: &mut Connection, new: &NewBuild) -> Result<BuildRow> {
     insert_with(conn, new, None, None).await
 }
 
 /// Queue a re-run of `of`: a manual build of the same repo, commit and ref that names it.
-pub async fn insert_rerun(conn: &mut SqliteConnection, of: &BuildRow) -> Result<BuildRow> {
+pub async fn insert_rerun(conn: &mut Connection, of: &BuildRow) -> Result<BuildRow> {
     let new = NewBuild {
         repo: of.repo.clone(),
         commit: of.commit.clone(),
@@ -191,7 +193,7 @@ pub async fn insert_rerun(conn: &mut SqliteConnection, of: &BuildRow) -> Result<
 
 /// A re-run of a pull request's build records the same request (the table requires it).
 async fn insert_with(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     new: &NewBuild,
     rerun_of: Option<BuildId>,
     pr: Option<&PullRequest>,
@@ -199,8 +201,8 @@ async fn insert_with(
     let row = sqlx::query(concat!(
         "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of, \
          pr_number, pr_target, pr_head_ref) \
-         VALUES (?1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = ?1), ?2, ?3, ?4, ?5, \
-         'queued', ?6, ?7, ?8, ?9, ?10) RETURNING ",
+         VALUES ($1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $2, $3, $4, $5, \
+         'queued', $6, $7, $8, $9, $10) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -219,11 +221,11 @@ async fn insert_with(
 }
 
 /// Cancel the queued builds of the same repo and ref that are older than `newer`.
-pub async fn supersede_queued(conn: &mut SqliteConnection, newer: &BuildRow) -> Result<Vec<BuildId>> {
+pub async fn supersede_queued(conn: &mut Connection, newer: &BuildRow) -> Result<Vec<BuildId>> {
     let rows = sqlx::query(
-        "UPDATE builds SET status = 'cancelled', finished_at = ?1, error = ?2 \
-         WHERE repo = ?3 AND branch = ?4 AND ref_kind = ?5 AND status = 'queued' AND id < ?6 \
-         AND pr_number IS ?7 RETURNING id",
+        "UPDATE builds SET status = 'cancelled', finished_at = $1, error = $2 \
+         WHERE repo = $3 AND branch = $4 AND ref_kind = $5 AND status = 'queued' AND id < $6 \
+         AND pr_number IS $7 RETURNING id",
     )
     .bind(now_ms())
     .bind(format!("superseded by build {}", newer.number))
@@ -239,17 +241,12 @@ pub async fn supersede_queued(conn: &mut SqliteConnection, newer: &BuildRow) -> 
 
 /// Move a build to a final status (if it is not final yet) and mark its unfinished steps
 /// cancelled. Returns whether the build changed.
-pub async fn finish(
-    conn: &mut SqliteConnection,
-    id: BuildId,
-    status: BuildStatus,
-    error: Option<&str>,
-) -> Result<bool> {
+pub async fn finish(conn: &mut Connection, id: BuildId, status: BuildStatus, error: Option<&str>) -> Result<bool> {
     debug_assert!(status.is_final(), "finish with {status:?}");
     let now = now_ms();
     let changed = sqlx::query(
-        "UPDATE builds SET status = ?1, error = COALESCE(?2, error), finished_at = ?3 \
-         WHERE id = ?4 AND status IN ('queued', 'provisioning', 'running')",
+        "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = $3 \
+         WHERE id = $4 AND status IN ('queued', 'provisioning', 'running')",
     )
     .bind(status.as_str())
     .bind(error)
@@ -264,8 +261,8 @@ pub async fn finish(
 }
 
 /// The build reached its setup and stages.
-pub async fn mark_running(conn: &mut SqliteConnection, id: BuildId) -> Result<()> {
-    sqlx::query("UPDATE builds SET status = 'running' WHERE id = ? AND status = 'provisioning'")
+pub async fn mark_running(conn: &mut Connection, id: BuildId) -> Result<()> {
+    sqlx::query("UPDATE builds SET status = 'running' WHERE id = $1 AND status = 'provisioning'")
         .bind(id.0)
         .execute(conn)
         .await?;
@@ -284,7 +281,7 @@ impl Store {
     /// pipeline's `on` applied) waits.
     pub async fn claim_next_build(&self) -> Result<Option<BuildRow>> {
         let row = sqlx::query(concat!(
-            "UPDATE builds SET status = 'provisioning', started_at = ?1 \
+            "UPDATE builds SET status = 'provisioning', started_at = $1 \
              WHERE id = (SELECT id FROM builds WHERE status = 'queued' AND NOT EXISTS \
              (SELECT 1 FROM deliveries d WHERE d.build_id = builds.id AND d.processed_at IS NULL) \
              ORDER BY id LIMIT 1) \
@@ -314,7 +311,7 @@ impl Store {
     /// Cancel a build that is still queued. Returns whether it was.
     pub async fn cancel_queued_build(&self, id: BuildId, reason: &str) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE builds SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ? AND status = 'queued'",
+            "UPDATE builds SET status = 'cancelled', finished_at = $1, error = $2 WHERE id = $3 AND status = 'queued'",
         )
         .bind(now_ms())
         .bind(reason)
@@ -329,7 +326,7 @@ impl Store {
     pub async fn interrupt_unfinished_builds(&self) -> Result<Vec<BuildId>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
-            "UPDATE builds SET status = 'interrupted', finished_at = ?, \
+            "UPDATE builds SET status = 'interrupted', finished_at = $1, \
              error = COALESCE(error, 'the server stopped while this build ran') \
              WHERE status IN ('provisioning', 'running') RETURNING id",
         )
@@ -346,7 +343,7 @@ impl Store {
     }
 
     pub async fn build(&self, id: BuildId) -> Result<Option<BuildRow>> {
-        let row = sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE id = ?"))
+        let row = sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1"))
             .bind(id.0)
             .fetch_optional(self.reader())
             .await?;
@@ -356,9 +353,9 @@ impl Store {
     /// A repo's newest builds, newest first (see `history` for paging and filters).
     pub async fn builds_of_repo(&self, repo: &str, limit: u32) -> Result<Vec<BuildRow>> {
         let rows =
-            sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?"))
+            sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = $1 ORDER BY id DESC LIMIT $2"))
                 .bind(repo)
-                .bind(limit)
+                .bind(i64::from(limit))
                 .fetch_all(self.reader())
                 .await?;
         builds_from_rows(&rows)
@@ -384,8 +381,8 @@ impl Store {
     /// `build` is superseded). A re-run is not newer work: it builds an older commit again.
     pub async fn has_newer_live_build(&self, build: &BuildRow) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND ref_kind = ? AND id > ? \
-             AND pr_number IS ? AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
+            "SELECT 1 FROM builds WHERE repo = $1 AND branch = $2 AND ref_kind = $3 AND id > $4 \
+             AND pr_number IS $5 AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
         )
         .bind(&build.repo)
         .bind(&build.branch)
@@ -401,7 +398,7 @@ impl Store {
     /// webhook queued first).
     pub async fn has_build_of(&self, repo: &str, branch: &str, commit: &str) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM builds WHERE repo = ? AND branch = ? AND commit_sha = ? AND ref_kind = 'branch' LIMIT 1",
+            "SELECT 1 FROM builds WHERE repo = $1 AND branch = $2 AND commit_sha = $3 AND ref_kind = 'branch' LIMIT 1",
         )
         .bind(repo)
         .bind(branch)

@@ -7,7 +7,9 @@
 //! until the scheduler has resolved it (commit fetched, `on` applied); a restarted server finds it
 //! here. Deciding what a delivery means is the scheduler's job, not this file's.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, BuildId, Result, Store};
 
@@ -48,11 +50,11 @@ pub struct UnprocessedDelivery {
 
 /// Record a delivery. `None` when this repo has seen its delivery id or its body before (nothing
 /// is recorded then).
-pub async fn insert(conn: &mut SqliteConnection, new: &NewDelivery<'_>) -> Result<Option<DeliveryId>> {
+pub async fn insert(conn: &mut Connection, new: &NewDelivery<'_>) -> Result<Option<DeliveryId>> {
     let now = now_ms();
     let row = sqlx::query(
         "INSERT INTO deliveries (repo, delivery_id, body_sha256, forge, event, received_at, processed_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(new.repo)
     .bind(new.delivery_id)
@@ -67,14 +69,14 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewDelivery<'_>) -> Resul
 }
 
 /// The delivery queued `build`.
-pub async fn set_build(conn: &mut SqliteConnection, id: DeliveryId, build: BuildId) -> Result<()> {
-    sqlx::query("UPDATE deliveries SET build_id = ? WHERE id = ?").bind(build.0).bind(id.0).execute(conn).await?;
+pub async fn set_build(conn: &mut Connection, id: DeliveryId, build: BuildId) -> Result<()> {
+    sqlx::query("UPDATE deliveries SET build_id = $1 WHERE id = $2").bind(build.0).bind(id.0).execute(conn).await?;
     Ok(())
 }
 
 /// The delivery is resolved: its build may be claimed (or has already ended).
-pub async fn mark_processed(conn: &mut SqliteConnection, id: DeliveryId) -> Result<()> {
-    sqlx::query("UPDATE deliveries SET processed_at = ? WHERE id = ? AND processed_at IS NULL")
+pub async fn mark_processed(conn: &mut Connection, id: DeliveryId) -> Result<()> {
+    sqlx::query("UPDATE deliveries SET processed_at = $1 WHERE id = $2 AND processed_at IS NULL")
         .bind(now_ms())
         .bind(id.0)
         .execute(conn)
@@ -84,12 +86,7 @@ pub async fn mark_processed(conn: &mut SqliteConnection, id: DeliveryId) -> Resu
 
 /// Record a delivery id for a build queued by other means than a stored webhook body (it is
 /// processed at once). Returns `false` when this repo has seen the id before (nothing recorded).
-pub async fn record(
-    conn: &mut SqliteConnection,
-    repo: &str,
-    delivery_id: &str,
-    build: Option<BuildId>,
-) -> Result<bool> {
+pub async fn record(conn: &mut Connection, repo: &str, delivery_id: &str, build: Option<BuildId>) -> Result<bool> {
     let new = NewDelivery {
         repo,
         delivery_id: Some(delivery_id),
@@ -112,7 +109,7 @@ pub async fn record(
 impl Store {
     /// Whether this repo has handled the delivery id already.
     pub async fn has_delivery(&self, repo: &str, delivery_id: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM deliveries WHERE repo = ? AND delivery_id = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM deliveries WHERE repo = $1 AND delivery_id = $2")
             .bind(repo)
             .bind(delivery_id)
             .fetch_optional(self.reader())
@@ -123,7 +120,7 @@ impl Store {
     /// The oldest delivery of `repo` not resolved yet.
     pub async fn next_unprocessed_delivery(&self, repo: &str) -> Result<Option<UnprocessedDelivery>> {
         let row = sqlx::query(
-            "SELECT id, repo, build_id FROM deliveries WHERE repo = ? AND processed_at IS NULL ORDER BY id LIMIT 1",
+            "SELECT id, repo, build_id FROM deliveries WHERE repo = $1 AND processed_at IS NULL ORDER BY id LIMIT 1",
         )
         .bind(repo)
         .fetch_optional(self.writer())

@@ -8,8 +8,10 @@
 //! [`Store::events_after`]; a new one starts from [`Store::event_snapshot`], the build's state at
 //! one event id, read in one transaction. What the JSON says is not this module's business.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::Connection;
 
 use super::builds::build_from_row;
 use super::hosts::host_from_row;
@@ -78,7 +80,7 @@ pub struct Snapshot {
     pub reports: Vec<ReportRow>,
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<EventRow> {
+fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
         seq: row.try_get("seq")?,
         kind: parse_column("build_events.kind", row.try_get("kind")?, EventKind::parse)?,
@@ -87,22 +89,22 @@ fn event_from_row(row: &SqliteRow) -> Result<EventRow> {
 }
 
 /// The last event id handed out for `build` (0 when none was, or the build does not exist).
-pub async fn last_seq(conn: &mut SqliteConnection, build: BuildId) -> Result<i64> {
+pub async fn last_seq(conn: &mut Connection, build: BuildId) -> Result<i64> {
     let seq: Option<i64> =
-        sqlx::query_scalar("SELECT event_seq FROM builds WHERE id = ?").bind(build.0).fetch_optional(conn).await?;
+        sqlx::query_scalar("SELECT event_seq FROM builds WHERE id = $1").bind(build.0).fetch_optional(conn).await?;
     Ok(seq.unwrap_or(0))
 }
 
 /// Record that event ids up to `seq` are handed out for `build`.
-pub async fn set_last_seq(conn: &mut SqliteConnection, build: BuildId, seq: i64) -> Result<()> {
-    sqlx::query("UPDATE builds SET event_seq = ? WHERE id = ?").bind(seq).bind(build.0).execute(conn).await?;
+pub async fn set_last_seq(conn: &mut Connection, build: BuildId, seq: i64) -> Result<()> {
+    sqlx::query("UPDATE builds SET event_seq = $1 WHERE id = $2").bind(seq).bind(build.0).execute(conn).await?;
     Ok(())
 }
 
 /// Store events other than log lines.
-pub async fn insert(conn: &mut SqliteConnection, build: BuildId, events: &[EventRow]) -> Result<()> {
+pub async fn insert(conn: &mut Connection, build: BuildId, events: &[EventRow]) -> Result<()> {
     for event in events {
-        sqlx::query("INSERT INTO build_events (build_id, seq, kind, data) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO build_events (build_id, seq, kind, data) VALUES ($1, $2, $3, $4)")
             .bind(build.0)
             .bind(event.seq)
             .bind(event.kind.as_str())
@@ -114,14 +116,14 @@ pub async fn insert(conn: &mut SqliteConnection, build: BuildId, events: &[Event
 }
 
 /// A build's row as the open transaction sees it.
-pub async fn build(conn: &mut SqliteConnection, build: BuildId) -> Result<Option<BuildRow>> {
-    let row = sqlx::query("SELECT * FROM builds WHERE id = ?").bind(build.0).fetch_optional(conn).await?;
+pub async fn build(conn: &mut Connection, build: BuildId) -> Result<Option<BuildRow>> {
+    let row = sqlx::query("SELECT * FROM builds WHERE id = $1").bind(build.0).fetch_optional(conn).await?;
     row.as_ref().map(build_from_row).transpose()
 }
 
 /// One step's row as the open transaction sees it.
-pub async fn step(conn: &mut SqliteConnection, build: BuildId, idx: i64) -> Result<Option<StepRow>> {
-    let row = sqlx::query("SELECT * FROM steps WHERE build_id = ? AND idx = ?")
+pub async fn step(conn: &mut Connection, build: BuildId, idx: i64) -> Result<Option<StepRow>> {
+    let row = sqlx::query("SELECT * FROM steps WHERE build_id = $1 AND idx = $2")
         .bind(build.0)
         .bind(idx)
         .fetch_optional(conn)
@@ -130,8 +132,8 @@ pub async fn step(conn: &mut SqliteConnection, build: BuildId, idx: i64) -> Resu
 }
 
 /// One host's row as the open transaction sees it.
-pub async fn host(conn: &mut SqliteConnection, build: BuildId, role: &str) -> Result<Option<HostRow>> {
-    let row = sqlx::query("SELECT * FROM hosts WHERE build_id = ? AND role = ?")
+pub async fn host(conn: &mut Connection, build: BuildId, role: &str) -> Result<Option<HostRow>> {
+    let row = sqlx::query("SELECT * FROM hosts WHERE build_id = $1 AND role = $2")
         .bind(build.0)
         .bind(role)
         .fetch_optional(conn)
@@ -144,20 +146,20 @@ impl Store {
     /// event is half in it). `None` when there is no such build.
     pub async fn event_snapshot(&self, id: BuildId) -> Result<Option<Snapshot>> {
         let mut tx = self.reader().begin().await?;
-        let Some(row) = sqlx::query("SELECT * FROM builds WHERE id = ?").bind(id.0).fetch_optional(&mut *tx).await?
+        let Some(row) = sqlx::query("SELECT * FROM builds WHERE id = $1").bind(id.0).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
         };
         let build = build_from_row(&row)?;
         let event_seq: i64 = row.try_get("event_seq")?;
-        let steps = sqlx::query("SELECT * FROM steps WHERE build_id = ? ORDER BY idx")
+        let steps = sqlx::query("SELECT * FROM steps WHERE build_id = $1 ORDER BY idx")
             .bind(id.0)
             .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(step_from_row)
             .collect::<Result<_>>()?;
-        let hosts = sqlx::query("SELECT * FROM hosts WHERE build_id = ? ORDER BY id")
+        let hosts = sqlx::query("SELECT * FROM hosts WHERE build_id = $1 ORDER BY id")
             .bind(id.0)
             .fetch_all(&mut *tx)
             .await?
@@ -165,7 +167,7 @@ impl Store {
             .map(host_from_row)
             .collect::<Result<_>>()?;
         let reports =
-            sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = ? ORDER BY step_idx, path")
+            sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = $1 ORDER BY step_idx, path")
                 .bind(id.0)
                 .fetch_all(&mut *tx)
                 .await?
@@ -186,14 +188,16 @@ impl Store {
     /// the other events merged by id.
     pub async fn events_after(&self, build: BuildId, after: i64, limit: u32) -> Result<Vec<StoredEvent>> {
         let mut tx = self.reader().begin().await?;
-        let lines = sqlx::query(LINES_AFTER_SEQ).bind(build.0).bind(after).bind(limit).fetch_all(&mut *tx).await?;
-        let others =
-            sqlx::query("SELECT seq, kind, data FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-                .bind(build.0)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+        let lines =
+            sqlx::query(LINES_AFTER_SEQ).bind(build.0).bind(after).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
+        let others = sqlx::query(
+            "SELECT seq, kind, data FROM build_events WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(build.0)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         let mut lines = lines.iter().map(line_from_row).peekable();
         let mut others = others.iter().map(event_from_row).peekable();

@@ -8,8 +8,10 @@
 //! 100,000 (the tests below check the query plans). What a page shows is the caller's business.
 
 use gantry_event::BuildStatus;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::sql::Builder;
 
 use super::builds::{build_columns, build_from_row, builds_from_rows, BuildId, BuildRow, Trigger};
 use super::{parse_column, Result, Store};
@@ -47,8 +49,8 @@ pub enum Newer {
 pub const VERDICTS: [BuildStatus; 3] = [BuildStatus::Passed, BuildStatus::Failed, BuildStatus::Errored];
 
 /// `FROM builds WHERE repo = ? AND …` for `filter`.
-fn filtered(select: &str, repo: &str, filter: &HistoryFilter) -> QueryBuilder<Sqlite> {
-    let mut query = QueryBuilder::new(select);
+fn filtered(select: &str, repo: &str, filter: &HistoryFilter) -> Builder {
+    let mut query = Builder::new(select);
     query.push(" FROM builds WHERE repo = ").push_bind(repo.to_string());
     if let Some(branch) = &filter.branch {
         query.push(" AND branch = ").push_bind(branch.clone());
@@ -78,7 +80,7 @@ impl Store {
             query.push(" AND id < ").push_bind(before.0);
         }
         query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
-        let rows: Vec<SqliteRow> = query.build().fetch_all(self.reader()).await?;
+        let rows: Vec<AnyRow> = query.build()?.fetch_all(self.reader()).await?;
         let mut builds = builds_from_rows(&rows)?;
         let older = if builds.len() > limit as usize {
             builds.truncate(limit as usize);
@@ -105,7 +107,7 @@ impl Store {
         query.push(" AND id >= ").push_bind(before.0);
         query.push(" ORDER BY id ASC LIMIT ").push_bind(i64::from(limit) + 1);
         let ids: Vec<i64> =
-            query.build().fetch_all(self.reader()).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+            query.build()?.fetch_all(self.reader()).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
         Ok(match ids.len() {
             0 => None,
             n if n <= limit as usize => Some(Newer::First),
@@ -116,18 +118,14 @@ impl Store {
 
     /// The newest build of `repo` (of `branch`, when given) that ran to a verdict ([`VERDICTS`]).
     pub async fn last_verdict(&self, repo: &str, branch: Option<&str>) -> Result<Option<BuildRow>> {
-        let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = "));
+        let mut query = Builder::new(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = "));
         query.push_bind(repo.to_string());
         if let Some(branch) = branch {
             query.push(" AND branch = ").push_bind(branch.to_string()).push(" AND ref_kind = 'branch'");
         }
-        query.push(" AND status IN (");
-        let mut statuses = query.separated(", ");
-        for status in VERDICTS {
-            statuses.push_bind(status.as_str());
-        }
-        query.push(") ORDER BY id DESC LIMIT 1");
-        let row = query.build().fetch_optional(self.reader()).await?;
+        query.push(" AND status IN ").push_list(VERDICTS.map(|status| status.as_str()));
+        query.push(" ORDER BY id DESC LIMIT 1");
+        let row = query.build()?.fetch_optional(self.reader()).await?;
         row.as_ref().map(build_from_row).transpose()
     }
 
@@ -160,10 +158,10 @@ pub(crate) mod seed {
     pub async fn builds(store: &Store, repo: &str, count: i64, with_steps: bool) {
         let mut tx = store.begin().await.unwrap();
         sqlx::query(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2) \
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
              INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, \
                                  started_at, finished_at) \
-             SELECT ?1, (SELECT COALESCE(MAX(number), 0) FROM builds WHERE repo = ?1) + i, \
+             SELECT $1, (SELECT COALESCE(MAX(number), 0) FROM builds WHERE repo = $1) + i, \
                     printf('%040x', i), \
                     CASE i % 4 WHEN 0 THEN 'dev' WHEN 1 THEN 'topic-' || (i % 100) ELSE 'main' END, 'branch', \
                     CASE WHEN i % 13 = 0 THEN 'manual' ELSE 'push' END, \
@@ -182,7 +180,7 @@ pub(crate) mod seed {
                    (2, 'stage', 'build'), (3, 'stage', 'test'), (4, 'teardown', 'teardown:app')) \
                  INSERT INTO steps (build_id, idx, kind, name, host, status, exit_code, started_at, finished_at) \
                  SELECT b.id, k.idx, k.kind, k.name, 'app', 'passed', 0, b.started_at, b.finished_at \
-                 FROM builds b, k WHERE b.repo = ? AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.build_id = b.id)",
+                 FROM builds b, k WHERE b.repo = $1 AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.build_id = b.id)",
             )
             .bind(repo)
             .execute(&mut *tx)

@@ -7,8 +7,10 @@
 
 use std::net::IpAddr;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, parse_column, parse_from_str, BuildId, Result, Store};
 
@@ -68,7 +70,7 @@ macro_rules! host_columns {
     };
 }
 
-pub(super) fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
+pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRow> {
     let address: Option<String> = row.try_get("address")?;
     Ok(HostRow {
         build_id: BuildId(row.try_get("build_id")?),
@@ -90,14 +92,14 @@ pub(super) fn host_from_row(row: &SqliteRow) -> Result<HostRow> {
 
 /// Record a host that is about to be requested from `provider`.
 pub async fn insert_requested(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     build: BuildId,
     role: &str,
     host_id: &str,
     provider: &str,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) VALUES (?, ?, ?, ?, 'requested', ?)",
+        "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) VALUES ($1, $2, $3, $4, 'requested', $5)",
     )
     .bind(build.0)
     .bind(role)
@@ -119,15 +121,10 @@ pub struct Provisioned<'a> {
 
 /// The provider created the host. `provisioned_at` is refined by [`record_step_times`] when the
 /// provision step's end arrives.
-pub async fn mark_provisioned(
-    conn: &mut SqliteConnection,
-    build: BuildId,
-    role: &str,
-    host: Provisioned<'_>,
-) -> Result<()> {
+pub async fn mark_provisioned(conn: &mut Connection, build: BuildId, role: &str, host: Provisioned<'_>) -> Result<()> {
     sqlx::query(
-        "UPDATE hosts SET state = 'provisioned', address = ?, provider_id = ?, isolation = ?, \
-         provisioned_at = COALESCE(provisioned_at, ?) WHERE build_id = ? AND role = ?",
+        "UPDATE hosts SET state = 'provisioned', address = $1, provider_id = $2, isolation = $3, \
+         provisioned_at = COALESCE(provisioned_at, $4) WHERE build_id = $5 AND role = $6",
     )
     .bind(host.address.to_string())
     .bind(host.provider_id)
@@ -149,7 +146,7 @@ pub enum HostPhase {
 
 /// The end and duration of a host's provision or teardown step, as the executor timed it.
 pub async fn record_step_times(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     build: BuildId,
     role: &str,
     phase: HostPhase,
@@ -157,8 +154,10 @@ pub async fn record_step_times(
     took_ms: Option<i64>,
 ) -> Result<()> {
     let sql = match phase {
-        HostPhase::Provision => "UPDATE hosts SET provisioned_at = ?, provision_ms = ? WHERE build_id = ? AND role = ?",
-        HostPhase::Teardown => "UPDATE hosts SET torn_down_at = ?, teardown_ms = ? WHERE build_id = ? AND role = ?",
+        HostPhase::Provision => {
+            "UPDATE hosts SET provisioned_at = $1, provision_ms = $2 WHERE build_id = $3 AND role = $4"
+        }
+        HostPhase::Teardown => "UPDATE hosts SET torn_down_at = $1, teardown_ms = $2 WHERE build_id = $3 AND role = $4",
     };
     sqlx::query(sql).bind(finished_at).bind(took_ms).bind(build.0).bind(role).execute(conn).await?;
     Ok(())
@@ -167,7 +166,7 @@ pub async fn record_step_times(
 /// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later.
 /// Times already recorded from the teardown step are kept.
 pub async fn mark_torn_down(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     host_id: &str,
     error: Option<&str>,
     at: i64,
@@ -175,8 +174,8 @@ pub async fn mark_torn_down(
 ) -> Result<()> {
     let state = if error.is_some() { HostState::TeardownFailed } else { HostState::TornDown };
     sqlx::query(
-        "UPDATE hosts SET state = ?, error = ?, torn_down_at = COALESCE(torn_down_at, ?), \
-         teardown_ms = COALESCE(teardown_ms, ?) WHERE host_id = ?",
+        "UPDATE hosts SET state = $1, error = $2, torn_down_at = COALESCE(torn_down_at, $3), \
+         teardown_ms = COALESCE(teardown_ms, $4) WHERE host_id = $5",
     )
     .bind(state.as_str())
     .bind(error)
@@ -190,7 +189,7 @@ pub async fn mark_torn_down(
 
 impl Store {
     pub async fn hosts_of_build(&self, build: BuildId) -> Result<Vec<HostRow>> {
-        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE build_id = ? ORDER BY id"))
+        let rows = sqlx::query(concat!("SELECT ", host_columns!(), " FROM hosts WHERE build_id = $1 ORDER BY id"))
             .bind(build.0)
             .fetch_all(self.reader())
             .await?;

@@ -7,8 +7,11 @@
 //! the build's lines by event id, so no caller ever holds a whole log of a million lines.
 
 use gantry_event::Stream;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::sql::Builder;
+use super::Connection;
 
 use super::{parse_column, BuildId, Result, Store};
 
@@ -35,7 +38,7 @@ fn parse_stream(s: &str) -> Option<Stream> {
     [Stream::Stdout, Stream::Stderr, Stream::System].into_iter().find(|stream| stream.as_str() == s)
 }
 
-pub(super) fn line_from_row(row: &SqliteRow) -> Result<LogLine> {
+pub(super) fn line_from_row(row: &AnyRow) -> Result<LogLine> {
     Ok(LogLine {
         step_idx: row.try_get("step_idx")?,
         line: row.try_get("line")?,
@@ -48,17 +51,16 @@ pub(super) fn line_from_row(row: &SqliteRow) -> Result<LogLine> {
 
 /// A build's lines (every step's) after an event id, in event order, at most a number of them.
 pub(super) const LINES_AFTER_SEQ: &str = "SELECT step_idx, line, seq, at, stream, text FROM log_lines \
-     WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?";
+     WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
 /// Append lines to a build's log.
-pub async fn insert_lines(conn: &mut SqliteConnection, build: BuildId, lines: &[LogLine]) -> Result<()> {
+pub async fn insert_lines(conn: &mut Connection, build: BuildId, lines: &[LogLine]) -> Result<()> {
     let mut rest = lines;
     for size in LOG_INSERT_CHUNKS {
         while rest.len() >= size {
             let (chunk, tail) = rest.split_at(size);
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) ");
-            insert.push_values(chunk, |mut row, line| {
+            let mut insert = Builder::new("INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) ");
+            insert.push_values(chunk, |row, line| {
                 row.push_bind(build.0)
                     .push_bind(line.step_idx)
                     .push_bind(line.line)
@@ -67,7 +69,7 @@ pub async fn insert_lines(conn: &mut SqliteConnection, build: BuildId, lines: &[
                     .push_bind(line.stream.as_str())
                     .push_bind(line.text.as_str());
             });
-            insert.build().execute(&mut *conn).await?;
+            insert.build()?.execute(&mut *conn).await?;
             rest = tail;
         }
     }
@@ -79,12 +81,12 @@ impl Store {
     pub async fn step_lines(&self, build: BuildId, step_idx: i64, from: i64, limit: u32) -> Result<Vec<LogLine>> {
         let rows = sqlx::query(
             "SELECT step_idx, line, seq, at, stream, text FROM log_lines \
-             WHERE build_id = ? AND step_idx = ? AND line >= ? ORDER BY line LIMIT ?",
+             WHERE build_id = $1 AND step_idx = $2 AND line >= $3 ORDER BY line LIMIT $4",
         )
         .bind(build.0)
         .bind(step_idx)
         .bind(from)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(line_from_row).collect()
@@ -93,8 +95,12 @@ impl Store {
     /// The build's lines (every step's) whose event id is after `after_seq`, at most `limit` of
     /// them, in the order they were produced.
     pub async fn build_lines_after(&self, build: BuildId, after_seq: i64, limit: u32) -> Result<Vec<LogLine>> {
-        let rows =
-            sqlx::query(LINES_AFTER_SEQ).bind(build.0).bind(after_seq).bind(limit).fetch_all(self.reader()).await?;
+        let rows = sqlx::query(LINES_AFTER_SEQ)
+            .bind(build.0)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(self.reader())
+            .await?;
         rows.iter().map(line_from_row).collect()
     }
 
@@ -105,11 +111,11 @@ impl Store {
         let limit = limit.map_or(-1, i64::from);
         let rows = sqlx::query(
             "SELECT * FROM (SELECT step_idx, line, seq, at, stream, text FROM log_lines \
-             WHERE build_id = ?1 AND (?2 IS NULL OR step_idx = ?2) ORDER BY seq DESC LIMIT ?3) ORDER BY seq",
+             WHERE build_id = $1 AND ($2 IS NULL OR step_idx = $2) ORDER BY seq DESC LIMIT $3) ORDER BY seq",
         )
         .bind(build.0)
         .bind(step_idx)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(line_from_row).collect()
@@ -120,7 +126,7 @@ impl Store {
     pub async fn log_line_counts(&self, build: BuildId) -> Result<Vec<(i64, i64)>> {
         let rows = sqlx::query(
             "SELECT idx, (SELECT MAX(line) FROM log_lines l WHERE l.build_id = s.build_id AND l.step_idx = s.idx) \
-             AS n FROM steps s WHERE s.build_id = ? ORDER BY idx",
+             AS n FROM steps s WHERE s.build_id = $1 ORDER BY idx",
         )
         .bind(build.0)
         .fetch_all(self.reader())

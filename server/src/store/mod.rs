@@ -1,4 +1,4 @@
-//! Gantry's durable state in SQLite: repos, builds (and their history), steps, hosts, log lines,
+//! Gantry's durable state in SQLite (the default) or PostgreSQL (several servers): repos, builds (and their history), steps, hosts, log lines,
 //! reports and the test cases in them, webhook deliveries (the queue of deliveries still to
 //! resolve), the commit statuses still to report on forges, the poller's branch heads, and users
 //! with their API tokens and sessions. `retention` prunes old builds' logs and reports in bounded
@@ -9,10 +9,16 @@
 //! the thin [`Store`] handle for single operations. Queries are checked at run time
 //! (`sqlx::query`), so building Gantry needs no database. Timestamps are unix milliseconds.
 //!
-//! The store holds two pools on one WAL database: a writer pool of exactly one connection, so
-//! writers queue in-process instead of sleeping in SQLite's busy handler (latency matters: a
-//! webhook's build should start within milliseconds), and a reader pool, since WAL readers never
-//! block the writer. Nothing here knows about HTTP, git or the runner's execution.
+//! Both backends run the same SQL through sqlx's `Any` driver: placeholders are `$1`, `$2`, …
+//! (SQLite reads them by number too), every integer is a 64-bit `BIGINT`, and a query that needs
+//! a list of binds uses [`sql::Builder`] rather than sqlx's `QueryBuilder` (which writes `?`).
+//! What only one backend has (SQLite's `PRAGMA`s, `VACUUM INTO`) asks [`Store::backend`] first.
+//!
+//! On SQLite the store holds two pools on one WAL database: a writer pool of exactly one
+//! connection, so writers queue in-process instead of sleeping in SQLite's busy handler (latency
+//! matters: a webhook's build should start within milliseconds), and a reader pool, since WAL
+//! readers never block the writer. On PostgreSQL both are one pool. Nothing here knows about
+//! HTTP, git or the runner's execution.
 
 pub mod backup;
 pub mod builds;
@@ -26,18 +32,22 @@ pub mod reports;
 pub mod repos;
 pub mod retention;
 pub mod sessions;
+pub(crate) mod sql;
 pub mod statuses;
 pub mod steps;
 pub mod test_cases;
 pub mod tokens;
 pub mod users;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 pub use builds::{BuildId, BuildRow, NewBuild, PullRequest, RefKind, Trigger};
 pub use history::{HistoryFilter, HistoryPage, Newer};
@@ -60,8 +70,49 @@ pub const MAX_READ_CONNECTIONS: u32 = 8;
 /// How long a caller waits for a free connection before the store reports an error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many connections one server opens to PostgreSQL at most (reads and writes share them).
+pub const MAX_POSTGRES_CONNECTIONS: u32 = 10;
+
 /// The SQLite migrations in `migrations/sqlite/`, embedded at compile time and applied by [`Store::open`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The PostgreSQL migrations in `migrations/postgres/`, applied by [`Store::connect`] under
+/// sqlx's advisory lock, so servers starting together apply each migration once.
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Where the database is: a SQLite file (the default, in `data_dir`) or a PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL; it may hold a password, so it is never shown (see [`Location::describe`]).
+    Postgres(String),
+}
+
+impl Location {
+    /// What to call the database in messages: the file, or the URL's host and database without
+    /// its credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => match PgConnectOptions::from_str(url) {
+                Ok(options) => format!(
+                    "postgres://{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or_default()
+                ),
+                Err(_) => "a postgres:// URL that does not parse".to_string(),
+            },
+        }
+    }
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,61 +132,108 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// One database connection, for a caller that runs several store functions in one transaction
 /// (a [`Store::begin`] transaction derefs to it). Callers outside `store` name it only by this
 /// alias, so the database library stays inside this module.
-pub type Connection = sqlx::SqliteConnection;
+pub type Connection = sqlx::AnyConnection;
 
 /// The handle every part of the server uses to reach the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    reader: SqlitePool,
-    writer: SqlitePool,
+    reader: AnyPool,
+    writer: AnyPool,
+    backend: Backend,
+}
+
+/// sqlx's `Any` driver finds a backend by the URL's scheme among the installed drivers.
+fn install_drivers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// The `Any` driver's options for the SQLite file at `path`. The path is made absolute first: the
+/// driver goes through a `sqlite://` URL, whose host part (a relative path's first component)
+/// would be lowercased.
+fn sqlite_options(path: &Path, read_only: bool) -> Result<AnyConnectOptions> {
+    let absolute = std::path::absolute(path)
+        .map_err(|source| StoreError::Directory { path: path.display().to_string(), source })?;
+    let sqlite = SqliteConnectOptions::new().filename(absolute).create_if_missing(!read_only).read_only(read_only);
+    Ok(AnyConnectOptions::from_url(&sqlite.to_url_lossy())?)
 }
 
 impl Store {
     /// Open (creating if missing) the database at `path`, in WAL mode with foreign keys on, and
     /// apply every pending migration.
     pub async fn open(path: &Path) -> Result<Store> {
+        install_drivers();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|source| StoreError::Directory { path: parent.display().to_string(), source })?;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL is durable across application crashes; only a power loss can
-            // lose the last commits, and a build is re-runnable.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+        // In WAL mode synchronous=NORMAL is durable across application crashes; only a power
+        // loss can lose the last commits, and a build is re-runnable.
+        const PRAGMAS: &str = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
+        const _: () = assert!(BUSY_TIMEOUT.as_millis() == 10_000);
         // No ping before handing out a connection: a connection to a local file does not go stale
         // like a network one, and the ping is a round trip to the connection's thread on every
         // query (a tenth of an API read's latency; it pays for the API token's lookup).
-        let writer = SqlitePoolOptions::new()
+        let writer = AnyPoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA journal_mode = WAL; {PRAGMAS}"))))
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_with(sqlite_options(path, false)?)
             .await?;
         MIGRATOR.run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
+        let reader = AnyPoolOptions::new()
             .max_connections(MAX_READ_CONNECTIONS)
             .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.read_only(true))
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(sqlx::raw_sql(PRAGMAS)).await.map(drop) }))
+            .connect_with(sqlite_options(path, true)?)
             .await?;
-        Ok(Store { reader, writer })
+        Ok(Store { reader, writer, backend: Backend::Sqlite })
     }
 
-    /// A write transaction. Keep it short: every other writer waits for it.
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+    /// Connect to the PostgreSQL database at `url` and apply every pending migration (under an
+    /// advisory lock, so servers starting at once do not race).
+    pub async fn connect(url: &str) -> Result<Store> {
+        install_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(MAX_POSTGRES_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        POSTGRES_MIGRATOR.run(&pool).await?;
+        Ok(Store { reader: pool.clone(), writer: pool, backend: Backend::Postgres })
+    }
+
+    /// Open the database at `location`, whichever backend it is.
+    pub async fn open_location(location: &Location) -> Result<Store> {
+        match location {
+            Location::Sqlite(path) => Store::open(path).await,
+            Location::Postgres(url) => Store::connect(url).await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A write transaction. Keep it short: on SQLite every other writer waits for it.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
         Ok(self.writer.begin().await?)
     }
 
-    pub(crate) fn reader(&self) -> &SqlitePool {
+    pub(crate) fn reader(&self) -> &AnyPool {
         &self.reader
     }
 
-    pub(crate) fn writer(&self) -> &SqlitePool {
+    pub(crate) fn writer(&self) -> &AnyPool {
         &self.writer
     }
 

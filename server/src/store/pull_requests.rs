@@ -5,20 +5,22 @@
 //! the queries that every build shares stay in `builds.rs`. Nothing here decides which request
 //! events build: that is the scheduler's job.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
+
+use super::Connection;
 
 use super::builds::{build_columns, build_from_row, NewBuild, PullRequest};
 use super::{now_ms, BuildId, BuildRow, Result};
 
 /// Queue a build of a pull request; its number is the repo's next one. `new.ref_kind` must be
 /// `PullRequest` and `new.branch` the request's source branch.
-pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild, pr: &PullRequest) -> Result<BuildRow> {
+pub async fn insert(conn: &mut Connection, new: &NewBuild, pr: &PullRequest) -> Result<BuildRow> {
     debug_assert_eq!(new.branch, pr.source);
     let row = sqlx::query(concat!(
         "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, \
          pr_number, pr_target, pr_head_ref) \
-         VALUES (?1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = ?1), ?2, ?3, ?4, ?5, \
-         'queued', ?6, ?7, ?8, ?9) RETURNING ",
+         VALUES ($1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $2, $3, $4, $5, \
+         'queued', $6, $7, $8, $9) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -36,10 +38,10 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewBuild, pr: &PullReques
 }
 
 /// Cancel the queued builds of request `number` of `repo` with `reason`. Returns them.
-pub async fn cancel_queued(conn: &mut SqliteConnection, repo: &str, number: i64, reason: &str) -> Result<Vec<BuildId>> {
+pub async fn cancel_queued(conn: &mut Connection, repo: &str, number: i64, reason: &str) -> Result<Vec<BuildId>> {
     let rows = sqlx::query(
-        "UPDATE builds SET status = 'cancelled', finished_at = ?, error = ? \
-         WHERE repo = ? AND ref_kind = 'pull_request' AND pr_number = ? AND status = 'queued' RETURNING id",
+        "UPDATE builds SET status = 'cancelled', finished_at = $1, error = $2 \
+         WHERE repo = $3 AND ref_kind = 'pull_request' AND pr_number = $4 AND status = 'queued' RETURNING id",
     )
     .bind(now_ms())
     .bind(reason)

@@ -1,7 +1,9 @@
 //! The `reports` table: JUnit XML files named in a stage's `reports`, collected from the host
 //! before teardown and stored as the bytes the host had.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{BuildId, Result, Store};
 
@@ -13,14 +15,8 @@ pub struct ReportRow {
 }
 
 /// Store a report; a second report of the same step and path replaces the first.
-pub async fn insert(
-    conn: &mut SqliteConnection,
-    build: BuildId,
-    step_idx: i64,
-    path: &str,
-    content: &[u8],
-) -> Result<()> {
-    sqlx::query("INSERT OR REPLACE INTO reports (build_id, step_idx, path, content) VALUES (?, ?, ?, ?)")
+pub async fn insert(conn: &mut Connection, build: BuildId, step_idx: i64, path: &str, content: &[u8]) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO reports (build_id, step_idx, path, content) VALUES ($1, $2, $3, $4)")
         .bind(build.0)
         .bind(step_idx)
         .bind(path)
@@ -33,7 +29,7 @@ pub async fn insert(
 impl Store {
     pub async fn reports(&self, build: BuildId) -> Result<Vec<ReportRow>> {
         let rows =
-            sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = ? ORDER BY step_idx, path")
+            sqlx::query("SELECT step_idx, path, content FROM reports WHERE build_id = $1 ORDER BY step_idx, path")
                 .bind(build.0)
                 .fetch_all(self.reader())
                 .await?;

@@ -7,8 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, Result, Store};
 
@@ -20,7 +22,7 @@ pub struct RepoRow {
     pub last_polled_at: Option<i64>,
 }
 
-fn repo_from_row(row: &SqliteRow) -> Result<RepoRow> {
+fn repo_from_row(row: &AnyRow) -> Result<RepoRow> {
     Ok(RepoRow {
         name: row.try_get("name")?,
         url: row.try_get("url")?,
@@ -30,10 +32,10 @@ fn repo_from_row(row: &SqliteRow) -> Result<RepoRow> {
 }
 
 /// Replace a repo's recorded branch heads with `heads` (branch → commit sha).
-pub async fn replace_heads(conn: &mut SqliteConnection, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
-    sqlx::query("DELETE FROM branch_heads WHERE repo = ?").bind(repo).execute(&mut *conn).await?;
+pub async fn replace_heads(conn: &mut Connection, repo: &str, heads: &BTreeMap<String, String>) -> Result<()> {
+    sqlx::query("DELETE FROM branch_heads WHERE repo = $1").bind(repo).execute(&mut *conn).await?;
     for (branch, sha) in heads {
-        sqlx::query("INSERT INTO branch_heads (repo, branch, commit_sha) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO branch_heads (repo, branch, commit_sha) VALUES ($1, $2, $3)")
             .bind(repo)
             .bind(branch)
             .bind(sha)
@@ -46,16 +48,18 @@ pub async fn replace_heads(conn: &mut SqliteConnection, repo: &str, heads: &BTre
 impl Store {
     /// Record a configured repo, or update its URL.
     pub async fn upsert_repo(&self, name: &str, url: &str) -> Result<()> {
-        sqlx::query("INSERT INTO repos (name, url) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET url = excluded.url")
-            .bind(name)
-            .bind(url)
-            .execute(self.writer())
-            .await?;
+        sqlx::query(
+            "INSERT INTO repos (name, url) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET url = excluded.url",
+        )
+        .bind(name)
+        .bind(url)
+        .execute(self.writer())
+        .await?;
         Ok(())
     }
 
     pub async fn repo(&self, name: &str) -> Result<Option<RepoRow>> {
-        let row = sqlx::query("SELECT name, url, last_error, last_polled_at FROM repos WHERE name = ?")
+        let row = sqlx::query("SELECT name, url, last_error, last_polled_at FROM repos WHERE name = $1")
             .bind(name)
             .fetch_optional(self.reader())
             .await?;
@@ -65,7 +69,7 @@ impl Store {
     /// Record the outcome of a fetch: `Some(error)` is shown on the repo's page until a later
     /// fetch succeeds (`None`).
     pub async fn set_repo_error(&self, name: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE repos SET last_error = ?1 WHERE name = ?2 AND last_error IS NOT ?1")
+        sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2 AND last_error IS NOT $1")
             .bind(error)
             .bind(name)
             .execute(self.writer())
@@ -79,20 +83,20 @@ impl Store {
     pub async fn rewrite_repo_errors(&self, repo: &str, rewrite: impl Fn(&str) -> String) -> Result<u64> {
         let mut tx = self.begin().await?;
         let mut changed = 0;
-        let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM repos WHERE name = ?")
+        let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM repos WHERE name = $1")
             .bind(repo)
             .fetch_optional(&mut *tx)
             .await?
             .flatten();
         if let Some(text) = last_error.filter(|text| rewrite(text) != *text) {
-            sqlx::query("UPDATE repos SET last_error = ? WHERE name = ?")
+            sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2")
                 .bind(rewrite(&text))
                 .bind(repo)
                 .execute(&mut *tx)
                 .await?;
             changed += 1;
         }
-        let errors = sqlx::query("SELECT id, error FROM builds WHERE repo = ? AND error IS NOT NULL")
+        let errors = sqlx::query("SELECT id, error FROM builds WHERE repo = $1 AND error IS NOT NULL")
             .bind(repo)
             .fetch_all(&mut *tx)
             .await?;
@@ -100,7 +104,7 @@ impl Store {
             let (id, text): (i64, String) = (row.try_get("id")?, row.try_get("error")?);
             let rewritten = rewrite(&text);
             if rewritten != text {
-                sqlx::query("UPDATE builds SET error = ? WHERE id = ?")
+                sqlx::query("UPDATE builds SET error = $1 WHERE id = $2")
                     .bind(rewritten)
                     .bind(id)
                     .execute(&mut *tx)
@@ -113,7 +117,7 @@ impl Store {
     }
 
     pub async fn set_repo_polled(&self, name: &str) -> Result<()> {
-        sqlx::query("UPDATE repos SET last_polled_at = ? WHERE name = ?")
+        sqlx::query("UPDATE repos SET last_polled_at = $1 WHERE name = $2")
             .bind(now_ms())
             .bind(name)
             .execute(self.writer())
@@ -123,7 +127,7 @@ impl Store {
 
     /// The branch heads the poller recorded last; empty before the first poll.
     pub async fn branch_heads(&self, repo: &str) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query("SELECT branch, commit_sha FROM branch_heads WHERE repo = ?")
+        let rows = sqlx::query("SELECT branch, commit_sha FROM branch_heads WHERE repo = $1")
             .bind(repo)
             .fetch_all(self.reader())
             .await?;

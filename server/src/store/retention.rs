@@ -12,34 +12,36 @@
 //! never one that is still queued or running. When to prune and how often is `retention`'s job.
 
 use gantry_event::Stream;
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, BuildId, Result, Store};
 
 /// The select that finds the next builds to prune, oldest first (through `builds_to_prune`).
 pub(super) const BUILDS_TO_PRUNE: &str = "SELECT id FROM builds \
-     WHERE logs_pruned_at IS NULL AND finished_at < ?1 \
+     WHERE logs_pruned_at IS NULL AND finished_at < $1 \
      AND status NOT IN ('queued', 'provisioning', 'running') \
-     ORDER BY finished_at, id LIMIT ?2";
+     ORDER BY finished_at, id LIMIT $2";
 
 /// The first step of build `?1` after step `?2` that has log lines.
 pub(super) const NEXT_STEP_WITH_LINES: &str =
-    "SELECT MIN(step_idx) FROM log_lines WHERE build_id = ?1 AND step_idx > ?2";
+    "SELECT MIN(step_idx) FROM log_lines WHERE build_id = $1 AND step_idx > $2";
 
 /// The last line's number of step `?2` of build `?1`.
-pub(super) const LAST_LINE: &str = "SELECT MAX(line) FROM log_lines WHERE build_id = ?1 AND step_idx = ?2";
+pub(super) const LAST_LINE: &str = "SELECT MAX(line) FROM log_lines WHERE build_id = $1 AND step_idx = $2";
 
 /// The lines of step `?2` of build `?1` after line `?3`: a range of the key, cut from the end of
 /// the log, so a long log goes in batches and each step's first line stays.
-pub(super) const DELETE_LINES_AFTER: &str = "DELETE FROM log_lines WHERE build_id = ?1 AND step_idx = ?2 AND line > ?3";
+pub(super) const DELETE_LINES_AFTER: &str = "DELETE FROM log_lines WHERE build_id = $1 AND step_idx = $2 AND line > $3";
 
 /// The first report of build `?1` after step `?2`'s report `?3` that has test cases.
 pub(super) const NEXT_REPORT_WITH_CASES: &str = "SELECT step_idx, path, MAX(seq) AS last FROM test_cases \
-     WHERE build_id = ?1 AND (step_idx, path) > (?2, ?3) GROUP BY step_idx, path ORDER BY step_idx, path LIMIT 1";
+     WHERE build_id = $1 AND (step_idx, path) > ($2, $3) GROUP BY step_idx, path ORDER BY step_idx, path LIMIT 1";
 
 /// The cases of step `?2`'s report `?3` of build `?1` after case `?4`: a range of the key.
 pub(super) const DELETE_CASES_AFTER: &str =
-    "DELETE FROM test_cases WHERE build_id = ?1 AND step_idx = ?2 AND path = ?3 AND seq > ?4";
+    "DELETE FROM test_cases WHERE build_id = $1 AND step_idx = $2 AND path = $3 AND seq > $4";
 
 /// How much one batch may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +77,7 @@ impl std::ops::AddAssign for Pruned {
 
 /// Delete up to `limit` log lines of `build`, each step's first line excepted, step by step from
 /// the end of each step's log. Returns how many. Every statement is a seek or a range of the key.
-async fn delete_lines(conn: &mut SqliteConnection, build: BuildId, limit: u64) -> Result<u64> {
+async fn delete_lines(conn: &mut Connection, build: BuildId, limit: u64) -> Result<u64> {
     let mut deleted = 0;
     let mut after = i64::MIN;
     while deleted < limit {
@@ -96,7 +98,7 @@ async fn delete_lines(conn: &mut SqliteConnection, build: BuildId, limit: u64) -
 
 /// Delete up to `limit` test cases of `build`, report by report from the end of each. Returns how
 /// many.
-async fn delete_test_cases(conn: &mut SqliteConnection, build: BuildId, limit: u64) -> Result<u64> {
+async fn delete_test_cases(conn: &mut Connection, build: BuildId, limit: u64) -> Result<u64> {
     let mut deleted = 0;
     let (mut after_step, mut after_path) = (i64::MIN, String::new());
     while deleted < limit {
@@ -127,7 +129,7 @@ async fn delete_test_cases(conn: &mut SqliteConnection, build: BuildId, limit: u
 /// Prune one build within `budget` rows. Returns what was deleted and whether the build is done
 /// (marked pruned); when not, the budget ran out.
 async fn prune_build(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     build: BuildId,
     notice: &str,
     budget: u64,
@@ -146,18 +148,18 @@ async fn prune_build(
         return Ok(false);
     }
     // A step keeps at most a handful of reports: they go together.
-    let reports = sqlx::query("DELETE FROM reports WHERE build_id = ?").bind(build.0).execute(&mut *conn).await?;
+    let reports = sqlx::query("DELETE FROM reports WHERE build_id = $1").bind(build.0).execute(&mut *conn).await?;
     pruned.reports += reports.rows_affected();
     let now = now_ms();
     // Each step's first line (its event id is the step's first) becomes the notice.
-    sqlx::query("UPDATE log_lines SET stream = ?1, text = ?2, at = ?3 WHERE build_id = ?4 AND line = 1")
+    sqlx::query("UPDATE log_lines SET stream = $1, text = $2, at = $3 WHERE build_id = $4 AND line = 1")
         .bind(Stream::System.as_str())
         .bind(notice)
         .bind(now)
         .bind(build.0)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE builds SET logs_pruned_at = ? WHERE id = ?")
+    sqlx::query("UPDATE builds SET logs_pruned_at = $1 WHERE id = $2")
         .bind(now)
         .bind(build.0)
         .execute(&mut *conn)
@@ -168,14 +170,14 @@ async fn prune_build(
 
 /// One batch in the caller's transaction: see the module's documentation.
 pub async fn prune_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     finished_before: i64,
     notice: &str,
     limits: PruneLimits,
 ) -> Result<Pruned> {
     let ids: Vec<i64> = sqlx::query(BUILDS_TO_PRUNE)
         .bind(finished_before)
-        .bind(limits.builds)
+        .bind(i64::from(limits.builds))
         .fetch_all(&mut *conn)
         .await?
         .iter()
@@ -205,7 +207,7 @@ impl Store {
 
     /// When the build's logs and reports were pruned, if they were.
     pub async fn logs_pruned_at(&self, build: BuildId) -> Result<Option<i64>> {
-        let at: Option<Option<i64>> = sqlx::query_scalar("SELECT logs_pruned_at FROM builds WHERE id = ?")
+        let at: Option<Option<i64>> = sqlx::query_scalar("SELECT logs_pruned_at FROM builds WHERE id = $1")
             .bind(build.0)
             .fetch_optional(self.reader())
             .await?;
@@ -271,7 +273,7 @@ mod tests {
         match finished_ago {
             Some(ago) => {
                 builds::finish(&mut tx, row.id, BuildStatus::Passed, None).await.unwrap();
-                sqlx::query("UPDATE builds SET finished_at = ? WHERE id = ?")
+                sqlx::query("UPDATE builds SET finished_at = $1 WHERE id = $2")
                     .bind(now_ms() - ago)
                     .bind(row.id.0)
                     .execute(&mut *tx)
@@ -280,7 +282,7 @@ mod tests {
             }
             None => {
                 // Queued a day ago and running since: old, but not finished.
-                sqlx::query("UPDATE builds SET status = 'running', created_at = ?, started_at = ? WHERE id = ?")
+                sqlx::query("UPDATE builds SET status = 'running', created_at = $1, started_at = $2 WHERE id = $3")
                     .bind(now_ms() - 24 * HOUR_MS)
                     .bind(now_ms() - 24 * HOUR_MS)
                     .bind(row.id.0)
@@ -294,7 +296,7 @@ mod tests {
     }
 
     async fn row_count(store: &Store, table: &str, build: BuildId) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE build_id = ?")))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE build_id = $1")))
             .bind(build.0)
             .fetch_one(store.reader())
             .await

@@ -56,7 +56,7 @@ impl SessionStore for Store {
         loop {
             let done = sqlx::query(
                 "INSERT INTO sessions (id_hash, user_id, data, expires_at) \
-                 VALUES (?, (SELECT id FROM users WHERE id = ?), ?, ?) ON CONFLICT (id_hash) DO NOTHING",
+                 VALUES ($1, (SELECT id FROM users WHERE id = $2), $3, $4) ON CONFLICT (id_hash) DO NOTHING",
             )
             .bind(id_hash(&record.id))
             .bind(user)
@@ -78,7 +78,7 @@ impl SessionStore for Store {
         let (data, user) = columns(record)?;
         sqlx::query(
             "INSERT INTO sessions (id_hash, user_id, data, expires_at) \
-             VALUES (?, (SELECT id FROM users WHERE id = ?), ?, ?) \
+             VALUES ($1, (SELECT id FROM users WHERE id = $2), $3, $4) \
              ON CONFLICT (id_hash) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
              expires_at = excluded.expires_at",
         )
@@ -94,7 +94,7 @@ impl SessionStore for Store {
 
     /// The session, unless it is unknown or expired.
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let row = sqlx::query("SELECT data, expires_at FROM sessions WHERE id_hash = ? AND expires_at > ?")
+        let row = sqlx::query("SELECT data, expires_at FROM sessions WHERE id_hash = $1 AND expires_at > $2")
             .bind(id_hash(id))
             .bind(now_ms())
             .fetch_optional(self.reader())
@@ -111,7 +111,7 @@ impl SessionStore for Store {
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash(id))
             .execute(self.writer())
             .await
@@ -123,7 +123,7 @@ impl SessionStore for Store {
 #[async_trait]
 impl ExpiredDeletion for Store {
     async fn delete_expired(&self) -> session_store::Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+        sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
             .bind(now_ms())
             .execute(self.writer())
             .await
@@ -135,7 +135,7 @@ impl ExpiredDeletion for Store {
 impl Store {
     /// How many live (unexpired) sessions name `user` as signed in.
     pub async fn session_count_of_user(&self, user: UserId) -> Result<u64, StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE user_id = ? AND expires_at > ?")
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND expires_at > $2")
             .bind(user.0)
             .bind(now_ms())
             .fetch_one(self.reader())

@@ -6,7 +6,9 @@
 //! `superseded` when it is, so a slow or failing forge can delay a state but never let an older
 //! one win. When and how to send is `forge::reporter`'s job; this file only keeps the queue.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{now_ms, parse_column, BuildId, Result, Store};
 
@@ -83,11 +85,11 @@ pub struct StatusRow {
 }
 
 /// Queue a state to report, due now.
-pub async fn insert(conn: &mut SqliteConnection, new: &NewStatus) -> Result<StatusId> {
+pub async fn insert(conn: &mut Connection, new: &NewStatus) -> Result<StatusId> {
     let now = now_ms();
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO commit_statuses (repo, build_id, commit_sha, context, state, description, created_at, \
-         next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(&new.repo)
     .bind(new.build.0)
@@ -102,7 +104,7 @@ pub async fn insert(conn: &mut SqliteConnection, new: &NewStatus) -> Result<Stat
     Ok(StatusId(id))
 }
 
-fn status_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StatusRow> {
+fn status_from_row(row: &sqlx::any::AnyRow) -> Result<StatusRow> {
     Ok(StatusRow {
         id: StatusId(row.try_get("id")?),
         repo: row.try_get("repo")?,
@@ -128,7 +130,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let row = sqlx::query(
             "SELECT id, repo, build_id, commit_sha, context, state, description, attempts FROM commit_statuses c \
-             WHERE outcome = 'queued' AND repo = ? AND next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM commit_statuses n \
+             WHERE outcome = 'queued' AND repo = $1 AND next_attempt_at <= $2 AND NOT EXISTS (SELECT 1 FROM commit_statuses n \
              WHERE n.repo = c.repo AND n.commit_sha = c.commit_sha AND n.context = c.context \
              AND n.outcome = 'queued' AND n.id > c.id) ORDER BY id LIMIT 1",
         )
@@ -140,8 +142,8 @@ impl Store {
             return Ok(None);
         };
         sqlx::query(
-            "UPDATE commit_statuses SET outcome = 'superseded', finished_at = ? WHERE outcome = 'queued' \
-             AND repo = ? AND commit_sha = ? AND context = ? AND id < ?",
+            "UPDATE commit_statuses SET outcome = 'superseded', finished_at = $1 WHERE outcome = 'queued' \
+             AND repo = $2 AND commit_sha = $3 AND context = $4 AND id < $5",
         )
         .bind(now)
         .bind(&row.repo)
@@ -156,10 +158,12 @@ impl Store {
 
     /// When the next queued state of `repo` is due (unix ms), if any is queued.
     pub async fn next_status_due_at(&self, repo: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM commit_statuses WHERE outcome = 'queued' AND repo = ?")
-            .bind(repo)
-            .fetch_one(self.reader())
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM commit_statuses WHERE outcome = 'queued' AND repo = $1",
+        )
+        .bind(repo)
+        .fetch_one(self.reader())
+        .await?)
     }
 
     /// The forge accepted the state.
@@ -174,7 +178,7 @@ impl Store {
 
     async fn finish_status(&self, id: StatusId, outcome: &str, error: Option<&str>) -> Result<()> {
         sqlx::query(
-            "UPDATE commit_statuses SET outcome = ?, finished_at = ?, error = ? WHERE id = ? AND outcome = 'queued'",
+            "UPDATE commit_statuses SET outcome = $1, finished_at = $2, error = $3 WHERE id = $4 AND outcome = 'queued'",
         )
         .bind(outcome)
         .bind(now_ms())
@@ -188,7 +192,7 @@ impl Store {
     /// An attempt failed in a way worth retrying: try again at `next_attempt_at`.
     pub async fn status_retry(&self, id: StatusId, attempts: u32, next_attempt_at: i64, error: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE commit_statuses SET attempts = ?, next_attempt_at = ?, error = ? WHERE id = ? AND outcome = 'queued'",
+            "UPDATE commit_statuses SET attempts = $1, next_attempt_at = $2, error = $3 WHERE id = $4 AND outcome = 'queued'",
         )
         .bind(i64::from(attempts))
         .bind(next_attempt_at)
@@ -201,7 +205,7 @@ impl Store {
 
     /// The states queued for `build` so far, oldest first (for tests and the reconciler).
     pub async fn statuses_of_build(&self, build: BuildId) -> Result<Vec<(CommitState, String)>> {
-        let rows = sqlx::query("SELECT state, outcome FROM commit_statuses WHERE build_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT state, outcome FROM commit_statuses WHERE build_id = $1 ORDER BY id")
             .bind(build.0)
             .fetch_all(self.reader())
             .await?;
@@ -226,8 +230,8 @@ impl Store {
         for repo in repos {
             let rows = sqlx::query(
                 "SELECT b.id, (SELECT s.state FROM commit_statuses s WHERE s.build_id = b.id ORDER BY s.id DESC \
-                 LIMIT 1) AS last_state FROM builds b WHERE b.repo = ? \
-                 AND (b.created_at >= ? OR b.status IN ('queued', 'provisioning', 'running')) ORDER BY b.id",
+                 LIMIT 1) AS last_state FROM builds b WHERE b.repo = $1 \
+                 AND (b.created_at >= $2 OR b.status IN ('queued', 'provisioning', 'running')) ORDER BY b.id",
             )
             .bind(repo)
             .bind(since)
@@ -246,7 +250,7 @@ impl Store {
 
     /// Record (or, with `None`, clear) why reporting to the repo's forge failed last.
     pub async fn set_forge_error(&self, repo: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE repos SET forge_error = ?, forge_error_at = ? WHERE name = ?")
+        sqlx::query("UPDATE repos SET forge_error = $1, forge_error_at = $2 WHERE name = $3")
             .bind(error)
             .bind(error.map(|_| now_ms()))
             .bind(repo)
@@ -258,7 +262,7 @@ impl Store {
     /// Why reporting to the repo's forge failed last, and when (unix ms); `None` once a report
     /// succeeded again.
     pub async fn forge_error(&self, repo: &str) -> Result<Option<(String, i64)>> {
-        let row = sqlx::query("SELECT forge_error, forge_error_at FROM repos WHERE name = ?")
+        let row = sqlx::query("SELECT forge_error, forge_error_at FROM repos WHERE name = $1")
             .bind(repo)
             .fetch_optional(self.reader())
             .await?;

@@ -2,8 +2,10 @@
 //! with their status, exit code and times, as the executor reported them.
 
 use gantry_event::{StepId, StepKind, StepStatus};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::Connection;
 
 use super::{parse_column, BuildId, Result, Store};
 
@@ -33,7 +35,7 @@ macro_rules! step_columns {
     };
 }
 
-pub(super) fn step_from_row(row: &SqliteRow) -> Result<StepRow> {
+pub(super) fn step_from_row(row: &AnyRow) -> Result<StepRow> {
     Ok(StepRow {
         build_id: BuildId(row.try_get("build_id")?),
         idx: row.try_get("idx")?,
@@ -48,22 +50,24 @@ pub(super) fn step_from_row(row: &SqliteRow) -> Result<StepRow> {
 }
 
 /// Record the plan: one pending step per entry, indexed in plan order.
-pub async fn insert_planned(conn: &mut SqliteConnection, build: BuildId, steps: &[StepId]) -> Result<()> {
+pub async fn insert_planned(conn: &mut Connection, build: BuildId, steps: &[StepId]) -> Result<()> {
     for (idx, step) in steps.iter().enumerate() {
-        sqlx::query("INSERT INTO steps (build_id, idx, kind, name, host, status) VALUES (?, ?, ?, ?, ?, 'pending')")
-            .bind(build.0)
-            .bind(idx as i64)
-            .bind(step.kind.as_str())
-            .bind(&step.name)
-            .bind(&step.host)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO steps (build_id, idx, kind, name, host, status) VALUES ($1, $2, $3, $4, $5, 'pending')",
+        )
+        .bind(build.0)
+        .bind(idx as i64)
+        .bind(step.kind.as_str())
+        .bind(&step.name)
+        .bind(&step.host)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
 
-pub async fn start(conn: &mut SqliteConnection, build: BuildId, idx: usize, at: i64) -> Result<()> {
-    sqlx::query("UPDATE steps SET status = 'running', started_at = ? WHERE build_id = ? AND idx = ?")
+pub async fn start(conn: &mut Connection, build: BuildId, idx: usize, at: i64) -> Result<()> {
+    sqlx::query("UPDATE steps SET status = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3")
         .bind(at)
         .bind(build.0)
         .bind(idx as i64)
@@ -75,7 +79,7 @@ pub async fn start(conn: &mut SqliteConnection, build: BuildId, idx: usize, at: 
 /// Record a step's end; returns when it started (its start time is its end when it never
 /// started).
 pub async fn finish(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     build: BuildId,
     idx: usize,
     status: StepStatus,
@@ -83,8 +87,8 @@ pub async fn finish(
     at: i64,
 ) -> Result<Option<i64>> {
     let started: Option<Option<i64>> = sqlx::query_scalar(
-        "UPDATE steps SET status = ?, exit_code = ?, finished_at = ?, started_at = COALESCE(started_at, ?) \
-         WHERE build_id = ? AND idx = ? RETURNING started_at",
+        "UPDATE steps SET status = $1, exit_code = $2, finished_at = $3, started_at = COALESCE(started_at, $4) \
+         WHERE build_id = $5 AND idx = $6 RETURNING started_at",
     )
     .bind(status.as_str())
     .bind(exit_code)
@@ -98,10 +102,10 @@ pub async fn finish(
 }
 
 /// Steps still pending or running when their build ended become `cancelled`.
-pub async fn cancel_unfinished(conn: &mut SqliteConnection, build: BuildId, at: i64) -> Result<()> {
+pub async fn cancel_unfinished(conn: &mut Connection, build: BuildId, at: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE steps SET status = 'cancelled', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE ? END \
-         WHERE build_id = ? AND status IN ('pending', 'running')",
+        "UPDATE steps SET status = 'cancelled', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE $1 END \
+         WHERE build_id = $2 AND status IN ('pending', 'running')",
     )
     .bind(at)
     .bind(build.0)
@@ -113,7 +117,7 @@ pub async fn cancel_unfinished(conn: &mut SqliteConnection, build: BuildId, at: 
 impl Store {
     /// A build's steps in plan order.
     pub async fn steps(&self, build: BuildId) -> Result<Vec<StepRow>> {
-        let rows = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = ? ORDER BY idx"))
+        let rows = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = $1 ORDER BY idx"))
             .bind(build.0)
             .fetch_all(self.reader())
             .await?;
@@ -125,11 +129,11 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             step_columns!(),
-            " FROM steps WHERE build_id IN (SELECT id FROM builds WHERE repo = ? ORDER BY id DESC LIMIT ?) \
+            " FROM steps WHERE build_id IN (SELECT id FROM builds WHERE repo = $1 ORDER BY id DESC LIMIT $2) \
              ORDER BY build_id DESC, idx"
         ))
         .bind(repo)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(step_from_row).collect()
@@ -141,14 +145,9 @@ impl Store {
         if builds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(concat!("SELECT ", step_columns!(), " FROM steps"));
-        query.push(" WHERE build_id IN (");
-        let mut ids = query.separated(", ");
-        for build in builds {
-            ids.push_bind(build.0);
-        }
-        query.push(")");
-        let rows = query.build().fetch_all(self.reader()).await?;
+        let mut query = super::sql::Builder::new(concat!("SELECT ", step_columns!(), " FROM steps"));
+        query.push(" WHERE build_id IN ").push_list(builds.iter().map(|build| build.0));
+        let rows = query.build()?.fetch_all(self.reader()).await?;
         let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;
         let position = |id: BuildId| builds.iter().position(|b| *b == id).unwrap_or(usize::MAX);
         steps.sort_by_key(|s| (position(s.build_id), s.idx));
@@ -156,7 +155,7 @@ impl Store {
     }
 
     pub async fn step_by_name(&self, build: BuildId, name: &str) -> Result<Option<StepRow>> {
-        let row = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = ? AND name = ?"))
+        let row = sqlx::query(concat!("SELECT ", step_columns!(), " FROM steps WHERE build_id = $1 AND name = $2"))
             .bind(build.0)
             .bind(name)
             .fetch_optional(self.reader())

@@ -9,8 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::sql::Builder;
+use super::Connection;
 
 use super::{parse_column, BuildId, BuildRow, Result, Store};
 
@@ -98,25 +101,25 @@ pub struct TestHistory {
 /// Store the cases of the report `path` of a build's step (named `stage`), replacing what an
 /// earlier copy of the same report stored.
 pub async fn replace_report(
-    conn: &mut SqliteConnection,
+    conn: &mut Connection,
     build: BuildId,
     step_idx: i64,
     stage: &str,
     path: &str,
     cases: &[NewTestCase],
 ) -> Result<()> {
-    sqlx::query("DELETE FROM test_cases WHERE build_id = ? AND step_idx = ? AND path = ?")
+    sqlx::query("DELETE FROM test_cases WHERE build_id = $1 AND step_idx = $2 AND path = $3")
         .bind(build.0)
         .bind(step_idx)
         .bind(path)
         .execute(&mut *conn)
         .await?;
     for (chunk_no, chunk) in cases.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut insert = QueryBuilder::<Sqlite>::new(
+        let mut insert = Builder::new(
             "INSERT INTO test_cases (build_id, step_idx, path, seq, stage, classname, name, outcome, duration_ms, \
              message) ",
         );
-        insert.push_values(chunk.iter().enumerate(), |mut row, (i, case)| {
+        insert.push_values(chunk.iter().enumerate(), |row, (i, case)| {
             row.push_bind(build.0)
                 .push_bind(step_idx)
                 .push_bind(path.to_string())
@@ -128,7 +131,7 @@ pub async fn replace_report(
                 .push_bind(case.duration_ms)
                 .push_bind(case.message.clone());
         });
-        insert.build().execute(&mut *conn).await?;
+        insert.build()?.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -137,8 +140,8 @@ pub async fn replace_report(
 /// per test from the newest (`k = 1`), so a query can keep a few runs of each test.
 macro_rules! recent_runs {
     () => {
-        "WITH recent AS (SELECT id, number, commit_sha, branch FROM builds WHERE repo = ?1 \
-         ORDER BY id DESC LIMIT ?2), \
+        "WITH recent AS (SELECT id, number, commit_sha, branch FROM builds WHERE repo = $1 \
+         ORDER BY id DESC LIMIT $2), \
          runs AS (SELECT t.stage, t.classname, t.name, t.outcome, t.duration_ms, t.message, t.build_id, \
            r.number, r.commit_sha, r.branch, \
            ROW_NUMBER() OVER (PARTITION BY t.stage, t.classname, t.name \
@@ -147,11 +150,11 @@ macro_rules! recent_runs {
     };
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<TestKey> {
+fn key_from_row(row: &AnyRow) -> Result<TestKey> {
     Ok(TestKey { stage: row.try_get("stage")?, classname: row.try_get("classname")?, name: row.try_get("name")? })
 }
 
-fn outcome_from_row(row: &SqliteRow) -> Result<TestOutcome> {
+fn outcome_from_row(row: &AnyRow) -> Result<TestOutcome> {
     parse_column("test_cases.outcome", row.try_get("outcome")?, TestOutcome::parse)
 }
 
@@ -166,7 +169,7 @@ impl Store {
              HAVING SUM(outcome = 'passed') > 0 AND SUM(outcome IN ('failed', 'errored')) > 0"
         ))
         .bind(repo)
-        .bind(builds)
+        .bind(i64::from(builds))
         .fetch_all(self.reader())
         .await?;
         let flaky: HashSet<TestKey> = flaky_rows.iter().map(key_from_row).collect::<Result<_>>()?;
@@ -174,10 +177,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows =
-            sqlx::query(concat!(recent_runs!(), "SELECT * FROM runs WHERE k <= ?3 ORDER BY stage, classname, name, k"))
+            sqlx::query(concat!(recent_runs!(), "SELECT * FROM runs WHERE k <= $3 ORDER BY stage, classname, name, k"))
                 .bind(repo)
-                .bind(builds)
-                .bind(runs)
+                .bind(i64::from(builds))
+                .bind(i64::from(runs))
                 .fetch_all(self.reader())
                 .await?;
         let mut tests: BTreeMap<TestKey, Vec<TestRun>> = BTreeMap::new();
@@ -204,8 +207,8 @@ impl Store {
     /// it), with that build; nothing when there is none.
     pub async fn new_failures(&self, build: &BuildRow) -> Result<Option<(BuildId, HashSet<TestKey>)>> {
         let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM (SELECT id FROM builds WHERE repo = ? AND branch = ? AND ref_kind = ? AND id < ? \
-             ORDER BY id DESC LIMIT ?) AS recent \
+            "SELECT id FROM (SELECT id FROM builds WHERE repo = $1 AND branch = $2 AND ref_kind = $3 AND id < $4 \
+             ORDER BY id DESC LIMIT $5) AS recent \
              WHERE EXISTS (SELECT 1 FROM test_cases t WHERE t.build_id = recent.id) ORDER BY id DESC LIMIT 1",
         )
         .bind(&build.repo)
@@ -226,20 +229,15 @@ impl Store {
 
     /// The tests of `build` with one of `outcomes`.
     async fn cases_with(&self, build: BuildId, outcomes: &[&str]) -> Result<HashSet<TestKey>> {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT stage, classname, name FROM test_cases WHERE build_id = ");
-        query.push_bind(build.0).push(" AND outcome IN (");
-        let mut list = query.separated(", ");
-        for outcome in outcomes {
-            list.push_bind(*outcome);
-        }
-        query.push(")");
-        let rows = query.build().fetch_all(self.reader()).await?;
+        let mut query = Builder::new("SELECT stage, classname, name FROM test_cases WHERE build_id = ");
+        query.push_bind(build.0).push(" AND outcome IN ").push_list(outcomes.iter().copied());
+        let rows = query.build()?.fetch_all(self.reader()).await?;
         rows.iter().map(key_from_row).collect()
     }
 
     /// How many cases of each outcome `build` stored (for tests and the API's summary).
     pub async fn test_outcome_counts(&self, build: BuildId) -> Result<HashMap<TestOutcome, i64>> {
-        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM test_cases WHERE build_id = ? GROUP BY outcome")
+        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM test_cases WHERE build_id = $1 GROUP BY outcome")
             .bind(build.0)
             .fetch_all(self.reader())
             .await?;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::users::{user_from_row, UserId, UserRow};
@@ -45,7 +45,7 @@ pub struct TokenOwner {
     pub user: UserRow,
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<TokenRow> {
+fn token_from_row(row: &AnyRow) -> Result<TokenRow> {
     Ok(TokenRow {
         id: TokenId(row.try_get("id")?),
         user_id: UserId(row.try_get("user_id")?),
@@ -59,7 +59,7 @@ impl Store {
     /// Record a new token of `user` by the hex SHA-256 of its value.
     pub async fn insert_token(&self, user: UserId, label: &str, token_hash: &str) -> Result<TokenRow> {
         let row = sqlx::query(
-            "INSERT INTO api_tokens (user_id, label, token_hash, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO api_tokens (user_id, label, token_hash, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING id, user_id, label, created_at, last_used_at",
         )
         .bind(user.0)
@@ -74,7 +74,7 @@ impl Store {
     /// A user's tokens, newest first.
     pub async fn tokens_of_user(&self, user: UserId) -> Result<Vec<TokenRow>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, label, created_at, last_used_at FROM api_tokens WHERE user_id = ? ORDER BY id DESC",
+            "SELECT id, user_id, label, created_at, last_used_at FROM api_tokens WHERE user_id = $1 ORDER BY id DESC",
         )
         .bind(user.0)
         .fetch_all(self.reader())
@@ -87,7 +87,7 @@ impl Store {
     pub async fn token_user(&self, token_hash: &str) -> Result<Option<TokenOwner>> {
         let row = sqlx::query(
             "SELECT t.id AS token_id, t.last_used_at, u.id, u.name, u.password_hash, u.role, u.created_at \
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(self.reader())
@@ -102,7 +102,7 @@ impl Store {
 
     /// Record that a token was used now.
     pub async fn touch_token(&self, token: TokenId) -> Result<()> {
-        sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(token.0)
             .execute(self.writer())
@@ -113,7 +113,7 @@ impl Store {
     /// Revoke `user`'s token `token`. `false` when the user has no such token (another user's
     /// token included: nothing changes).
     pub async fn delete_token(&self, user: UserId, token: TokenId) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM api_tokens WHERE id = ? AND user_id = ?")
+        let done = sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = $2")
             .bind(token.0)
             .bind(user.0)
             .execute(self.writer())

@@ -4,7 +4,7 @@
 //! nothing about who may do what (`http::auth` does). Removing a user removes their API tokens and
 //! sessions through the schema's `ON DELETE CASCADE`, so they are signed out everywhere at once.
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{now_ms, parse_column, Result, Store};
@@ -86,7 +86,7 @@ pub struct Removed {
     pub tokens: u64,
 }
 
-pub(super) fn user_from_row(row: &SqliteRow) -> Result<UserRow> {
+pub(super) fn user_from_row(row: &AnyRow) -> Result<UserRow> {
     Ok(UserRow {
         id: UserId(row.try_get("id")?),
         name: row.try_get("name")?,
@@ -100,7 +100,7 @@ impl Store {
     /// Add a user. `None` when the name is taken (nothing changes).
     pub async fn insert_user(&self, name: &str, password_hash: &str, role: Role) -> Result<Option<UserRow>> {
         let row = sqlx::query(
-            "INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING RETURNING id, name, password_hash, role, created_at",
         )
         .bind(name)
@@ -113,7 +113,7 @@ impl Store {
     }
 
     pub async fn user(&self, id: UserId) -> Result<Option<UserRow>> {
-        let row = sqlx::query("SELECT id, name, password_hash, role, created_at FROM users WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, password_hash, role, created_at FROM users WHERE id = $1")
             .bind(id.0)
             .fetch_optional(self.reader())
             .await?;
@@ -121,7 +121,7 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
-        let row = sqlx::query("SELECT id, name, password_hash, role, created_at FROM users WHERE name = ?")
+        let row = sqlx::query("SELECT id, name, password_hash, role, created_at FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(self.reader())
             .await?;
@@ -139,7 +139,7 @@ impl Store {
     /// Remove a user with their sessions and tokens. `None` when there is no such user.
     pub async fn delete_user(&self, name: &str) -> Result<Option<Removed>> {
         let mut tx = self.begin().await?;
-        let Some(id) = sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE name = ?")
+        let Some(id) = sqlx::query_scalar::<_, i64>("SELECT id FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?
@@ -147,12 +147,12 @@ impl Store {
             return Ok(None);
         };
         let sessions: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE user_id = ?").bind(id).fetch_one(&mut *tx).await?;
-        let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE user_id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE user_id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM users WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(Removed { sessions: u64::try_from(sessions).unwrap_or(0), tokens: u64::try_from(tokens).unwrap_or(0) }))
     }
