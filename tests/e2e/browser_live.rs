@@ -86,7 +86,16 @@ async fn a_running_build_shows_new_lines_and_turns_green_without_a_reload_and_a_
     let started = Instant::now();
     browser.goto(&app.url(&format!("/builds/{long}"))).await.unwrap();
     browser.execute("document.getElementById('step-1').open = true; return true", Vec::new()).await.unwrap();
-    wait_for(&browser, "return !!document.getElementById('L1-200000')", "the log's last line").await;
+    // Anything but true is what the page showed instead, for the failure message.
+    wait_for(
+        &browser,
+        "if (document.getElementById('L1-200000')) return true; \
+         const d = document.getElementById('step-1'); const v = d && d.querySelector('.log-view'); \
+         return JSON.stringify({ url: location.href, open: d && d.open, lines: v && v.dataset.lines, \
+           last: v ? [...v.querySelectorAll('.line[id]')].slice(-2).map(l => l.id + ' ' + l.className + ' ' + l.textContent.slice(-12)) : null })",
+        "the log's last line",
+    )
+    .await;
     let took = started.elapsed();
     assert!(took < LONG_LOG_OPENS_WITHIN, "a 200,000-line log took {took:?} to open");
     browser.goto(&app.url(&format!("/builds/{long}#L1-123456"))).await.unwrap();
