@@ -1,7 +1,7 @@
 -- Gantry's schema on PostgreSQL (issue 13, contract section 8: `database_url = "postgres://…"`).
 --
 -- Why this one file: a PostgreSQL database starts at today's schema, so it gets the final state
--- of every migration in migrations/sqlite/ (20240101000000_initial … 20241005000000_retention)
+-- of every migration in migrations/sqlite/ (20240101000000_initial … 20241007000000_servers)
 -- in one step, instead of replaying SQLite's history (its table rebuilds exist only because
 -- SQLite cannot change a CHECK constraint in place). Same tables, columns (in the same order),
 -- constraints and indexes, so the store's queries run unchanged on both backends through sqlx's
@@ -30,7 +30,9 @@ CREATE TABLE repos (
     last_polled_at BIGINT,
     -- The forge's answer when reporting a commit status failed, until a report succeeds again.
     forge_error    TEXT COLLATE "C",
-    forge_error_at BIGINT
+    forge_error_at BIGINT,
+    -- The last build number given to the repo's builds (migrations/sqlite/20241006000000_build_counter.sql).
+    builds_numbered BIGINT NOT NULL DEFAULT 0
 );
 
 -- One row per build: the queue (status = 'queued') and the history.
@@ -66,6 +68,8 @@ CREATE TABLE builds (
     event_seq      BIGINT NOT NULL DEFAULT 0,
     -- When the build's logs and reports were pruned by retention (NULL: not yet).
     logs_pruned_at BIGINT,
+    -- The server that claimed the build (migrations/sqlite/20241007000000_servers.sql).
+    server_id      TEXT COLLATE "C",
     UNIQUE (repo, number),
     CHECK ((ref_kind = 'pull_request') = (pr_number IS NOT NULL)),
     CHECK ((pr_number IS NULL) = (pr_target IS NULL) AND (pr_number IS NULL) = (pr_head_ref IS NULL))
@@ -266,3 +270,18 @@ CREATE TABLE commit_statuses (
 CREATE INDEX commit_statuses_to_send ON commit_statuses (next_attempt_at, id) WHERE outcome = 'queued';
 CREATE INDEX commit_statuses_by_key ON commit_statuses (repo, commit_sha, context, id);
 CREATE INDEX commit_statuses_by_build ON commit_statuses (build_id, id);
+
+-- The servers sharing this database: registration, heartbeats, take-overs
+-- (migrations/sqlite/20241007000000_servers.sql).
+CREATE TABLE servers (
+    id            TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    instance      TEXT COLLATE "C" NOT NULL,
+    host          TEXT COLLATE "C" NOT NULL,
+    pid           BIGINT NOT NULL,
+    started_at    BIGINT NOT NULL,
+    heartbeat_at  BIGINT NOT NULL,
+    stopped_at    BIGINT,
+    taken_over_by TEXT COLLATE "C"
+);
+
+CREATE INDEX builds_by_server ON builds (server_id, status) WHERE server_id IS NOT NULL;

@@ -93,7 +93,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 
 fn database_path(args: &StoreArgs) -> anyhow::Result<PathBuf> {
     let overrides = Overrides { config: args.config.clone(), data_dir: args.data_dir.clone(), ..Overrides::default() };
-    Ok(Config::load(&overrides)?.database_path())
+    let config = Config::load(&overrides)?;
+    if config.database_url.is_some() {
+        anyhow::bail!("this server's database is PostgreSQL (database_url): back it up with pg_dump and restore it with pg_restore");
+    }
+    Ok(config.database_path())
 }
 
 /// A name beside `path` that no other process picks, for a file renamed into place when done.

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use gantry_runner::provider::ec2;
 use ipnet::{IpNet, Ipv4Net};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::forge::status::ForgeKind;
 use crate::repo_url::{redact_urls, RepoUrl};
 use crate::secrets::SecretSource;
+use crate::store::Location;
 
 mod auth;
 mod forge;
@@ -72,6 +73,18 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// A `postgres://` URL selects PostgreSQL as the store (contract section 8); none: SQLite in
+    /// `data_dir`. It may carry a password, so it is a secret: never shown.
+    #[serde(default)]
+    pub database_url: Option<SecretString>,
+    /// This server's name among the servers sharing a database, unique to each (contract section
+    /// 8); none: the machine's host name.
+    #[serde(default)]
+    pub server_id: Option<String>,
+    /// How long a server sharing the database may stay silent (no heartbeat) before a live one
+    /// ends its running builds as `interrupted` and tears down the hosts it can reach.
+    #[serde(default = "default_server_timeout", with = "humantime_serde")]
+    pub server_timeout: Duration,
     #[serde(default = "default_max_concurrent_builds")]
     pub max_concurrent_builds: usize,
     #[serde(default, rename = "repo")]
@@ -325,6 +338,9 @@ impl Default for Config {
         Config {
             listen: default_listen(),
             data_dir: default_data_dir(),
+            database_url: None,
+            server_id: None,
+            server_timeout: default_server_timeout(),
             max_concurrent_builds: default_max_concurrent_builds(),
             repos: Vec::new(),
             provider: ProvidersConfig::default(),
@@ -452,6 +468,20 @@ impl Config {
             problems.push("auth.session_ttl must be longer than zero and at most 366 days".to_string());
         }
         problems.extend(self.http.problems(crate::forge::MAX_WEBHOOK_BYTES));
+        if let Some(id) = &self.server_id {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                problems.push("server_id must be 1 to 64 printable ASCII characters without spaces".to_string());
+            }
+        }
+        if self.server_timeout < MIN_SERVER_TIMEOUT {
+            problems.push(format!("server_timeout must be at least {}s", MIN_SERVER_TIMEOUT.as_secs()));
+        }
+        if let Some(url) = &self.database_url {
+            // The URL is not repeated: it may hold a password.
+            if let Err(problem) = Location::check_postgres_url(url.expose_secret()) {
+                problems.push(format!("database_url: {problem}"));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -463,14 +493,39 @@ impl Config {
         self.repos.iter().find(|r| r.name == name)
     }
 
-    /// The SQLite database file.
+    /// The SQLite database file (the store when no `database_url` is set).
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("gantry.db")
+    }
+
+    /// This server's `server_id`: the configured one, else the machine's host name.
+    pub fn server_id(&self) -> String {
+        self.server_id.clone().unwrap_or_else(host_name)
+    }
+
+    /// The store's database: `database_url`'s PostgreSQL, else the SQLite file in `data_dir`.
+    pub fn database(&self) -> Location {
+        match &self.database_url {
+            Some(url) => Location::Postgres(url.expose_secret().to_string()),
+            None => Location::Sqlite(self.database_path()),
+        }
     }
 
     /// Where the local provider keeps its hosts' directories.
     pub fn hosts_dir(&self) -> PathBuf {
         self.data_dir.join("hosts")
+    }
+}
+
+/// The machine's host name (`localhost` should the system not say).
+pub fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let done = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if done && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
     }
 }
 
@@ -511,6 +566,14 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
+
+fn default_server_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The shortest `server_timeout`: a server heartbeats six times per timeout, and a heartbeat is
+/// a write that may wait behind others.
+pub const MIN_SERVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn default_max_concurrent_builds() -> usize {
     DEFAULT_MAX_CONCURRENT_BUILDS

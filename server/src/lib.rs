@@ -1,5 +1,5 @@
 //! The Gantry server: configuration, the durable build queue and its scheduler, git mirrors and
-//! the poller, the SQLite store, and the HTTP surface (dashboard pages, JSON API, webhooks).
+//! the poller, the store (SQLite, or PostgreSQL with `database_url`), and the HTTP surface (dashboard pages, JSON API, webhooks).
 //!
 //! [`Application::build`] assembles all of it from a [`config::Config`] and binds the listener
 //! (port 0 works, for tests); [`Application::run_until_stopped`] serves until a
@@ -23,6 +23,10 @@ pub mod retention;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;
+/// The test suite's own PostgreSQL server, for the store's tests on that backend.
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+mod test_postgres;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,9 +87,10 @@ impl Application {
             TcpListener::bind(config.listen).await.with_context(|| format!("failed to listen on {}", config.listen))?;
         let address = listener.local_addr().context("failed to read the bound address")?;
 
-        let store = Store::open(&config.database_path())
+        let database = config.database();
+        let store = Store::open_location(&database)
             .await
-            .with_context(|| format!("failed to open the database {}", config.database_path().display()))?;
+            .with_context(|| format!("failed to open the database {}", database.describe()))?;
         for repo in &config.repos {
             store
                 .upsert_repo(&repo.name, &repo.url.to_string())
@@ -106,6 +111,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let scheduler =
             Scheduler::new(store.clone(), Arc::clone(&mirrors), providers, Arc::clone(&config), shutdown.clone());
+        scheduler.register().await?;
         scheduler.recover().await.context("failed to recover from the previous run")?;
         let tasks = TaskTracker::new();
         // Subscribed before anything is queued, so the reporter misses no build's first state.

@@ -28,8 +28,8 @@ async fn slow_shop() -> (TestRepo, TestApp, String) {
 
 /// Signed-in browsers of a member and a reader.
 async fn member_and_reader(app: &TestApp) -> (Browser, Browser) {
-    add_user_with_token(&app.database(), "dev", Role::Member, "pw-dev-0123").await;
-    add_user_with_token(&app.database(), "reader", Role::ReadOnly, "pw-reader-0123").await;
+    add_user_with_token(app.database(), "dev", Role::Member, "pw-dev-0123").await;
+    add_user_with_token(app.database(), "reader", Role::ReadOnly, "pw-reader-0123").await;
     (Browser::signed_in(app, "dev", "pw-dev-0123").await, Browser::signed_in(app, "reader", "pw-reader-0123").await)
 }
 
@@ -179,7 +179,7 @@ async fn the_api_reruns_a_finished_build_of_an_older_commit_and_refuses_a_live_o
     assert_eq!(app.get_text("/api/builds/999999/rerun").await.0, 405);
     let missing = app.client.post(app.url("/api/builds/999999/rerun")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
-    let reader = client_with_token(&add_user_with_token(&app.database(), "reader", Role::ReadOnly, "pw-r-0123").await);
+    let reader = client_with_token(&add_user_with_token(app.database(), "reader", Role::ReadOnly, "pw-r-0123").await);
     let refused = reader.post(app.url(&format!("/api/builds/{id}/rerun"))).send().await.unwrap();
     assert_eq!(refused.status(), 403);
     app.client.post(app.url(&format!("/api/builds/{newer}/cancel"))).send().await.unwrap();

@@ -178,8 +178,8 @@ async fn a_post_without_credentials_is_refused_before_its_body_arrives() {
 #[tokio::test]
 async fn roles_decide_who_may_change_what() {
     let (_repo, app) = shop().await;
-    let reader = client_with_token(&add_user_with_token(&app.database(), "reader", Role::ReadOnly, "pw-reader").await);
-    let dev = client_with_token(&add_user_with_token(&app.database(), "dev", Role::Member, "pw-dev").await);
+    let reader = client_with_token(&add_user_with_token(app.database(), "reader", Role::ReadOnly, "pw-reader").await);
+    let dev = client_with_token(&add_user_with_token(app.database(), "dev", Role::Member, "pw-dev").await);
 
     let queue =
         |client: &reqwest::Client| client.post(app.url("/api/repos/shop/builds")).json(&json!({"branch": "main"}));
@@ -248,7 +248,7 @@ async fn tokens_belong_in_the_authorization_header_and_die_when_revoked() {
     assert!(page.contains(">admin</a>") && !page.contains("/logout"), "no session to sign out of");
 
     // Revoked through the settings page: the next request with it is refused.
-    let second = add_user_with_token(&app.database(), "dev", Role::Member, "pw-dev").await;
+    let second = add_user_with_token(app.database(), "dev", Role::Member, "pw-dev").await;
     let mut browser = Browser::signed_in(&app, "dev", "pw-dev").await;
     let (_, html) = browser.get("/settings/tokens").await;
     let id = html.split("/settings/tokens/").nth(1).unwrap().split('/').next().unwrap().to_string();
@@ -462,12 +462,12 @@ async fn a_session_ends_when_its_time_is_up() {
 #[tokio::test]
 async fn removing_a_user_ends_their_sessions_and_tokens_at_once() {
     let (_repo, app) = shop().await;
-    let token = add_user_with_token(&app.database(), "bob", Role::Member, "pw-bob").await;
+    let token = add_user_with_token(app.database(), "bob", Role::Member, "pw-bob").await;
     let mut bob = Browser::signed_in(&app, "bob", "pw-bob").await;
     assert_eq!(bob.get("/api/repos").await.0, 200);
     assert_eq!(status_of(client_with_token(&token).get(app.url("/api/repos"))).await, 200);
 
-    let store = gantry::store::Store::open(&app.database()).await.unwrap();
+    let store = app.open_store().await;
     let removed = gantry::auth::admin::remove_user(&store, "bob").await.unwrap();
     store.close().await;
     assert_eq!((removed.sessions, removed.tokens), (1, 1));

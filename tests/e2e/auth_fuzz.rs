@@ -79,7 +79,7 @@ async fn generated_requests_with_bad_credentials_never_get_a_5xx() {
     // A real signed-in session (of a member of its own, so what it may legitimately change, such
     // as its own tokens, leaves the admin's alone) and a real sign-in form's session, so some
     // requests get past CSRF.
-    add_user_with_token(&app.database(), "fuzz", gantry::store::Role::Member, "fuzz-password").await;
+    add_user_with_token(app.database(), "fuzz", gantry::store::Role::Member, "fuzz-password").await;
     let signed_in = Browser::signed_in(&app, "fuzz", "fuzz-password").await;
     let mut form = Browser::new(&app);
     form.open_login().await;

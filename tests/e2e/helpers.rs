@@ -200,6 +200,8 @@ pub struct TestApp {
     /// The admin's API token.
     pub token: String,
     pub data_dir: TempDir,
+    /// The store: SQLite in `data_dir`, or PostgreSQL when the configuration has a `database_url`.
+    database: gantry::store::Location,
     shutdown: Option<gantry::ShutdownHandle>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -239,24 +241,66 @@ pub async fn spawn_app_configured(
     top: &str,
     extra: &str,
 ) -> TestApp {
+    spawn_app_signed_in(repos, max_concurrent_builds, top, extra, None).await
+}
+
+/// The in-process servers' warnings and errors (a batch of events that could not be stored, a
+/// teardown that failed), captured with each test's output and shown when it fails. `RUST_LOG`
+/// chooses other levels.
+fn log_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // Another subscriber already set (by a test of its own) is fine.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// [`spawn_app_configured`] with the admin token `token` instead of a new admin: for a second
+/// server on the database (`database_url` in `top`) of one that made the admin.
+pub async fn spawn_app_signed_in(
+    repos: &[RepoConfig],
+    max_concurrent_builds: usize,
+    top: &str,
+    extra: &str,
+    token: Option<&str>,
+) -> TestApp {
+    log_warnings();
     let data_dir = TempDir::new().unwrap();
     let toml = format!("{top}\n{}{extra}", config_toml(data_dir.path(), repos, max_concurrent_builds));
     let config = gantry::config::Config::from_toml_str(&toml).expect("test configuration parses");
-    let database = config.database_path();
+    let database = config.database();
     let app = gantry::Application::build(config).await.expect("server starts");
     let address = app.address();
     let shutdown = app.shutdown_handle();
     let task = tokio::spawn(app.run_until_stopped());
-    let token = add_user_with_token(&database, ADMIN, gantry::store::Role::Admin, ADMIN_PASSWORD).await;
-    TestApp { address, client: client_with_token(&token), token, data_dir, shutdown: Some(shutdown), task: Some(task) }
+    let token = match token {
+        Some(token) => token.to_string(),
+        None => add_user_with_token(&database, ADMIN, gantry::store::Role::Admin, ADMIN_PASSWORD).await,
+    };
+    TestApp {
+        address,
+        client: client_with_token(&token),
+        token,
+        data_dir,
+        database,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
 }
 
 /// Add a user to the database at `database` and make them a token, through the functions the
 /// `gantry user add` and `gantry token create` commands call, on a store of their own (as the
 /// commands open one while the server runs).
-pub async fn add_user_with_token(database: &Path, name: &str, role: gantry::store::Role, password: &str) -> String {
+pub async fn add_user_with_token(
+    database: &gantry::store::Location,
+    name: &str,
+    role: gantry::store::Role,
+    password: &str,
+) -> String {
     use secrecy::{ExposeSecret, SecretString};
-    let store = gantry::store::Store::open(database).await.unwrap();
+    let store = gantry::store::Store::open_location(database).await.unwrap();
     gantry::auth::admin::add_user(&store, name, role, &SecretString::from(password)).await.unwrap();
     let token = gantry::auth::admin::create_token(&store, name, "e2e").await.unwrap();
     store.close().await;
@@ -269,8 +313,13 @@ impl TestApp {
     }
 
     /// The server's database file, for opening a store of one's own as the commands do.
-    pub fn database(&self) -> PathBuf {
-        self.data_dir.path().join("gantry.db")
+    pub fn database(&self) -> &gantry::store::Location {
+        &self.database
+    }
+
+    /// A store of its own on the app's database, as `gantry` commands open one while it runs.
+    pub async fn open_store(&self) -> gantry::store::Store {
+        gantry::store::Store::open_location(&self.database).await.unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {

@@ -40,6 +40,7 @@ mod moto;
 mod poller;
 #[path = "../support/postgres.rs"]
 mod postgres;
+mod postgres_app;
 mod postgres_schema;
 mod postgres_server;
 #[path = "../support/prerequisite.rs"]

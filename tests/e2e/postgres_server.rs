@@ -25,7 +25,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// Set in the environment of the child test process that starts a server and aborts.
 const ABORTING_CHILD: &str = "GANTRY_TEST_PG_ABORTING_CHILD";
 
-fn installed() -> bool {
+/// Whether PostgreSQL is installed; when not, says what installs it (and fails under `CI=true`).
+pub(crate) fn installed() -> bool {
     let found = postgres::available();
     if !found {
         missing_prerequisite("PostgreSQL is not installed", "scripts/install-deps --tests installs postgresql");

@@ -172,7 +172,7 @@ async fn a_refusing_forge_is_reported_once_on_the_repo_page() {
     let page = wait_until_page(&app, "/repos/shop", |page| page.contains("user does not exist")).await;
     assert!(page.contains("Gitea answered 401 Unauthorized"), "{page}");
     // Every state was sent once and given up: none is waiting for another attempt.
-    let store = gantry::store::Store::open(&app.database()).await.unwrap();
+    let store = app.open_store().await;
     let deadline = std::time::Instant::now() + STATUS_DEADLINE;
     let outcomes = loop {
         let outcomes = store.statuses_of_build(gantry::store::BuildId(id)).await.unwrap();

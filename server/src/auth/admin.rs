@@ -177,8 +177,10 @@ pub async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
 async fn open(args: &StoreArgs) -> anyhow::Result<Store> {
     let overrides = Overrides { config: args.config.clone(), data_dir: args.data_dir.clone(), ..Overrides::default() };
     let config = Config::load(&overrides)?;
-    let path = config.database_path();
-    Store::open(&path).await.with_context(|| format!("failed to open the database {}", path.display()))
+    let database = config.database();
+    Store::open_location(&database)
+        .await
+        .with_context(|| format!("failed to open the database {}", database.describe()))
 }
 
 /// Read the password from stdin; on a terminal, ask for it and do not echo it.

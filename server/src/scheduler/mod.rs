@@ -27,7 +27,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, SecretNames, PIPELINE_FILE};
@@ -44,7 +44,9 @@ use crate::git::{GitError, Mirrors};
 use crate::live::{Change, LiveBuilds};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
-use crate::store::{self, BuildId, BuildRow, NewBuild, RefKind, Store, StoreError};
+use crate::store::{
+    self, BuildId, BuildRow, HostRow, NewBuild, RefKind, Registration, ServerIdentity, Store, StoreError,
+};
 
 pub use actions::{Cancelled, Rerun};
 pub use deliveries::{Accepted, DeliveryRequest, IncomingDelivery};
@@ -143,6 +145,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wake each repo's delivery resolver.
     resolvers: deliveries::Resolvers,
+    /// This run of this server, among the servers sharing the database.
+    server: ServerIdentity,
 }
 
 /// The queue's handle; cheap to clone.
@@ -163,6 +167,7 @@ impl Scheduler {
     ) -> Scheduler {
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
         let live = LiveBuilds::new(shutdown.clone());
+        let server = this_server(&config);
         Scheduler {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
@@ -179,8 +184,14 @@ impl Scheduler {
                 shutdown,
                 tasks: TaskTracker::new(),
                 metrics: Arc::new(Metrics::new()),
+                server,
             }),
         }
+    }
+
+    /// This run of this server.
+    pub fn server(&self) -> &ServerIdentity {
+        &self.inner.server
     }
 
     /// The git mirrors builds are read from.
@@ -207,36 +218,99 @@ impl Scheduler {
     /// not known to be torn down is torn down through its provider. Run before [`Scheduler::start`].
     pub async fn recover(&self) -> Result<(), StoreError> {
         let store = &self.inner.store;
-        for build in store.interrupt_unfinished_builds().await? {
+        for build in store.interrupt_unfinished_builds(&self.inner.server.id).await? {
             tracing::warn!(build = %build, "build interrupted by a server stop; marked interrupted");
             self.inner.metrics.build_finished(BuildStatus::Interrupted);
         }
-        let hosts = store.hosts_not_torn_down().await?;
-        let reaps = hosts.into_iter().map(|host| async move {
-            let Some(provider) = self.inner.providers.by_name(&host.provider) else {
-                tracing::error!(host = %host.host_id, provider = %host.provider, "cannot reap a host of a provider this server does not run");
-                return Ok(());
-            };
-            let id = HostId(host.host_id.clone());
-            let started = std::time::Instant::now();
-            let result = tokio::time::timeout(
-                gantry_runner::executor::TEARDOWN_TIMEOUT,
-                provider.teardown(&id, host.provider_id.as_deref()),
-            )
-            .await;
-            let took = Some(started.elapsed().as_millis() as i64);
-            let error = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some("teardown timed out".to_string()),
-            };
-            match &error {
-                None => tracing::info!(host = %id, build = %host.build_id, "reaped a host left by a stopped server"),
-                Some(error) => tracing::error!(host = %id, %error, "could not reap a host left by a stopped server"),
+        let hosts = store.hosts_not_torn_down_of(&self.inner.server.id).await?;
+        for result in join_all(hosts.into_iter().map(|host| self.tear_down_left(host))).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Tear down a host a stopped server left (this one before its restart, or a silent one it
+    /// took over) through its provider, and record how that went.
+    async fn tear_down_left(&self, host: HostRow) -> Result<(), StoreError> {
+        let Some(provider) = self.inner.providers.by_name(&host.provider) else {
+            tracing::error!(host = %host.host_id, provider = %host.provider, "cannot reap a host of a provider this server does not run");
+            return Ok(());
+        };
+        let id = HostId(host.host_id.clone());
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            gantry_runner::executor::TEARDOWN_TIMEOUT,
+            provider.teardown(&id, host.provider_id.as_deref()),
+        )
+        .await;
+        let took = Some(started.elapsed().as_millis() as i64);
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("teardown timed out".to_string()),
+        };
+        match &error {
+            None => tracing::info!(host = %id, build = %host.build_id, "reaped a host left by a stopped server"),
+            Some(error) => tracing::error!(host = %id, %error, "could not reap a host left by a stopped server"),
+        }
+        self.inner.store.set_host_torn_down(&host.host_id, error.as_deref(), took).await
+    }
+
+    /// Register this server under its `server_id`; an error when another live server holds it.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let me = &self.inner.server;
+        let timeout = i64::try_from(self.inner.config.server_timeout.as_millis()).unwrap_or(i64::MAX);
+        match self.inner.store.register_server(me, timeout, process_alive).await? {
+            Registration::Registered => Ok(()),
+            Registration::Refused { host, pid, silent_ms } => anyhow::bail!(
+                "server_id {:?} is held by a running server (on {host}, process {pid}, heard from {}s ago): \
+                 give each server sharing the database its own server_id",
+                me.id,
+                silent_ms / 1000
+            ),
+        }
+    }
+
+    /// Every sixth of `server_timeout`: a heartbeat, then the take-over of servers silent for
+    /// longer than `server_timeout` (their running builds end `interrupted`, their SSH-pool and
+    /// EC2 hosts are torn down; local hosts wait for their own server's restart).
+    async fn servers_loop(self) {
+        let every = self.inner.config.server_timeout / 6;
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return,
             }
-            store.set_host_torn_down(&host.host_id, error.as_deref(), took).await
-        });
-        for result in join_all(reaps).await {
+            match self.inner.store.heartbeat(&self.inner.server).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(server = %self.inner.server.id,
+                    "this server's registration was taken over (it was silent longer than server_timeout); \
+                     another server ended its running builds"),
+                Err(error) => tracing::warn!(%error, "heartbeat failed; trying again"),
+            }
+            if let Err(error) = self.take_over_silent().await {
+                tracing::warn!(%error, "looking for silent servers failed; trying again");
+            }
+        }
+    }
+
+    async fn take_over_silent(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let timeout = i64::try_from(inner.config.server_timeout.as_millis()).unwrap_or(i64::MAX);
+        let reason = |server: &str| format!("its server {server} stopped answering");
+        for taken in inner.store.take_over_silent_servers(&inner.server, timeout, reason).await? {
+            tracing::warn!(server = %taken.server, builds = taken.builds.len(), "took over a silent server");
+            for build in taken.builds {
+                inner.metrics.build_finished(BuildStatus::Interrupted);
+                let _ = inner.updates.send(BuildUpdate::Finished { build, status: BuildStatus::Interrupted });
+            }
+        }
+        // Hosts of the servers taken over that this server can reach; a failed teardown is tried
+        // again next time (local hosts wait for their own server).
+        let hosts = inner.store.hosts_of_servers_taken_over_by(&inner.server.id).await?;
+        let reachable = hosts.into_iter().filter(|h| h.provider != LOCAL_PROVIDER);
+        for result in join_all(reachable.map(|host| self.tear_down_left(host))).await {
             result?;
         }
         Ok(())
@@ -249,6 +323,8 @@ impl Scheduler {
         self.inner.tasks.spawn(async move { this.claim_loop().await });
         let this = self.clone();
         self.inner.tasks.spawn(async move { this.reap_loop().await });
+        let this = self.clone();
+        self.inner.tasks.spawn(async move { this.servers_loop().await });
     }
 
     /// Every provider sweeps for what no live host owns: at once, then every [`REAP_INTERVAL`].
@@ -372,6 +448,11 @@ impl Scheduler {
     /// their teardowns. They end `interrupted`.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        // Stopping cleanly frees the server_id at once; the running builds below end
+        // `interrupted` either way.
+        if let Err(error) = self.inner.store.stop_server(&self.inner.server).await {
+            tracing::warn!(%error, "could not record this server's stop");
+        }
         let live: Vec<BuildId> = {
             let running = self.inner.running.lock().expect("running table poisoned");
             for run in running.values() {
@@ -407,7 +488,7 @@ impl Scheduler {
             if inner.shutdown.is_cancelled() {
                 return;
             }
-            match inner.store.claim_next_build().await {
+            match inner.store.claim_next_build(&inner.server.id).await {
                 Ok(Some(build)) => {
                     let this = self.clone();
                     inner.tasks.spawn(async move { this.run(build, permit).await });
@@ -583,6 +664,27 @@ impl LiveHosts for StoreLiveHosts {
             hosts: hosts.into_iter().map(|h| HostId(h.host_id)).collect(),
         })
     }
+}
+
+/// The local provider's name: its hosts live on their server's machine, which alone can tear
+/// them down.
+const LOCAL_PROVIDER: &str = "local";
+
+/// Whether a process of this machine is running (signal 0 reaches it).
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// This run of the server `config` describes: its `server_id`, and an instance id no other run
+/// has (the host, the process and the start's time).
+fn this_server(config: &Config) -> ServerIdentity {
+    let host = crate::config::host_name();
+    let pid = std::process::id();
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    ServerIdentity { id: config.server_id(), instance: format!("{host}:{pid}:{started}"), host, pid: i64::from(pid) }
 }
 
 /// A build's key on this server: the prefix of its hosts' ids, and what providers tag with.

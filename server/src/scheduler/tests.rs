@@ -299,7 +299,13 @@ async fn recovery_interrupts_what_a_crash_left_and_reaps_its_hosts() {
     let sha = commit(h.upstream.path(), "main", &[(".gantry.yml", ONE_STAGE)]);
     // What a killed server leaves: a claimed build with a recorded host whose directory exists.
     let build = h.store.insert_build(&h.new_build(&sha, "main")).await.unwrap();
-    h.store.claim_next_build().await.unwrap().unwrap();
+    h.store.claim_next_build(&h.scheduler.server().id).await.unwrap().unwrap();
+    // And a build another server sharing the database runs, with its host: not this server's.
+    let theirs = h.store.insert_build(&h.new_build(&sha, "dev")).await.unwrap();
+    h.store.claim_next_build("another-server").await.unwrap().unwrap();
+    let mut tx = h.store.begin().await.unwrap();
+    store::hosts::insert_requested(&mut tx, theirs.id, "app", &format!("b{}-app", theirs.id), "ssh").await.unwrap();
+    tx.commit().await.unwrap();
     let host_id = format!("b{}-app", build.id);
     let mut tx = h.store.begin().await.unwrap();
     store::hosts::insert_requested(&mut tx, build.id, "app", &host_id, "local").await.unwrap();
@@ -319,6 +325,8 @@ async fn recovery_interrupts_what_a_crash_left_and_reaps_its_hosts() {
     let row = h.store.build(build.id).await.unwrap().unwrap();
     assert_eq!(row.status, BuildStatus::Interrupted);
     assert_eq!(h.store.steps(build.id).await.unwrap()[0].status, StepStatus::Cancelled);
-    assert!(h.store.hosts_not_torn_down().await.unwrap().is_empty());
+    let left: Vec<String> = h.store.hosts_not_torn_down().await.unwrap().into_iter().map(|h| h.host_id).collect();
+    assert_eq!(left, [format!("b{}-app", theirs.id)], "only the other server's host is left");
     assert!(!home.exists(), "the host directory was removed");
+    assert_eq!(h.store.build(theirs.id).await.unwrap().unwrap().status, BuildStatus::Provisioning);
 }

@@ -26,6 +26,9 @@ pub struct BackupSummary {
 impl Store {
     /// Write a consistent copy of the whole database to `dest`, which must not exist yet.
     pub async fn backup_into(&self, dest: &Path) -> Result<()> {
+        if self.backend() != super::Backend::Sqlite {
+            return Err(StoreError::Unsupported("a PostgreSQL database is backed up with pg_dump, not gantry backup"));
+        }
         let dest = dest
             .to_str()
             .ok_or_else(|| StoreError::Corrupt { column: "backup path", value: dest.to_string_lossy().into_owned() })?;

@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::Connection;
 
-use super::{now_ms, parse_column, Result, Store};
+use super::{now_ms, parse_column, Backend, Result, Store};
 
 /// A build's id: the primary key, unique across repos (URLs use it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,11 +198,11 @@ async fn insert_with(
     rerun_of: Option<BuildId>,
     pr: Option<&PullRequest>,
 ) -> Result<BuildRow> {
+    let number = next_number(conn, &new.repo).await?;
     let row = sqlx::query(concat!(
         "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of, \
          pr_number, pr_target, pr_head_ref) \
-         VALUES ($1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $2, $3, $4, $5, \
-         'queued', $6, $7, $8, $9, $10) RETURNING ",
+         VALUES ($1, $11, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -215,9 +215,23 @@ async fn insert_with(
     .bind(pr.map(|pr| pr.number))
     .bind(pr.map(|pr| pr.target.as_str()))
     .bind(pr.map(|pr| pr.head_ref.as_str()))
+    .bind(number)
     .fetch_one(conn)
     .await?;
     build_from_row(&row)
+}
+
+/// The next build number of `repo`, taken from its counter in one atomic statement, so two
+/// connections (or two servers) never hand out the same number. A number whose build was then
+/// not inserted (the transaction rolled back) is given again; one whose transaction committed
+/// never is.
+pub(super) async fn next_number(conn: &mut Connection, repo: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "UPDATE repos SET builds_numbered = builds_numbered + 1 WHERE name = $1 RETURNING builds_numbered",
+    )
+    .bind(repo)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Cancel the queued builds of the same repo and ref that are older than `newer`.
@@ -225,7 +239,7 @@ pub async fn supersede_queued(conn: &mut Connection, newer: &BuildRow) -> Result
     let rows = sqlx::query(
         "UPDATE builds SET status = 'cancelled', finished_at = $1, error = $2 \
          WHERE repo = $3 AND branch = $4 AND ref_kind = $5 AND status = 'queued' AND id < $6 \
-         AND pr_number IS $7 RETURNING id",
+         AND pr_number IS NOT DISTINCT FROM $7 RETURNING id",
     )
     .bind(now_ms())
     .bind(format!("superseded by build {}", newer.number))
@@ -279,18 +293,30 @@ impl Store {
     /// Claim the oldest queued build: it becomes `provisioning` with `started_at` set, in one
     /// statement. A build whose webhook delivery is not resolved yet (its commit fetched, its
     /// pipeline's `on` applied) waits.
-    pub async fn claim_next_build(&self) -> Result<Option<BuildRow>> {
-        let row = sqlx::query(concat!(
-            "UPDATE builds SET status = 'provisioning', started_at = $1 \
-             WHERE id = (SELECT id FROM builds WHERE status = 'queued' AND NOT EXISTS \
-             (SELECT 1 FROM deliveries d WHERE d.build_id = builds.id AND d.processed_at IS NULL) \
-             ORDER BY id LIMIT 1) \
-             RETURNING ",
-            build_columns!()
-        ))
-        .bind(now_ms())
-        .fetch_optional(self.writer())
-        .await?;
+    ///
+    /// Each build is claimed once however many connections (and servers) claim at the same time:
+    /// SQLite has one writer at a time; on PostgreSQL the candidate row is locked `FOR UPDATE SKIP
+    /// LOCKED`, so a concurrent claim passes over it to the next queued build instead of both
+    /// updating the same one.
+    pub async fn claim_next_build(&self, server: &str) -> Result<Option<BuildRow>> {
+        macro_rules! claim_next {
+            ($lock:literal) => {
+                concat!(
+                    "UPDATE builds SET status = 'provisioning', started_at = $1, server_id = $2 \
+                     WHERE id = (SELECT id FROM builds WHERE status = 'queued' AND NOT EXISTS \
+                     (SELECT 1 FROM deliveries d WHERE d.build_id = builds.id AND d.processed_at IS NULL) \
+                     ORDER BY id LIMIT 1",
+                    $lock,
+                    ") AND status = 'queued' RETURNING ",
+                    build_columns!()
+                )
+            };
+        }
+        let sql = match self.backend() {
+            Backend::Sqlite => claim_next!(""),
+            Backend::Postgres => claim_next!(" FOR UPDATE SKIP LOCKED"),
+        };
+        let row = sqlx::query(sql).bind(now_ms()).bind(server).fetch_optional(self.writer()).await?;
         row.as_ref().map(build_from_row).transpose()
     }
 
@@ -321,16 +347,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// After a crash: every build the dead server was running becomes `interrupted`, and its
-    /// unfinished steps `cancelled`. Returns those builds.
-    pub async fn interrupt_unfinished_builds(&self) -> Result<Vec<BuildId>> {
+    /// After a crash: every build `server` was running (and any claimed before servers were
+    /// recorded) becomes `interrupted`, and its unfinished steps `cancelled`. Returns those builds.
+    /// Other servers' builds run on.
+    pub async fn interrupt_unfinished_builds(&self, server: &str) -> Result<Vec<BuildId>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "UPDATE builds SET status = 'interrupted', finished_at = $1, \
              error = COALESCE(error, 'the server stopped while this build ran') \
-             WHERE status IN ('provisioning', 'running') RETURNING id",
+             WHERE status IN ('provisioning', 'running') AND (server_id = $2 OR server_id IS NULL) RETURNING id",
         )
         .bind(now_ms())
+        .bind(server)
         .fetch_all(&mut *tx)
         .await?;
         let ids = rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect::<Result<Vec<_>>>()?;
@@ -382,7 +410,7 @@ impl Store {
     pub async fn has_newer_live_build(&self, build: &BuildRow) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM builds WHERE repo = $1 AND branch = $2 AND ref_kind = $3 AND id > $4 \
-             AND pr_number IS $5 AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
+             AND pr_number IS NOT DISTINCT FROM $5 AND status IN ('queued', 'provisioning', 'running') AND rerun_of IS NULL LIMIT 1",
         )
         .bind(&build.repo)
         .bind(&build.branch)
@@ -447,12 +475,12 @@ mod tests {
         let (store, _dir) = testing::store_with_repo().await;
         let first = store.insert_build(&new_build("main", 'a')).await.unwrap();
         let second = store.insert_build(&new_build("dev", 'b')).await.unwrap();
-        let claimed = store.claim_next_build().await.unwrap().unwrap();
+        let claimed = store.claim_next_build("test").await.unwrap().unwrap();
         assert_eq!(claimed.id, first.id);
         assert_eq!(claimed.status, BuildStatus::Provisioning);
         assert!(claimed.started_at.is_some());
-        assert_eq!(store.claim_next_build().await.unwrap().unwrap().id, second.id);
-        assert!(store.claim_next_build().await.unwrap().is_none());
+        assert_eq!(store.claim_next_build("test").await.unwrap().unwrap().id, second.id);
+        assert!(store.claim_next_build("test").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -466,7 +494,7 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Some(build) = store.claim_next_build().await.unwrap() {
+                while let Some(build) = store.claim_next_build("test").await.unwrap() {
                     got.push(build.id);
                 }
                 got
@@ -480,6 +508,34 @@ mod tests {
         let before = all.len();
         all.dedup();
         assert_eq!((before, all.len()), (20, 20));
+    }
+
+    #[tokio::test]
+    async fn builds_queued_at_the_same_time_get_every_number_once() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut numbers = Vec::new();
+                for _ in 0..5 {
+                    let build = store.insert_build(&new_build(&format!("topic-{i}"), 'c')).await.unwrap();
+                    numbers.push(build.number);
+                }
+                numbers
+            }));
+        }
+        let mut numbers = Vec::new();
+        for task in tasks {
+            numbers.extend(task.await.unwrap());
+        }
+        numbers.sort();
+        assert_eq!(numbers, (1..=40).collect::<Vec<i64>>());
+        // A repo's numbers are its own.
+        store.upsert_repo("other", "/srv/other.git").await.unwrap();
+        let mut other = new_build("main", 'z');
+        other.repo = "other".into();
+        assert_eq!(store.insert_build(&other).await.unwrap().number, 1);
     }
 
     #[tokio::test]
@@ -506,7 +562,7 @@ mod tests {
     async fn finish_is_final_once() {
         let (store, _dir) = testing::store_with_repo().await;
         let build = store.insert_build(&new_build("main", 'a')).await.unwrap();
-        store.claim_next_build().await.unwrap();
+        store.claim_next_build("test").await.unwrap();
         store.set_build_running(build.id).await.unwrap();
         assert_eq!(store.build(build.id).await.unwrap().unwrap().status, BuildStatus::Running);
         assert!(store.finish_build(build.id, BuildStatus::Failed, None).await.unwrap());
@@ -521,8 +577,8 @@ mod tests {
         let (store, _dir) = testing::store_with_repo().await;
         let running = store.insert_build(&new_build("main", 'a')).await.unwrap();
         let queued = store.insert_build(&new_build("dev", 'b')).await.unwrap();
-        store.claim_next_build().await.unwrap();
-        assert_eq!(store.interrupt_unfinished_builds().await.unwrap(), vec![running.id]);
+        store.claim_next_build("test").await.unwrap();
+        assert_eq!(store.interrupt_unfinished_builds("test").await.unwrap(), vec![running.id]);
         assert_eq!(store.build(running.id).await.unwrap().unwrap().status, BuildStatus::Interrupted);
         assert_eq!(store.build(queued.id).await.unwrap().unwrap().status, BuildStatus::Queued);
         assert_eq!(store.live_builds().await.unwrap().len(), 1);

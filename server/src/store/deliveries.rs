@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(store.log_lines(BuildId(5), None, None).await.unwrap().len(), 1);
         assert!(store.has_delivery("acme", "d-1").await.unwrap());
         assert_eq!(store.next_unprocessed_delivery("acme").await.unwrap(), None);
-        assert_eq!(store.claim_next_build().await.unwrap().unwrap().id, BuildId(6));
+        assert_eq!(store.claim_next_build("test").await.unwrap().unwrap().id, BuildId(6));
         let broken: Vec<(String,)> =
             sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(store.reader()).await.unwrap();
         assert!(broken.is_empty(), "{broken:?}");
@@ -252,10 +252,10 @@ mod tests {
         let next = store.next_unprocessed_delivery("acme").await.unwrap().unwrap();
         assert_eq!((next.id, next.build), (first, Some(build.id)));
         // Its build is held back from the claim until the delivery is processed.
-        assert!(store.claim_next_build().await.unwrap().is_none());
+        assert!(store.claim_next_build("test").await.unwrap().is_none());
         store.mark_delivery_processed(first).await.unwrap();
         assert_eq!(store.next_unprocessed_delivery("acme").await.unwrap().unwrap().id, second);
-        assert_eq!(store.claim_next_build().await.unwrap().unwrap().id, build.id);
+        assert_eq!(store.claim_next_build("test").await.unwrap().unwrap().id, build.id);
         store.mark_delivery_processed(second).await.unwrap();
         assert!(store.next_unprocessed_delivery("acme").await.unwrap().is_none());
     }

@@ -70,6 +70,8 @@ macro_rules! host_columns {
     };
 }
 
+pub(super) use host_columns;
+
 pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRow> {
     let address: Option<String> = row.try_get("address")?;
     Ok(HostRow {

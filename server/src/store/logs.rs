@@ -107,15 +107,15 @@ impl Store {
     /// A build's log in the order it was produced, or one step's; `limit` keeps the *last* lines,
     /// `None` returns everything. For small logs (tests, short steps): pages read windows.
     pub async fn log_lines(&self, build: BuildId, step_idx: Option<i64>, limit: Option<u32>) -> Result<Vec<LogLine>> {
-        // A negative LIMIT means no limit in SQLite.
-        let limit = limit.map_or(-1, i64::from);
+        // No limit is the largest one: both backends refuse some other way of saying it.
+        let limit = limit.map_or(i64::MAX, i64::from);
         let rows = sqlx::query(
             "SELECT * FROM (SELECT step_idx, line, seq, at, stream, text FROM log_lines \
-             WHERE build_id = $1 AND ($2 IS NULL OR step_idx = $2) ORDER BY seq DESC LIMIT $3) ORDER BY seq",
+             WHERE build_id = $1 AND ($2 IS NULL OR step_idx = $2) ORDER BY seq DESC LIMIT $3) AS tail ORDER BY seq",
         )
         .bind(build.0)
         .bind(step_idx)
-        .bind(i64::from(limit))
+        .bind(limit)
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(line_from_row).collect()

@@ -31,6 +31,7 @@ pub mod pull_requests;
 pub mod reports;
 pub mod repos;
 pub mod retention;
+pub mod servers;
 pub mod sessions;
 pub(crate) mod sql;
 pub mod statuses;
@@ -47,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection as _, Executor, Transaction};
 
 pub use builds::{BuildId, BuildRow, NewBuild, PullRequest, RefKind, Trigger};
 pub use history::{HistoryFilter, HistoryPage, Newer};
@@ -56,6 +57,7 @@ pub use logs::LogLine;
 pub use reports::ReportRow;
 pub use repos::RepoRow;
 pub use retention::{PruneLimits, Pruned};
+pub use servers::{Registration, ServerIdentity, TakenOver};
 pub use steps::StepRow;
 pub use test_cases::{NewTestCase, TestHistory, TestKey, TestOutcome, TestRun};
 pub use tokens::{TokenId, TokenOwner, TokenRow};
@@ -89,6 +91,14 @@ pub enum Location {
 }
 
 impl Location {
+    /// Whether `url` is a PostgreSQL URL the driver reads; the error never repeats the URL.
+    pub fn check_postgres_url(url: &str) -> std::result::Result<(), String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("must be a postgres:// URL (SQLite, the default, needs no URL)".to_string());
+        }
+        PgConnectOptions::from_str(url).map(drop).map_err(|_| "is not a valid postgres:// URL".to_string())
+    }
+
     /// What to call the database in messages: the file, or the URL's host and database without
     /// its credentials.
     pub fn describe(&self) -> String {
@@ -120,6 +130,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// What the backend in use cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("cannot create the database's directory {path}: {source}")]
     Directory { path: String, source: std::io::Error },
     /// A row holds a value this version of Gantry does not know (e.g. an unknown status).
@@ -202,6 +215,9 @@ impl Store {
     /// advisory lock, so servers starting at once do not race).
     pub async fn connect(url: &str) -> Result<Store> {
         install_drivers();
+        // One connection first, closed again: a database that cannot be reached (refused, a bad
+        // password, no such database) is that error at once, not the pool's timeout without it.
+        AnyConnection::connect(url).await?.close().await?;
         let pool = AnyPoolOptions::new()
             .max_connections(MAX_POSTGRES_CONNECTIONS)
             .min_connections(0)
@@ -268,16 +284,42 @@ fn parse_from_str<T: FromStr>(column: &'static str, value: String) -> Result<T> 
 pub(crate) mod testing {
     use super::*;
 
-    /// A fresh store in its own temporary directory; keep the directory alive with the store.
+    /// The variable that runs the store's tests on PostgreSQL: `GANTRY_TEST_STORE=postgres cargo
+    /// test -p gantry --lib store::` (scripts/test runs them both ways).
+    pub const BACKEND_VARIABLE: &str = "GANTRY_TEST_STORE";
+
+    /// The backend the store's tests run on: SQLite unless [`BACKEND_VARIABLE`] says `postgres`.
+    pub fn backend() -> Backend {
+        match std::env::var(BACKEND_VARIABLE).as_deref() {
+            Ok("postgres") => Backend::Postgres,
+            Ok("sqlite") | Err(_) => Backend::Sqlite,
+            Ok(other) => panic!("{BACKEND_VARIABLE}={other:?}: expected sqlite or postgres"),
+        }
+    }
+
+    /// A fresh store (SQLite in its own temporary directory, or a fresh database of the test
+    /// process's PostgreSQL server); keep the directory alive with the store.
     pub async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("gantry.db")).await.unwrap();
+        let store = match backend() {
+            Backend::Sqlite => Store::open(&dir.path().join("gantry.db")).await.unwrap(),
+            Backend::Postgres => Store::connect(&crate::test_postgres::server().database()).await.unwrap(),
+        };
         (store, dir)
     }
 
     /// A store with one repo named `acme`.
     pub async fn store_with_repo() -> (Store, tempfile::TempDir) {
         let (store, dir) = store().await;
+        store.upsert_repo("acme", "/srv/acme.git").await.unwrap();
+        (store, dir)
+    }
+
+    /// A SQLite store with one repo named `acme`, whichever backend the suite runs on: for the
+    /// tests of what only SQLite has (its query plans, its free pages).
+    pub async fn sqlite_store_with_repo() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("gantry.db")).await.unwrap();
         store.upsert_repo("acme", "/srv/acme.git").await.unwrap();
         (store, dir)
     }

@@ -16,11 +16,11 @@ use super::{now_ms, BuildId, BuildRow, Result};
 /// `PullRequest` and `new.branch` the request's source branch.
 pub async fn insert(conn: &mut Connection, new: &NewBuild, pr: &PullRequest) -> Result<BuildRow> {
     debug_assert_eq!(new.branch, pr.source);
+    let number = super::builds::next_number(conn, &new.repo).await?;
     let row = sqlx::query(concat!(
         "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, \
          pr_number, pr_target, pr_head_ref) \
-         VALUES ($1, (SELECT COALESCE(MAX(number), 0) + 1 FROM builds WHERE repo = $1), $2, $3, $4, $5, \
-         'queued', $6, $7, $8, $9) RETURNING ",
+         VALUES ($1, $10, $2, $3, $4, $5, 'queued', $6, $7, $8, $9) RETURNING ",
         build_columns!()
     ))
     .bind(&new.repo)
@@ -32,6 +32,7 @@ pub async fn insert(conn: &mut Connection, new: &NewBuild, pr: &PullRequest) -> 
     .bind(pr.number)
     .bind(&pr.target)
     .bind(&pr.head_ref)
+    .bind(number)
     .fetch_one(conn)
     .await?;
     build_from_row(&row)

@@ -16,13 +16,16 @@ pub struct ReportRow {
 
 /// Store a report; a second report of the same step and path replaces the first.
 pub async fn insert(conn: &mut Connection, build: BuildId, step_idx: i64, path: &str, content: &[u8]) -> Result<()> {
-    sqlx::query("INSERT OR REPLACE INTO reports (build_id, step_idx, path, content) VALUES ($1, $2, $3, $4)")
-        .bind(build.0)
-        .bind(step_idx)
-        .bind(path)
-        .bind(content)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO reports (build_id, step_idx, path, content) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (build_id, step_idx, path) DO UPDATE SET content = excluded.content",
+    )
+    .bind(build.0)
+    .bind(step_idx)
+    .bind(path)
+    .bind(content)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -69,7 +69,7 @@ impl Store {
     /// Record the outcome of a fetch: `Some(error)` is shown on the repo's page until a later
     /// fetch succeeds (`None`).
     pub async fn set_repo_error(&self, name: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2 AND last_error IS NOT $1")
+        sqlx::query("UPDATE repos SET last_error = $1 WHERE name = $2 AND last_error IS DISTINCT FROM $1")
             .bind(error)
             .bind(name)
             .execute(self.writer())

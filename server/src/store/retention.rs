@@ -217,8 +217,12 @@ impl Store {
     /// Give the pages freed by a prune back to the file system, when the database was created with
     /// `auto_vacuum = incremental`: at most `pages` pages, in one short step. Returns the pages
     /// freed (0 when the database does not use incremental vacuum: SQLite then reuses free pages
-    /// for new rows, and the file keeps its size).
+    /// for new rows, and the file keeps its size). On PostgreSQL, autovacuum makes the space of
+    /// deleted rows reusable by itself: nothing to do here.
     pub async fn incremental_vacuum(&self, pages: u32) -> Result<u64> {
+        if self.backend() != super::Backend::Sqlite {
+            return Ok(0);
+        }
         let mut conn = self.writer().acquire().await?;
         let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut *conn).await?;
         // 0 none, 1 full (SQLite frees pages at each commit by itself), 2 incremental.
@@ -395,7 +399,7 @@ mod tests {
     /// build's lines reads its key range, at a history of many builds.
     #[tokio::test]
     async fn the_prune_reads_indexes() {
-        let (store, _dir) = testing::store_with_repo().await;
+        let (store, _dir) = testing::sqlite_store_with_repo().await;
         for _ in 0..50 {
             build(&store, 4, 1, Some(48 * HOUR_MS)).await;
         }
@@ -442,7 +446,7 @@ mod tests {
     /// freed pages take the next logs, so a new log as large as the pruned one does not grow it.
     #[tokio::test]
     async fn pruned_pages_are_reused_by_new_logs() {
-        let (store, dir) = testing::store_with_repo().await;
+        let (store, dir) = testing::sqlite_store_with_repo().await;
         let path = dir.path().join("gantry.db");
         let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(store.reader()).await.unwrap();
         assert_eq!(mode, 0, "auto_vacuum is none");

@@ -166,7 +166,8 @@ impl Store {
         let flaky_rows = sqlx::query(concat!(
             recent_runs!(),
             "SELECT stage, classname, name FROM runs GROUP BY stage, classname, name, commit_sha \
-             HAVING SUM(outcome = 'passed') > 0 AND SUM(outcome IN ('failed', 'errored')) > 0"
+             HAVING COUNT(*) FILTER (WHERE outcome = 'passed') > 0 \
+             AND COUNT(*) FILTER (WHERE outcome IN ('failed', 'errored')) > 0"
         ))
         .bind(repo)
         .bind(i64::from(builds))
