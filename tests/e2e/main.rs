@@ -48,6 +48,7 @@ mod prerequisite;
 mod pull_requests;
 mod retention;
 mod secrets;
+mod several_servers;
 #[path = "../support/slow_remote.rs"]
 mod slow_remote;
 mod soak;

@@ -115,6 +115,7 @@ async fn two_migrators_at_once_apply_the_schema_once() {
             "log_lines",
             "reports",
             "repos",
+            "servers",
             "sessions",
             "steps",
             "test_cases",

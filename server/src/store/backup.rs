@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 
 use super::{Result, Store, StoreError};
 
@@ -33,6 +33,14 @@ impl Store {
             .to_str()
             .ok_or_else(|| StoreError::Corrupt { column: "backup path", value: dest.to_string_lossy().into_owned() })?;
         sqlx::query("VACUUM INTO ?1").bind(dest).execute(self.reader()).await?;
+        // No server runs on the copy: its registrations must not hold their server_ids against
+        // the server that is restored from it.
+        let mut copy = SqliteConnectOptions::new().filename(dest).connect().await?;
+        sqlx::query("UPDATE servers SET stopped_at = ?1 WHERE stopped_at IS NULL")
+            .bind(super::now_ms())
+            .execute(&mut copy)
+            .await?;
+        copy.close().await?;
         Ok(())
     }
 }

@@ -1,0 +1,194 @@
+//! Two real `gantry serve` processes on one PostgreSQL database (contract section 8): one queue
+//! that runs each build exactly once on whichever server claims it, a server_id that a second
+//! server cannot take, and a server killed with SIGKILL in the middle of a build, whose build the
+//! other one ends `interrupted` and whose SSH-pool host it tears down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::client::Client;
+use crate::helpers::*;
+use crate::postgres;
+use crate::postgres_server::installed;
+use crate::sshd::Sshd;
+
+/// The shortest `server_timeout` the configuration accepts, so the take-over comes quickly.
+const SERVER_TIMEOUT: &str = "3s";
+
+/// One server's configuration file, in a data directory of its own, on the shared `database`.
+fn server_config(dir: &Path, database: &str, server_id: &str, repos: &[RepoConfig], ssh: &str) -> PathBuf {
+    let config = dir.join("gantry.toml");
+    let top =
+        format!("database_url = \"{database}\"\nserver_id = \"{server_id}\"\nserver_timeout = \"{SERVER_TIMEOUT}\"\n");
+    std::fs::write(&config, format!("{top}{}{ssh}", config_toml(dir, repos, 4))).unwrap();
+    config
+}
+
+/// Start the servers of `configs`; the first one's admin token serves them all (one database).
+async fn start_servers(configs: &[PathBuf]) -> Vec<ServerProcess> {
+    let token = cli_admin_token(&configs[0]);
+    let mut servers = Vec::new();
+    for config in configs {
+        std::fs::write(config.with_extension("token"), &token).unwrap();
+        servers.push(ServerProcess::start(config, &free_loopback_port()).await);
+    }
+    servers
+}
+
+fn api(server: &ServerProcess) -> Client {
+    Client { http: server.client.clone(), base: server.base.clone() }
+}
+
+/// `server_id` of every build, from the database itself.
+fn claims(database: &str) -> BTreeMap<i64, String> {
+    let name = database.rsplit('/').next().unwrap();
+    postgres::server()
+        .psql(name, "SELECT id, COALESCE(server_id, '') FROM builds ORDER BY id")
+        .lines()
+        .map(|line| {
+            let (id, server) = line.split_once('|').unwrap();
+            (id.parse().unwrap(), server.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_builds_queued_on_two_servers_each_run_once_and_both_servers_run_some() {
+    if !installed() {
+        return;
+    }
+    let database = postgres::server().database();
+    // Each run of the stage leaves a file of its own: a build run twice would leave two.
+    let runs = TempDir::new().unwrap();
+    std::fs::set_permissions(runs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let repo = TestRepo::new();
+    let script = format!("touch {}/run-$GANTRY_BUILD-$GANTRY_HOST_ID-$$", runs.path().display());
+    // A push of a commit is built once, however often it is delivered: fifty pushes need fifty.
+    let shas: Vec<String> = (0..50)
+        .map(|i| repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script)), ("n", &i.to_string())]))
+        .collect();
+    let mut shop = RepoConfig::new("shop", &repo);
+    shop.cancel_superseded = false;
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let configs: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .zip(&dirs)
+        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), ""))
+        .collect();
+    let servers = start_servers(&configs).await;
+
+    // A second server with a live server's id refuses to start, and says why.
+    let third = TempDir::new().unwrap();
+    let duplicate = server_config(third.path(), &database, "one", std::slice::from_ref(&shop), "");
+    let error = gantry_command(&["serve", "--config", duplicate.to_str().unwrap()], "").unwrap_err();
+    assert!(error.contains("server_id \"one\" is held by a running server"), "{error}");
+
+    // Half through the API, half through GitHub's push webhook, to both servers in turn.
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let client = api(&servers[i % 2]);
+        let id = if i < 50 {
+            client.trigger("shop", "main").await
+        } else {
+            let body = push_payload("github-push.json", "refs/heads/main", &shas[i - 50]);
+            let (status, answer) =
+                client.deliver("shop", &github_headers("push", &body, &unique_delivery()), body).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["build"].as_i64().unwrap()
+        };
+        ids.push(id);
+    }
+    let deadline = Instant::now() + BUILD_DEADLINE * 4;
+    for &id in &ids {
+        loop {
+            let build = servers[0].build(id).await;
+            if is_final(&build["status"]) {
+                assert_eq!(build["status"], "passed", "{build:#}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "build {id} never finished: {build:#}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+    let mut per_build: BTreeMap<i64, usize> = BTreeMap::new();
+    for entry in std::fs::read_dir(runs.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        *per_build.entry(name.split('-').nth(1).unwrap().parse().unwrap()).or_default() += 1;
+    }
+    let expected: BTreeMap<i64, usize> = ids.iter().map(|&id| (id, 1)).collect();
+    assert_eq!(per_build, expected, "every build ran exactly once");
+    let claimed = claims(&database);
+    let by = |server: &str| claimed.values().filter(|s| *s == server).count();
+    println!("builds run: one {}, two {}", by("one"), by("two"));
+    assert_eq!(by("one") + by("two"), 100, "{claimed:?}");
+    assert!(by("one") > 0 && by("two") > 0, "both servers run builds: {claimed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_ssh_host_torn_down() {
+    if !installed() {
+        return;
+    }
+    let database = postgres::server().database();
+    let machine = Sshd::start();
+    let ssh = format!(
+        "\n[[provider.ssh.machine]]\naddress = \"{}\"\nport = {}\nuser = \"{}\"\nkey_file = {:?}\nhost_key = \"{}\"\n",
+        machine.address,
+        machine.port,
+        machine.user,
+        machine.client_key.to_str().unwrap(),
+        machine.host_key_public.trim(),
+    );
+    // A step no other process on this machine runs: the test looks for it by its command line.
+    let marker = format!("sleep {}", 7000 + std::process::id() % 1000);
+    let repo = TestRepo::new();
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&format!("echo started; {marker}")))]);
+    let mut shop = RepoConfig::new("shop", &repo);
+    shop.provider = Some("ssh");
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let configs: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .zip(&dirs)
+        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), &ssh))
+        .collect();
+    let mut servers = start_servers(&configs).await;
+
+    let id = api(&servers[0]).trigger("shop", "main").await;
+    let start = Instant::now();
+    loop {
+        let build = servers[1].build(id).await;
+        let running = build["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["status"] == "running"));
+        if running && pgrep(&marker) {
+            break;
+        }
+        assert!(start.elapsed() < BUILD_DEADLINE, "the stage never started: {build:#}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    let holder = claims(&database)[&id].clone();
+    let (dead, alive) = if holder == "one" { (0, 1) } else { (1, 0) };
+    servers[dead].kill9();
+    let killed = Instant::now();
+
+    let build: Value = loop {
+        let build = servers[alive].build(id).await;
+        let hosts_gone = build["hosts"].as_array().is_some_and(|h| h.iter().all(|h| h["state"] == "torn_down"));
+        if build["status"] == "interrupted" && hosts_gone && !pgrep(&marker) {
+            break build;
+        }
+        // server_timeout plus a minute.
+        assert!(killed.elapsed() < Duration::from_secs(63), "not taken over: {build:#}");
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    println!("taken over {:?} after the kill", killed.elapsed());
+    assert_eq!(build["error"], json!(format!("its server {holder} stopped answering")));
+}
+
+/// Whether a process whose command line contains `pattern` runs.
+fn pgrep(pattern: &str) -> bool {
+    Command::new("pgrep").args(["-f", pattern]).output().unwrap().status.success()
+}
