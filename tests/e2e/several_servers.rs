@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::helpers::*;
 use crate::postgres;
 use crate::postgres_server::installed;
+use crate::sse::{connect, SseEvent, SseStream};
 use crate::sshd::Sshd;
 
 /// The shortest `server_timeout` the configuration accepts, so the take-over comes quickly.
@@ -186,6 +187,77 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     };
     println!("taken over {:?} after the kill", killed.elapsed());
     assert_eq!(build["error"], json!(format!("its server {holder} stopped answering")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_server_streams_a_build_live_and_its_cancel_stops_it_where_it_runs() {
+    if !installed() {
+        return;
+    }
+    let database = postgres::server().database();
+    let gate = Gate::new();
+    let repo = TestRepo::new();
+    let marker = format!("sleep {}", 8000 + std::process::id() % 1000);
+    let script = format!("echo before the gate; {}; echo after the gate; {marker}", gate.wait_command());
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
+    let shop = RepoConfig::new("shop", &repo);
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let configs: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .zip(&dirs)
+        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), ""))
+        .collect();
+    let servers = start_servers(&configs).await;
+    let id = api(&servers[0]).trigger("shop", "main").await;
+    let start = Instant::now();
+    let holder = loop {
+        if let Some(server) = claims(&database).get(&id).filter(|s| !s.is_empty()) {
+            break server.clone();
+        }
+        assert!(start.elapsed() < BUILD_DEADLINE, "build {id} was never claimed");
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    // Follow it on the server that does not run it.
+    let other = &servers[if holder == "one" { 1 } else { 0 }];
+    let url = format!("{}/api/builds/{id}/events", other.base);
+    let (status, stream) = connect(&other.client, &url, None).await;
+    assert_eq!(status, 200);
+    let mut stream = stream.unwrap();
+    let mut seen = Vec::new();
+    let next_text = async |stream: &mut SseStream, seen: &mut Vec<SseEvent>, wanted: &str| loop {
+        let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {wanted:?} from {holder}'s build on the other server: {seen:#?}"))
+            .unwrap_or_else(|| panic!("the stream ended before {wanted:?}: {seen:#?}"));
+        seen.push(event.clone());
+        if event.event == "log" && event.json()["text"] == wanted {
+            return;
+        }
+    };
+    next_text(&mut stream, &mut seen, "before the gate").await;
+    // Produced after the stream began: it can only have come live from the other server.
+    gate.open();
+    next_text(&mut stream, &mut seen, "after the gate").await;
+    // The state a new client starts from shares one id; what follows goes up without repeats.
+    let ids: Vec<i64> = seen.iter().filter(|e| e.event == "log").map(SseEvent::seq).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "log ids go up without repeats: {ids:?}");
+
+    // Cancelled through the server that does not run it; the one that does stops it at once.
+    let response = other.client.post(format!("{}/api/builds/{id}/cancel", other.base)).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let last = loop {
+        match tokio::time::timeout(EVENT_DEADLINE, stream.next()).await.expect("the stream ended") {
+            Some(event) => seen.push(event),
+            None => break seen.last().unwrap().clone(),
+        }
+    };
+    assert_eq!(last.event, "build", "{seen:#?}");
+    assert_eq!(last.json()["status"], "cancelled", "{last:?}");
+    let start = Instant::now();
+    while pgrep(&marker) {
+        assert!(start.elapsed() < EVENT_DEADLINE, "the cancelled step still runs");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// Whether a process whose command line contains `pattern` runs.

@@ -9,6 +9,7 @@ use gantry_runner::BuildStatus;
 
 use super::{BuildUpdate, Scheduler, SchedulerError, CANCELLED_BY_USER};
 use crate::live::Change;
+use crate::store::notify::Notice;
 use crate::store::{self, BuildId, BuildRow, StoreError};
 
 /// The outcome of [`Scheduler::cancel`].
@@ -63,23 +64,17 @@ impl Scheduler {
             self.inner.metrics.build_finished(BuildStatus::Cancelled);
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: id, status: BuildStatus::Cancelled });
             self.inner.live.close(id);
+            self.notify_final(id).await;
             return Ok(Cancelled::Dequeued);
         }
-        if self.stop_running(id) {
-            return Ok(Cancelled::Stopping);
-        }
         Ok(match self.inner.store.build(id).await? {
-            // Claimed, but not yet in the running table: `run` cancels it when it gets there.
             Some(build) if build.is_live() => {
-                let mut running = self.inner.running.lock().expect("running table poisoned");
-                match running.get_mut(&id) {
-                    Some(run) => {
-                        run.reason.get_or_insert(CANCELLED_BY_USER);
-                        run.cancel.cancel();
+                match self.inner.store.build_server(id).await? {
+                    // Another server sharing the database runs it: it hears at once.
+                    Some(server) if server != self.inner.server.id => {
+                        self.inner.store.notify(&Notice::Cancel { build: id, superseded: false }).await?;
                     }
-                    None => {
-                        self.inner.early_cancels.lock().expect("early cancels poisoned").insert(id);
-                    }
+                    _ => self.stop_here(id, CANCELLED_BY_USER),
                 }
                 Cancelled::Stopping
             }
@@ -88,12 +83,18 @@ impl Scheduler {
         })
     }
 
-    /// Cancel the build `id` if it is in the running table; whether it was.
-    fn stop_running(&self, id: BuildId) -> bool {
+    /// Stop the build `id` this server runs, for `reason`: at once when it is running, or as
+    /// soon as it reaches the running table when it was only claimed so far.
+    pub(super) fn stop_here(&self, id: BuildId, reason: &'static str) {
         let mut running = self.inner.running.lock().expect("running table poisoned");
-        let Some(run) = running.get_mut(&id) else { return false };
-        run.reason.get_or_insert(CANCELLED_BY_USER);
-        run.cancel.cancel();
-        true
+        match running.get_mut(&id) {
+            Some(run) => {
+                run.reason.get_or_insert(reason);
+                run.cancel.cancel();
+            }
+            None => {
+                self.inner.early_cancels.lock().expect("early cancels poisoned").insert(id);
+            }
+        }
     }
 }

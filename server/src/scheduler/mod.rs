@@ -44,6 +44,7 @@ use crate::git::{GitError, Mirrors};
 use crate::live::{Change, LiveBuilds};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
+use crate::store::notify::Notice;
 use crate::store::{
     self, BuildId, BuildRow, HostRow, NewBuild, RefKind, Registration, ServerIdentity, Store, StoreError,
 };
@@ -304,6 +305,8 @@ impl Scheduler {
             for build in taken.builds {
                 inner.metrics.build_finished(BuildStatus::Interrupted);
                 let _ = inner.updates.send(BuildUpdate::Finished { build, status: BuildStatus::Interrupted });
+                inner.live.close(build);
+                self.notify_final(build).await;
             }
         }
         // Hosts of the servers taken over that this server can reach; a failed teardown is tried
@@ -325,6 +328,8 @@ impl Scheduler {
         self.inner.tasks.spawn(async move { this.reap_loop().await });
         let this = self.clone();
         self.inner.tasks.spawn(async move { this.servers_loop().await });
+        let this = self.clone();
+        self.inner.tasks.spawn(async move { this.notices_loop().await });
     }
 
     /// Every provider sweeps for what no live host owns: at once, then every [`REAP_INTERVAL`].
@@ -381,9 +386,11 @@ impl Scheduler {
             self.inner.metrics.build_finished(BuildStatus::Cancelled);
             let _ = self.inner.updates.send(BuildUpdate::Finished { build: old, status: BuildStatus::Cancelled });
             self.inner.live.close(old);
+            self.notify_final(old).await;
         }
         if repo.cancel_superseded {
             self.stop_superseded_by(&build);
+            self.stop_superseded_elsewhere(&build).await;
         }
         let _ = self.inner.updates.send(BuildUpdate::Queued { build: build.id });
         self.inner.live.changed(Change { build: build.id, event: None });
@@ -404,6 +411,28 @@ impl Scheduler {
                 tracing::info!(build = %id, by = %newer.id, "stopping a superseded build");
                 run.reason = Some(SUPERSEDED);
                 run.cancel.cancel();
+            }
+        }
+    }
+
+    /// Ask the other servers sharing the database to stop their running builds that `newer`
+    /// supersedes (nothing to ask on SQLite, where this server runs every build).
+    async fn stop_superseded_elsewhere(&self, newer: &BuildRow) {
+        let store = &self.inner.store;
+        if store.backend() == store::Backend::Sqlite {
+            return;
+        }
+        let elsewhere = match store.running_elsewhere_superseded_by(newer, &self.inner.server.id).await {
+            Ok(builds) => builds,
+            Err(error) => {
+                tracing::warn!(build = %newer.id, %error, "could not look for superseded builds on other servers");
+                return;
+            }
+        };
+        for build in elsewhere {
+            tracing::info!(build = %build, by = %newer.id, "asking another server to stop a superseded build");
+            if let Err(error) = store.notify(&Notice::Cancel { build, superseded: true }).await {
+                tracing::warn!(build = %build, %error, "could not ask another server to stop a superseded build");
             }
         }
     }
@@ -562,8 +591,76 @@ impl Scheduler {
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
-        // The final status is stored: the build's listeners hear it and their streams end.
+        // The final status is stored: the build's listeners hear it and their streams end,
+        // here and on the other servers sharing the database.
         inner.live.close(id);
+        self.notify_final(id).await;
+    }
+
+    /// Tell the other servers sharing the database that `build` reached its final status.
+    pub(super) async fn notify_final(&self, build: BuildId) {
+        if let Err(error) = self.inner.store.notify(&Notice::Final(build)).await {
+            tracing::warn!(build = %build, %error, "could not tell the other servers about a final status");
+        }
+    }
+
+    /// Relay what the other servers sharing the database say: the events they stored of builds
+    /// they run go to this server's listeners and feeds, a final status closes the build's
+    /// streams, a cancel of a build this server runs stops it. Nothing to do on SQLite.
+    async fn notices_loop(self) {
+        let shutdown = self.inner.shutdown.clone();
+        let mut listener = loop {
+            match self.inner.store.listen().await {
+                Ok(Some(listener)) => break listener,
+                Ok(None) => return,
+                Err(error) => tracing::warn!(%error, "cannot listen to the other servers; trying again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(NOTICES_RETRY) => {}
+                () = shutdown.cancelled() => return,
+            }
+        };
+        loop {
+            let notice = tokio::select! {
+                notice = listener.recv() => notice,
+                () = shutdown.cancelled() => return,
+            };
+            match notice {
+                Ok(notice) => self.relay(notice).await,
+                Err(error) => {
+                    tracing::warn!(%error, "listening to the other servers failed; listening again");
+                    tokio::select! {
+                        () = tokio::time::sleep(NOTICES_RETRY) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn relay(&self, notice: Notice) {
+        let inner = &self.inner;
+        let here = |build: &BuildId| inner.running.lock().expect("running table poisoned").contains_key(build);
+        match notice {
+            // This server's own builds reached its listeners when they were stored.
+            Notice::Stored { build, .. } | Notice::Final(build) if here(&build) => {}
+            Notice::Stored { build, first, last } => {
+                let count = u32::try_from(last - first + 1).unwrap_or(u32::MAX);
+                match inner.store.events_after(build, first - 1, count).await {
+                    Ok(events) => persist::publish_stored(&inner.live, build, events),
+                    Err(error) => tracing::warn!(build = %build, %error, "could not read another server's events"),
+                }
+            }
+            Notice::Final(build) => inner.live.close(build),
+            Notice::Cancel { build, superseded } => match inner.store.build_server(build).await {
+                Ok(Some(server)) if server == inner.server.id => {
+                    tracing::info!(build = %build, superseded, "another server asked to stop a build");
+                    self.stop_here(build, if superseded { SUPERSEDED } else { CANCELLED_BY_USER });
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(build = %build, %error, "could not read whose build to cancel"),
+            },
+        }
     }
 
     /// Everything between the claim and the final status. `Err` is the text of an errored build
@@ -665,6 +762,9 @@ impl LiveHosts for StoreLiveHosts {
         })
     }
 }
+
+/// How long to wait before listening to the other servers again after a failure.
+const NOTICES_RETRY: Duration = Duration::from_secs(1);
 
 /// The local provider's name: its hosts live on their server's machine, which alone can tear
 /// them down.

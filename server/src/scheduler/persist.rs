@@ -28,8 +28,9 @@ use tokio::sync::{broadcast, mpsc};
 use super::BuildUpdate;
 use crate::live::{self, Change, LiveBuilds, WireEvent};
 use crate::metrics::Metrics;
-use crate::store::events::{EventKind, EventRow};
+use crate::store::events::{EventKind, EventRow, StoredEvent};
 use crate::store::hosts::{HostPhase, Provisioned};
+use crate::store::notify::Notice;
 use crate::store::reports::ReportRow;
 use crate::store::{self, to_ms, BuildId, LogLine, NewTestCase, Store, TestOutcome};
 
@@ -88,7 +89,15 @@ pub(super) async fn persist(
         }
         let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
         match log.write(&store, &batch).await {
-            Ok(written) => publish(&live, build, written),
+            Ok(written) => {
+                if let Some((first, last)) = written.seq_range() {
+                    // The other servers sharing the database relay them to their own listeners.
+                    if let Err(error) = store.notify(&Notice::Stored { build, first, last }).await {
+                        tracing::warn!(build = %build, %error, "could not tell the other servers about stored events");
+                    }
+                }
+                publish(&live, build, written)
+            }
             Err(error) => {
                 tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
                 (log.last_seq, log.step_lines) = (last_seq, step_lines);
@@ -99,6 +108,30 @@ pub(super) async fn persist(
             let _ = updates.send(BuildUpdate::Event { build, event });
         }
     }
+}
+
+impl Written {
+    /// The first and last event ids of the batch, unless it is empty.
+    fn seq_range(&self) -> Option<(i64, i64)> {
+        let seqs = self.lines.iter().map(|l| l.seq).chain(self.others.iter().map(|e| e.seq));
+        seqs.fold(None, |range, seq| match range {
+            None => Some((seq, seq)),
+            Some((first, last)) => Some((first.min(seq), last.max(seq))),
+        })
+    }
+}
+
+/// Send events another server stored (read back from the store, in order) to this server's
+/// listeners of the build and its repo-level feeds, as if they had been written here.
+pub fn publish_stored(live: &LiveBuilds, build: BuildId, events: Vec<StoredEvent>) {
+    let mut written = Written::default();
+    for event in events {
+        match event {
+            StoredEvent::Log(line) => written.lines.push(line),
+            StoredEvent::Other(other) => written.others.push(other),
+        }
+    }
+    publish(live, build, written);
 }
 
 /// Send a committed batch to the build's listeners, in event order, and its events other than

@@ -27,6 +27,7 @@ pub mod events;
 pub mod history;
 pub mod hosts;
 pub mod logs;
+pub mod notify;
 pub mod pull_requests;
 pub mod reports;
 pub mod repos;
@@ -153,6 +154,9 @@ pub struct Store {
     reader: AnyPool,
     writer: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the notices' listener (a connection of its own); a secret, so the
+    /// handle's `Debug` never shows it.
+    url: Option<secrecy::SecretString>,
 }
 
 /// sqlx's `Any` driver finds a backend by the URL's scheme among the installed drivers.
@@ -208,7 +212,7 @@ impl Store {
             .after_connect(|conn, _| Box::pin(async move { conn.execute(sqlx::raw_sql(PRAGMAS)).await.map(drop) }))
             .connect_with(sqlite_options(path, true)?)
             .await?;
-        Ok(Store { reader, writer, backend: Backend::Sqlite })
+        Ok(Store { reader, writer, backend: Backend::Sqlite, url: None })
     }
 
     /// Connect to the PostgreSQL database at `url` and apply every pending migration (under an
@@ -225,7 +229,7 @@ impl Store {
             .connect(url)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
-        Ok(Store { reader: pool.clone(), writer: pool, backend: Backend::Postgres })
+        Ok(Store { reader: pool.clone(), writer: pool, backend: Backend::Postgres, url: Some(url.into()) })
     }
 
     /// Open the database at `location`, whichever backend it is.

@@ -9,7 +9,7 @@
 use sqlx::Row;
 
 use super::hosts::{host_from_row, HostRow};
-use super::{now_ms, BuildId, Result, Store};
+use super::{now_ms, BuildId, BuildRow, Result, Store};
 
 /// One run of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +219,25 @@ impl Store {
         .fetch_all(self.reader())
         .await?;
         rows.iter().map(host_from_row).collect()
+    }
+
+    /// The builds other servers than `me` run that `newer` supersedes: older, of the same repo
+    /// and ref (and pull request), provisioning or running.
+    pub async fn running_elsewhere_superseded_by(&self, newer: &BuildRow, me: &str) -> Result<Vec<BuildId>> {
+        let rows = sqlx::query(
+            "SELECT id FROM builds WHERE repo = $1 AND branch = $2 AND ref_kind = $3 \
+             AND pr_number IS NOT DISTINCT FROM $4 AND id < $5 AND status IN ('provisioning', 'running') \
+             AND server_id IS DISTINCT FROM $6",
+        )
+        .bind(&newer.repo)
+        .bind(&newer.branch)
+        .bind(newer.ref_kind.as_str())
+        .bind(newer.pull_request.as_ref().map(|pr| pr.number))
+        .bind(newer.id.0)
+        .bind(me)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect()
     }
 
     /// The server that claimed `build`, if one did.
