@@ -16,6 +16,7 @@ use crate::helpers::*;
 use crate::postgres;
 use crate::postgres_server::installed;
 use crate::sse::{connect, SseEvent, SseStream};
+use crate::ssh::pool_machine_toml;
 use crate::sshd::Sshd;
 
 /// The shortest `server_timeout` the configuration accepts, so the take-over comes quickly.
@@ -137,14 +138,7 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     }
     let database = postgres::server().database();
     let machine = Sshd::start();
-    let ssh = format!(
-        "\n[[provider.ssh.machine]]\naddress = \"{}\"\nport = {}\nuser = \"{}\"\nkey_file = {:?}\nhost_key = \"{}\"\n",
-        machine.address,
-        machine.port,
-        machine.user,
-        machine.client_key.to_str().unwrap(),
-        machine.host_key_public.trim(),
-    );
+    let ssh = pool_machine_toml(&machine);
     // A step no other process on this machine runs: the test looks for it by its command line.
     let marker = format!("sleep {}", 7000 + std::process::id() % 1000);
     let repo = TestRepo::new();

@@ -9,17 +9,7 @@ use crate::sshd::Sshd;
 async fn a_two_host_build_runs_on_the_ssh_pool_and_leaves_the_machines_clean() {
     let (repo, sha) = two_host_repo();
     let machines = [Sshd::start(), Sshd::start()];
-    let mut extra = String::new();
-    for m in &machines {
-        extra.push_str(&format!(
-            "\n[[provider.ssh.machine]]\naddress = \"{}\"\nport = {}\nuser = \"{}\"\nkey_file = {:?}\nhost_key = \"{}\"\n",
-            m.address,
-            m.port,
-            m.user,
-            m.client_key.to_str().unwrap(),
-            m.host_key_public.trim(),
-        ));
-    }
+    let extra: String = machines.iter().map(pool_machine_toml).collect();
     let mut config = RepoConfig::new("shop", &repo);
     config.provider = Some("ssh");
     let app = spawn_app_with_toml(&[config], 2, &extra).await;
@@ -47,4 +37,16 @@ async fn a_two_host_build_runs_on_the_ssh_pool_and_leaves_the_machines_clean() {
     let db_address = format!("{}:8000", db["address"].as_str().unwrap());
     assert!(std::net::TcpStream::connect(&db_address).is_err(), "{db_address} still answers");
     app.stop().await;
+}
+
+/// `machine` as a `[[provider.ssh.machine]]` of a server's configuration.
+pub(crate) fn pool_machine_toml(machine: &Sshd) -> String {
+    format!(
+        "\n[[provider.ssh.machine]]\naddress = \"{}\"\nport = {}\nuser = \"{}\"\nkey_file = {:?}\nhost_key = \"{}\"\n",
+        machine.address,
+        machine.port,
+        machine.user,
+        machine.client_key.to_str().unwrap(),
+        machine.host_key_public.trim(),
+    )
 }
