@@ -132,3 +132,54 @@ async fn colours_show_as_classes_and_markup_in_a_log_line_stays_text() {
     assert!(js.contains("EventSource"));
     app.stop().await;
 }
+
+/// A build whose output is stored more slowly than it was produced (readers come and go while
+/// it runs: pages, log windows, event streams dropped half-way) keeps every line: the runner
+/// forwards what the script wrote however long storing it takes. Storing lagged by seconds here on
+/// a slow store, and the last 10 to 20 % of the log was dropped when the step's drain limit
+/// counted that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stored_more_slowly_than_it_was_written_is_kept_whole() {
+    const LINES: i64 = 100_000;
+    let repo = TestRepo::new();
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&format!("seq 1 {LINES}")))]);
+    let app = spawn_app(&[RepoConfig::new("shop", &repo)]).await;
+    let id = app.trigger("shop", "main").await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..6u64 {
+        let (client, base, done) = (app.client.clone(), app.url(""), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let path = match (i + r) % 3 {
+                    0 => format!("/builds/{id}"),
+                    1 => format!("/api/builds/{id}/lines?step=1&from={}&limit=256", 1 + (i * 977) % 90_000),
+                    _ => format!("/api/builds/{id}/events"),
+                };
+                // Some requests are dropped before their answer is read through.
+                let wait = std::time::Duration::from_millis((i * 7 + r) % 40);
+                if let Ok(Ok(response)) = tokio::time::timeout(wait, client.get(format!("{base}{path}")).send()).await {
+                    let _ = tokio::time::timeout(wait, response.bytes()).await;
+                }
+            }
+        }));
+    }
+    assert_eq!(app.wait_for_build(id).await["status"], "passed");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let (status, page) = app.get_text(&format!("/builds/{id}")).await;
+    assert_eq!(status, 200);
+    let at = page.find("data-step=\"1\"").expect("the stage's log");
+    assert!(
+        page[at..].starts_with(&format!("data-step=\"1\" data-lines=\"{LINES}\"")),
+        "the page shows {}",
+        &page[at..(at + 40).min(page.len())]
+    );
+    let log = app.log(id, Some("only")).await;
+    assert_eq!(log.lines().last(), Some(LINES.to_string().as_str()), "the log ends with the script's last line");
+    app.stop().await;
+}

@@ -18,6 +18,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
+use super::{relative, Drain, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 use crate::process::{HOST_HOME_VAR, HOST_MARKER_VAR};
 use crate::provider::local::egress::NO_PROXY;
@@ -68,7 +69,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const OUTPUT_IDLE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// After a script exits, the longest the step keeps forwarding output that is still arriving
-/// (what the script wrote just before it ended, or a chatty background process).
+/// (what the script wrote just before it ended, or a chatty background process); time spent
+/// waiting for the listener to take a line does not count (see `Drain`).
 pub const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Exit codes of signalled processes are `128 + signal`, as shells report them.
@@ -352,11 +354,14 @@ impl Transport for LocalTransport {
         // If this future is dropped mid-run, the script's process group dies with it.
         let mut guard = GroupGuard { pgid };
         let (line_tx, mut lines) = mpsc::channel(OUTPUT_BUFFER_LINES);
+        let holding = Arc::new(AtomicUsize::new(0));
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(read_lines(stdout, LineSplitter::new(Stream::Stdout, request.mask.clone()), line_tx.clone()));
+            let splitter = LineSplitter::new(Stream::Stdout, request.mask.clone());
+            tokio::spawn(read_lines(stdout, splitter, line_tx.clone(), Arc::clone(&holding)));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(read_lines(stderr, LineSplitter::new(Stream::Stderr, request.mask.clone()), line_tx));
+            let splitter = LineSplitter::new(Stream::Stderr, request.mask.clone());
+            tokio::spawn(read_lines(stderr, splitter, line_tx, Arc::clone(&holding)));
         }
 
         let deadline = tokio::time::Instant::now() + request.timeout;
@@ -385,15 +390,21 @@ impl Transport for LocalTransport {
 
         // The script is gone; what it wrote may still be in the pipes. Forward it until they
         // close, fall silent (a background process holds them) or the drain limit passes.
-        let drain_limit = tokio::time::Instant::now() + OUTPUT_DRAIN_LIMIT;
+        let mut drain = Drain::new(OUTPUT_DRAIN_LIMIT, OUTPUT_IDLE_TIMEOUT);
         loop {
-            let idle_until = (tokio::time::Instant::now() + OUTPUT_IDLE_TIMEOUT).min(drain_limit);
             tokio::select! {
+                // Output already waiting goes first, however late this loop got to run again.
+                biased;
                 line = lines.recv() => match line {
-                    Some(line) => { let _ = output.send(line).await; }
+                    Some(line) => drain.forward(output, line).await,
                     None => break,
                 },
-                _ = tokio::time::sleep_until(idle_until) => break,
+                // Silent pipes end the drain; a reader still holding output it read does not.
+                _ = tokio::time::sleep_until(drain.idle_until()) => {
+                    if holding.load(Ordering::SeqCst) == 0 || drain.past_limit() {
+                        break;
+                    }
+                }
             }
         }
         Ok(outcome)
@@ -484,7 +495,16 @@ impl Drop for GroupGuard {
 
 /// Read a pipe to its end, cutting it into lines. Once the exec loop stops listening the rest is
 /// read and dropped, so a background process holding the pipe never blocks on a full one.
-async fn read_lines(mut pipe: impl AsyncRead + Unpin, mut splitter: LineSplitter, lines: mpsc::Sender<OutputLine>) {
+///
+/// `holding` counts the readers that have read output they have not handed on yet: while it is
+/// above zero the output is not idle, however long handing it on takes (a busy machine can leave
+/// the reader unscheduled for longer than `OUTPUT_IDLE_TIMEOUT`).
+async fn read_lines(
+    mut pipe: impl AsyncRead + Unpin,
+    mut splitter: LineSplitter,
+    lines: mpsc::Sender<OutputLine>,
+    holding: Arc<AtomicUsize>,
+) {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut listening = true;
     loop {
@@ -492,11 +512,13 @@ async fn read_lines(mut pipe: impl AsyncRead + Unpin, mut splitter: LineSplitter
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        holding.fetch_add(1, Ordering::SeqCst);
         for line in splitter.push(&buf[..n]) {
             if listening && lines.send(line).await.is_err() {
                 listening = false;
             }
         }
+        holding.fetch_sub(1, Ordering::SeqCst);
     }
     if let Some(line) = splitter.finish() {
         if listening {

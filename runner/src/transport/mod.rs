@@ -20,6 +20,40 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Stream;
 use crate::mask::Masker;
 
+/// After a script exits, the forwarding of what its pipes still hold: it stops when they fall
+/// silent for `idle` or when `limit` has passed. The time spent waiting for the listener to take a
+/// line (the server still storing a backlog of output) does not count against `limit`: the limit
+/// is for output that keeps arriving (a chatty background process), not for output the script
+/// already wrote, which is all forwarded however slowly it is stored.
+pub(crate) struct Drain {
+    deadline: tokio::time::Instant,
+    idle: Duration,
+}
+
+impl Drain {
+    pub fn new(limit: Duration, idle: Duration) -> Drain {
+        Drain { deadline: tokio::time::Instant::now() + limit, idle }
+    }
+
+    /// When to stop waiting for the next output.
+    pub fn idle_until(&self) -> tokio::time::Instant {
+        (tokio::time::Instant::now() + self.idle).min(self.deadline)
+    }
+
+    /// Whether the limit has passed (waits for the listener not counted).
+    pub fn past_limit(&self) -> bool {
+        tokio::time::Instant::now() >= self.deadline
+    }
+
+    /// Hand `line` on; the wait for the listener moves the deadline on by as long.
+    pub async fn forward(&mut self, output: &mpsc::Sender<OutputLine>, line: OutputLine) {
+        let started = tokio::time::Instant::now();
+        // A closed output only means nobody listens.
+        let _ = output.send(line).await;
+        self.deadline += started.elapsed();
+    }
+}
+
 /// Longest line kept whole; longer lines are cut into several.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
@@ -183,6 +217,29 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_a_slow_listener_does_not_use_up_the_drain_limit() {
+        let line = |text: &str| OutputLine { stream: Stream::Stdout, text: text.into() };
+        let limit = Duration::from_millis(100);
+        let mut drain = Drain::new(limit, Duration::from_secs(3600));
+        let deadline = tokio::time::Instant::now() + limit;
+        let (output, mut listener) = mpsc::channel(1);
+        output.send(line("backlog")).await.unwrap();
+        // The listener takes the backlog only after the limit has passed.
+        let slow = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline + limit).await;
+            let first = listener.recv().await.unwrap();
+            (first, listener)
+        });
+        drain.forward(&output, line("still to store")).await;
+        let (first, mut listener) = slow.await.unwrap();
+        assert_eq!(first.text, "backlog");
+        assert_eq!(listener.recv().await.unwrap().text, "still to store");
+        // The wait moved the deadline on: the drain goes on for what arrives next.
+        assert!(drain.idle_until() > tokio::time::Instant::now(), "the limit was used up by the wait");
+        assert!(drain.idle_until() >= deadline + limit);
+    }
 
     #[test]
     fn splits_lines_and_keeps_the_unterminated_rest() {

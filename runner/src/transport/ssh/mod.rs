@@ -36,7 +36,7 @@ use self::connect::{connect_with_retry, lost, Client};
 use self::shell::{
     join_home, quote, reaper_script, signal_number, MISSING_EXIT, NO_CWD_EXIT, SIGNAL_EXIT_BASE, TMP_DIR,
 };
-use super::{relative, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
+use super::{relative, Drain, ExecOutcome, ExecRequest, LineSplitter, OutputLine, Transport, TransportError};
 use crate::event::Stream;
 
 pub use self::connect::{
@@ -217,25 +217,26 @@ impl Transport for SshTransport {
 
         // The script is gone; forward what is still arriving until the channel closes, falls
         // silent (a background process holds it) or the drain limit passes.
-        let drain_limit = tokio::time::Instant::now() + OUTPUT_DRAIN_LIMIT;
+        let mut drain = Drain::new(OUTPUT_DRAIN_LIMIT, OUTPUT_IDLE_TIMEOUT);
         loop {
-            let idle_until = (tokio::time::Instant::now() + OUTPUT_IDLE_TIMEOUT).min(drain_limit);
             tokio::select! {
+                // Output already waiting goes first, however late this loop got to run again.
+                biased;
                 message = channel.wait() => match message {
                     None | Some(ChannelMsg::Close) => break,
                     Some(ChannelMsg::Data { data }) => {
                         for line in stdout.push(&data) {
-                            let _ = output.send(line).await;
+                            drain.forward(output, line).await;
                         }
                     }
                     Some(ChannelMsg::ExtendedData { data, .. }) => {
                         for line in stderr.push(&data) {
-                            let _ = output.send(line).await;
+                            drain.forward(output, line).await;
                         }
                     }
                     Some(_) => {}
                 },
-                _ = tokio::time::sleep_until(idle_until) => break,
+                _ = tokio::time::sleep_until(drain.idle_until()) => break,
             }
         }
         for line in [stdout.finish(), stderr.finish()].into_iter().flatten() {
