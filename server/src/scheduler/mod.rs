@@ -84,7 +84,8 @@ pub enum BuildUpdate {
     Queued {
         build: BuildId,
     },
-    /// An executor event, after it was stored.
+    /// An executor event other than a log line, after it was stored. Log lines go only to the
+    /// build's live channel ([`LiveBuilds`]).
     Event {
         build: BuildId,
         event: BuildEvent,
