@@ -482,6 +482,11 @@ impl Scheduler {
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
+        // Before `close` hands freed memory back to the system: what the build's writes left in
+        // SQLite's page cache is freed first.
+        if let Err(error) = inner.store.release_memory().await {
+            tracing::warn!(build = %id, %error, "could not shrink the database's page cache");
+        }
         // The final status is stored: the build's listeners hear it and their streams end.
         inner.live.close(id);
     }

@@ -139,6 +139,14 @@ impl Store {
         &self.writer
     }
 
+    /// Hand back the memory the writer's page cache holds beyond the pages in use (SQLite's
+    /// `PRAGMA shrink_memory`). A long build fills that cache (2 MiB by default) with pages of
+    /// its log that nothing reads again; the next write fills it again as it needs.
+    pub async fn release_memory(&self) -> Result<()> {
+        sqlx::query("PRAGMA shrink_memory").execute(&self.writer).await?;
+        Ok(())
+    }
+
     /// Close both pools, waiting for queries in flight.
     pub async fn close(&self) {
         self.writer.close().await;
