@@ -57,6 +57,13 @@ enum Command {
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 const MMAP_THRESHOLD: i32 = 128 * 1024;
 
+/// At most this many glibc malloc arenas (by default eight per core). Each arena keeps the
+/// pages its live blocks share with freed ones: after a 2,000,000-line build the server stayed
+/// 9.3 MiB above its start with two arenas against 9.6 MiB without the cap (logs bench, medians
+/// of three).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+const MAX_ARENAS: i32 = 2;
+
 /// Keep glibc's malloc from raising its mmap threshold. By default it raises the threshold to
 /// the size of the largest mapped block freed (up to 32 MiB), after which blocks like a webhook's
 /// 8 MiB body come from its heaps, whose free memory it keeps: after 128 forged 8 MiB webhooks
@@ -69,6 +76,7 @@ fn fix_mmap_threshold() {
     // SAFETY: mallopt only sets a parameter of the allocator; no other thread is running yet.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, MAX_ARENAS);
     }
 }
 

@@ -292,6 +292,15 @@ impl Server {
         (status_kib(pid, "RssAnon").unwrap(), status_kib(pid, "RssFile").unwrap())
     }
 
+    /// With `GANTRY_BENCH_SMAPS` set to a directory, copy the server's `/proc/PID/smaps` there as
+    /// `NAME.smaps`, to see where its memory is.
+    fn dump_smaps(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("GANTRY_BENCH_SMAPS") {
+            let smaps = std::fs::read(format!("/proc/{}/smaps", self.child.id())).unwrap();
+            std::fs::write(Path::new(&dir).join(format!("{name}.smaps")), smaps).unwrap();
+        }
+    }
+
     async fn push(&self, sha: &str, delivery: usize) -> i64 {
         let body = serde_json::to_vec(&json!({
             "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha, "deleted": false,

@@ -154,10 +154,12 @@ pub async fn logs_bench() {
     .await;
     let big_before = settled_rss(&big).await;
     let split_before = big.rss_split_kib();
+    big.dump_smaps("before");
     let id = big.trigger("two-million").await;
     let (_, big_peak) = finish(&big, id).await;
     let big_after = settled_rss(&big).await;
     let split_after = big.rss_split_kib();
+    big.dump_smaps("after");
 
     println!("| measure | value |");
     println!("|---|---|");

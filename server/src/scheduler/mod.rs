@@ -87,7 +87,8 @@ pub enum BuildUpdate {
     Queued {
         build: BuildId,
     },
-    /// An executor event, after it was stored.
+    /// An executor event other than a log line, after it was stored. Log lines go only to the
+    /// build's live channel ([`LiveBuilds`]).
     Event {
         build: BuildId,
         event: BuildEvent,
@@ -591,6 +592,11 @@ impl Scheduler {
             Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
         }
         let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
+        // Before `close` hands freed memory back to the system: what the build's writes left in
+        // SQLite's page cache is freed first.
+        if let Err(error) = inner.store.release_memory().await {
+            tracing::warn!(build = %id, %error, "could not shrink the database's page cache");
+        }
         // The final status is stored: the build's listeners hear it and their streams end,
         // here and on the other servers sharing the database.
         inner.live.close(id);

@@ -103,9 +103,15 @@ pub(super) async fn persist(
                 (log.last_seq, log.step_lines) = (last_seq, step_lines);
             }
         }
+        // Log lines stay off the scheduler's updates: its one listener, the forge reporter, needs
+        // only a build's state, and with a forge configured the channel's 4,096 slots would keep
+        // the last 4,096 lines (and their texts) until later updates replace them. Live
+        // listeners get lines from `LiveBuilds`, above.
         for event in batch.drain(..) {
-            // Nobody listening is normal: the dashboard subscribes only while a page is open.
-            let _ = updates.send(BuildUpdate::Event { build, event });
+            if !matches!(event, BuildEvent::Log { .. }) {
+                // Nobody listening is normal.
+                let _ = updates.send(BuildUpdate::Event { build, event });
+            }
         }
     }
 }
