@@ -31,6 +31,18 @@ fn server_config(dir: &Path, database: &str, server_id: &str, repos: &[RepoConfi
     config
 }
 
+/// Servers `one` and `two` on `database`, each in a data directory of its own (kept alive with
+/// them), with the repo `shop` and the extra configuration `ssh`.
+async fn two_servers(database: &str, shop: &RepoConfig, ssh: &str) -> ([TempDir; 2], Vec<ServerProcess>) {
+    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
+    let configs: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .zip(&dirs)
+        .map(|(id, dir)| server_config(dir.path(), database, id, std::slice::from_ref(shop), ssh))
+        .collect();
+    (dirs, start_servers(&configs).await)
+}
+
 /// Start the servers of `configs`; the first one's admin token serves them all (one database).
 async fn start_servers(configs: &[PathBuf]) -> Vec<ServerProcess> {
     let token = cli_admin_token(&configs[0]);
@@ -76,13 +88,7 @@ async fn a_hundred_builds_queued_on_two_servers_each_run_once_and_both_servers_r
         .collect();
     let mut shop = RepoConfig::new("shop", &repo);
     shop.cancel_superseded = false;
-    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
-    let configs: Vec<PathBuf> = ["one", "two"]
-        .iter()
-        .zip(&dirs)
-        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), ""))
-        .collect();
-    let servers = start_servers(&configs).await;
+    let (_dirs, servers) = two_servers(&database, &shop, "").await;
 
     // A second server with a live server's id refuses to start, and says why.
     let third = TempDir::new().unwrap();
@@ -145,13 +151,7 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&format!("echo started; {marker}")))]);
     let mut shop = RepoConfig::new("shop", &repo);
     shop.provider = Some("ssh");
-    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
-    let configs: Vec<PathBuf> = ["one", "two"]
-        .iter()
-        .zip(&dirs)
-        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), &ssh))
-        .collect();
-    let mut servers = start_servers(&configs).await;
+    let (_dirs, mut servers) = two_servers(&database, &shop, &ssh).await;
 
     let id = api(&servers[0]).trigger("shop", "main").await;
     let start = Instant::now();
@@ -195,13 +195,7 @@ async fn the_other_server_streams_a_build_live_and_its_cancel_stops_it_where_it_
     let script = format!("echo before the gate; {}; echo after the gate; {marker}", gate.wait_command());
     repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
     let shop = RepoConfig::new("shop", &repo);
-    let dirs = [TempDir::new().unwrap(), TempDir::new().unwrap()];
-    let configs: Vec<PathBuf> = ["one", "two"]
-        .iter()
-        .zip(&dirs)
-        .map(|(id, dir)| server_config(dir.path(), &database, id, std::slice::from_ref(&shop), ""))
-        .collect();
-    let servers = start_servers(&configs).await;
+    let (_dirs, servers) = two_servers(&database, &shop, "").await;
     let id = api(&servers[0]).trigger("shop", "main").await;
     let start = Instant::now();
     let holder = loop {
