@@ -10,7 +10,10 @@ use crate::helpers::*;
 pub fn two_host_repo() -> (TestRepo, String) {
     let repo = TestRepo::new();
     let files = fixture_tree("two-hosts");
-    // The repo marks `.sh` files executable, as the fixture's are.
+    // The repo marks `.sh` files executable: that must be what the fixture's modes say.
+    for file in &files {
+        assert_eq!(file.executable, file.path.ends_with(".sh"), "{}: mode differs from its name", file.path);
+    }
     let files: Vec<(&str, &str)> = files.iter().map(|file| (file.path.as_str(), file.text.as_str())).collect();
     let sha = repo.commit("main", &files);
     (repo, sha)

@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::sql::Builder;
 
 use super::builds::{build_columns, build_from_row, builds_from_rows, BuildId, BuildRow, Trigger};
-use super::{parse_column, Result, Store};
+use super::{parse_column, Backend, Result, Store};
 
 /// Which of a repo's builds a history lists; `None` does not filter on that column.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,8 +49,8 @@ pub enum Newer {
 pub const VERDICTS: [BuildStatus; 3] = [BuildStatus::Passed, BuildStatus::Failed, BuildStatus::Errored];
 
 /// `FROM builds WHERE repo = ? AND …` for `filter`.
-fn filtered(select: &str, repo: &str, filter: &HistoryFilter) -> Builder {
-    let mut query = Builder::new(select);
+fn filtered(backend: Backend, select: &str, repo: &str, filter: &HistoryFilter) -> Builder {
+    let mut query = Builder::new(backend, select);
     query.push(" FROM builds WHERE repo = ").push_bind(repo.to_string());
     if let Some(branch) = &filter.branch {
         query.push(" AND branch = ").push_bind(branch.clone());
@@ -75,7 +75,7 @@ impl Store {
         limit: u32,
     ) -> Result<HistoryPage> {
         let limit = limit.max(1);
-        let mut query = filtered(concat!("SELECT ", build_columns!()), repo, filter);
+        let mut query = filtered(self.backend, concat!("SELECT ", build_columns!()), repo, filter);
         if let Some(before) = before {
             query.push(" AND id < ").push_bind(before.0);
         }
@@ -103,7 +103,7 @@ impl Store {
         before: BuildId,
         limit: u32,
     ) -> Result<Option<Newer>> {
-        let mut query = filtered("SELECT id", repo, filter);
+        let mut query = filtered(self.backend, "SELECT id", repo, filter);
         query.push(" AND id >= ").push_bind(before.0);
         query.push(" ORDER BY id ASC LIMIT ").push_bind(i64::from(limit) + 1);
         let ids: Vec<i64> =
@@ -118,7 +118,7 @@ impl Store {
 
     /// The newest build of `repo` (of `branch`, when given) that ran to a verdict ([`VERDICTS`]).
     pub async fn last_verdict(&self, repo: &str, branch: Option<&str>) -> Result<Option<BuildRow>> {
-        let mut query = Builder::new(concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = "));
+        let mut query = Builder::new(self.backend, concat!("SELECT ", build_columns!(), " FROM builds WHERE repo = "));
         query.push_bind(repo.to_string());
         if let Some(branch) = branch {
             query.push(" AND branch = ").push_bind(branch.to_string()).push(" AND ref_kind = 'branch'");

@@ -13,7 +13,7 @@ use sqlx::Row;
 use super::sql::Builder;
 use super::Connection;
 
-use super::{parse_column, BuildId, Result, Store};
+use super::{parse_column, Backend, BuildId, Result, Store};
 
 /// Rows per `INSERT` statement, largest first: a batch is cut into statements of these sizes, so
 /// only these few statements are ever prepared (7 parameters a row; the largest stays under
@@ -55,11 +55,13 @@ pub(super) const LINES_AFTER_SEQ: &str = "SELECT step_idx, line, seq, at, stream
 
 /// Append lines to a build's log.
 pub async fn insert_lines(conn: &mut Connection, build: BuildId, lines: &[LogLine]) -> Result<()> {
+    let backend = Backend::of(conn);
     let mut rest = lines;
     for size in LOG_INSERT_CHUNKS {
         while rest.len() >= size {
             let (chunk, tail) = rest.split_at(size);
-            let mut insert = Builder::new("INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) ");
+            let mut insert =
+                Builder::new(backend, "INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) ");
             insert.push_values(chunk, |row, line| {
                 row.push_bind(build.0)
                     .push_bind(line.step_idx)

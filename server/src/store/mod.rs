@@ -125,6 +125,17 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend `conn` is connected to.
+    pub(crate) fn of(conn: &Connection) -> Backend {
+        if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]

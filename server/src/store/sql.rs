@@ -1,6 +1,12 @@
 //! [`Builder`]: a statement whose text depends on its binds (an `IN (…)` list, optional filters,
 //! a multi-row `VALUES`). sqlx's `QueryBuilder` writes `?` placeholders for the `Any` driver,
-//! which PostgreSQL does not read; this one writes `$1`, `$2`, …, which both backends read.
+//! which PostgreSQL does not read; this one writes each backend's own: `$1`, `$2`, … for
+//! PostgreSQL and anonymous `?` for SQLite.
+//!
+//! SQLite reads `$N` too, but finds a numbered parameter's name by a linear scan, and sqlx asks
+//! for every parameter's name when it binds: a 1,024-row insert of 7 columns took 90 ms that way
+//! against 2 ms with `?` (log lines stored 14,000 a second instead of 400,000). So a builder is
+//! for one backend, and its statement uses only [`Builder::push_bind`]'s placeholders.
 
 use std::fmt::Write;
 
@@ -8,18 +14,22 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, Arguments, Encode, Type};
 
-/// A statement built piece by piece, with its arguments.
-#[derive(Default)]
+use super::Backend;
+
+/// A statement built piece by piece, with its arguments, for one backend.
 pub(crate) struct Builder {
     sql: String,
+    backend: Backend,
     arguments: AnyArguments,
     /// The first bind that failed to encode; [`Builder::build`] returns it as the query's error.
     error: Option<sqlx::error::BoxDynError>,
 }
 
 impl Builder {
-    pub fn new(sql: &str) -> Builder {
-        Builder { sql: sql.to_string(), ..Builder::default() }
+    /// A statement starting with `sql`, which holds no placeholder (every bind goes through
+    /// [`Builder::push_bind`], so the numbering stays the builder's).
+    pub fn new(backend: Backend, sql: &str) -> Builder {
+        Builder { sql: sql.to_string(), backend, arguments: AnyArguments::default(), error: None }
     }
 
     /// Append SQL text.
@@ -36,7 +46,12 @@ impl Builder {
         if let Err(error) = self.arguments.add(value) {
             self.error.get_or_insert(error);
         }
-        write!(self.sql, "${}", self.arguments.len()).expect("writing to a String cannot fail");
+        match self.backend {
+            Backend::Sqlite => self.sql.push('?'),
+            Backend::Postgres => {
+                write!(self.sql, "${}", self.arguments.len()).expect("writing to a String cannot fail")
+            }
+        }
         self
     }
 
@@ -106,14 +121,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_are_numbered_across_lists_and_rows() {
-        let mut query = Builder::new("SELECT 1 FROM t WHERE a = ");
+    fn postgres_placeholders_are_numbered_across_lists_and_rows() {
+        let mut query = Builder::new(Backend::Postgres, "SELECT 1 FROM t WHERE a = ");
         query.push_bind(1_i64).push(" AND b IN ").push_list(["x", "y"]);
         assert_eq!(query.sql(), "SELECT 1 FROM t WHERE a = $1 AND b IN ($2, $3)");
-        let mut insert = Builder::new("INSERT INTO t (a, b) ");
+        let mut insert = Builder::new(Backend::Postgres, "INSERT INTO t (a, b) ");
         insert.push_values([(1_i64, "x"), (2, "y")], |row, (a, b)| {
             row.push_bind(a).push_bind(b);
         });
         assert_eq!(insert.sql(), "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
+    }
+
+    #[test]
+    fn sqlite_placeholders_are_anonymous() {
+        let mut insert = Builder::new(Backend::Sqlite, "INSERT INTO t (a, b) ");
+        insert.push_values([(1_i64, "x"), (2, "y")], |row, (a, b)| {
+            row.push_bind(a).push_bind(b);
+        });
+        assert_eq!(insert.sql(), "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)");
     }
 }

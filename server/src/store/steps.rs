@@ -145,7 +145,7 @@ impl Store {
         if builds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query = super::sql::Builder::new(concat!("SELECT ", step_columns!(), " FROM steps"));
+        let mut query = super::sql::Builder::new(self.backend, concat!("SELECT ", step_columns!(), " FROM steps"));
         query.push(" WHERE build_id IN ").push_list(builds.iter().map(|build| build.0));
         let rows = query.build()?.fetch_all(self.reader()).await?;
         let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;

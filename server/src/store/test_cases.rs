@@ -15,7 +15,7 @@ use sqlx::Row;
 use super::sql::Builder;
 use super::Connection;
 
-use super::{parse_column, BuildId, BuildRow, Result, Store};
+use super::{parse_column, Backend, BuildId, BuildRow, Result, Store};
 
 /// How many rows one INSERT statement writes (ten bound values each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 500;
@@ -114,8 +114,10 @@ pub async fn replace_report(
         .bind(path)
         .execute(&mut *conn)
         .await?;
+    let backend = Backend::of(conn);
     for (chunk_no, chunk) in cases.chunks(ROWS_PER_INSERT).enumerate() {
         let mut insert = Builder::new(
+            backend,
             "INSERT INTO test_cases (build_id, step_idx, path, seq, stage, classname, name, outcome, duration_ms, \
              message) ",
         );
@@ -230,7 +232,7 @@ impl Store {
 
     /// The tests of `build` with one of `outcomes`.
     async fn cases_with(&self, build: BuildId, outcomes: &[&str]) -> Result<HashSet<TestKey>> {
-        let mut query = Builder::new("SELECT stage, classname, name FROM test_cases WHERE build_id = ");
+        let mut query = Builder::new(self.backend, "SELECT stage, classname, name FROM test_cases WHERE build_id = ");
         query.push_bind(build.0).push(" AND outcome IN ").push_list(outcomes.iter().copied());
         let rows = query.build()?.fetch_all(self.reader()).await?;
         rows.iter().map(key_from_row).collect()
