@@ -198,6 +198,12 @@ impl Store {
         // In WAL mode synchronous=NORMAL is durable across application crashes; only a power
         // loss can lose the last commits, and a build is re-runnable.
         const PRAGMAS: &str = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;";
+        // A read connection's page cache is 256 KiB instead of SQLite's 2,000 KiB: reads are
+        // windows of an index (a page of history, 256 events of a log), the OS caches the file
+        // anyway, and the pool keeps its connections: with 20 clients following a 200,000-line
+        // build, eight full caches kept the server 18 MiB larger afterwards (3.4 MiB with these).
+        const READER_PRAGMAS: &str = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 10000; PRAGMA cache_size = -256;";
         const _: () = assert!(BUSY_TIMEOUT.as_millis() == 10_000);
         // No ping before handing out a connection: a connection to a local file does not go stale
         // like a network one, and the ping is a round trip to the connection's thread on every
@@ -220,7 +226,9 @@ impl Store {
             .max_connections(MAX_READ_CONNECTIONS)
             .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(|conn, _| Box::pin(async move { conn.execute(sqlx::raw_sql(PRAGMAS)).await.map(drop) }))
+            .after_connect(|conn, _| {
+                Box::pin(async move { conn.execute(sqlx::raw_sql(READER_PRAGMAS)).await.map(drop) })
+            })
             .connect_with(sqlite_options(path, true)?)
             .await?;
         Ok(Store { reader, writer, backend: Backend::Sqlite, url: None })
