@@ -8,7 +8,10 @@
 //! as of one id), page by page, and then follows the channel, skipping what it already sent: no
 //! gap, no duplicate. The stream ends after the build's final status (its id is the build's last
 //! event id plus one); a client that resumes after it gets 204, which tells `EventSource` to stop.
-//! A client that falls behind the channel is dropped, and resumes from the store. Reads only:
+//! A client that falls behind the channel is dropped, and resumes from the store. A stream whose
+//! channel stays quiet for [`STORE_CHECK_EVERY`] asks the store whether it missed anything (a
+//! build on another server reaches this one's channel through notices, which can be lost while
+//! the connection that hears them is down), and ends if the build did. Reads only:
 //! every handler takes [`Reader`]; nothing here writes.
 
 use std::collections::HashMap;
@@ -42,6 +45,11 @@ pub const LIVE_BURST: usize = 64;
 
 /// A comment line keeps idle streams open through proxies this often.
 pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
+
+/// How long a stream waits on a quiet live channel before it asks the store whether there is
+/// more: events of a build on another server arrive through that server's notices, and a notice
+/// sent while this server's listening connection was down is lost (the build's end included).
+pub const STORE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How long `EventSource` waits before reconnecting (after a drop for falling behind, say).
 pub const RECONNECT_AFTER: Duration = Duration::from_millis(500);
@@ -126,6 +134,22 @@ impl Cursor {
         self.phase = Phase::Done;
     }
 
+    /// The live channel was quiet for [`STORE_CHECK_EVERY`]: read what the store has that the
+    /// channel did not bring, and end with the build if it is final.
+    async fn check_store(&mut self) -> Result<(), HttpError> {
+        let Some((status, event_seq)) = self.store.event_head(self.build).await? else {
+            self.phase = Phase::Done;
+            return Ok(());
+        };
+        if status.is_final() {
+            self.was_final = true;
+            self.phase = Phase::Replay;
+        } else if self.last_sent < event_seq {
+            self.phase = Phase::Replay;
+        }
+        Ok(())
+    }
+
     /// The events the stream sends next; empty only once it is done.
     async fn next_events(&mut self) -> Result<Vec<Event>, HttpError> {
         loop {
@@ -144,6 +168,10 @@ impl Cursor {
                         received = receiver.recv() => received,
                         () = self.live.shutdown().cancelled() => {
                             self.phase = Phase::Done;
+                            continue;
+                        }
+                        () = tokio::time::sleep(STORE_CHECK_EVERY) => {
+                            self.check_store().await?;
                             continue;
                         }
                     };

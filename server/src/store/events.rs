@@ -8,6 +8,7 @@
 //! [`Store::events_after`]; a new one starts from [`Store::event_snapshot`], the build's state at
 //! one event id, read in one transaction. What the JSON says is not this module's business.
 
+use gantry_event::BuildStatus;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -142,6 +143,20 @@ pub async fn host(conn: &mut Connection, build: BuildId, role: &str) -> Result<O
 }
 
 impl Store {
+    /// The build's status and its last event id (a cheap look for a quiet stream); `None` when
+    /// there is no such build.
+    pub async fn event_head(&self, id: BuildId) -> Result<Option<(BuildStatus, i64)>> {
+        let Some(row) = sqlx::query("SELECT status, event_seq FROM builds WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(self.reader())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let status = parse_column("builds.status", row.try_get("status")?, BuildStatus::parse)?;
+        Ok(Some((status, row.try_get("event_seq")?)))
+    }
+
     /// The build's state and the last event id it includes, all read in one transaction (so no
     /// event is half in it). `None` when there is no such build.
     pub async fn event_snapshot(&self, id: BuildId) -> Result<Option<Snapshot>> {
@@ -258,5 +273,7 @@ mod tests {
         assert_eq!(snapshot.event_seq, 9);
         assert_eq!(snapshot.build.id, build.id);
         assert!(store.event_snapshot(BuildId(999)).await.unwrap().is_none());
+        assert_eq!(store.event_head(build.id).await.unwrap(), Some((snapshot.build.status, 9)));
+        assert!(store.event_head(BuildId(999)).await.unwrap().is_none());
     }
 }
