@@ -1,7 +1,8 @@
 //! Two real `gantry serve` processes on one PostgreSQL database (contract section 8): one queue
 //! that runs each build exactly once on whichever server claims it, a server_id that a second
 //! server cannot take, and a server killed with SIGKILL in the middle of a build, whose build the
-//! other one ends `interrupted` and whose SSH-pool host it tears down.
+//! other one ends `interrupted` (its page there following it live to that end) and whose SSH-pool
+//! host it tears down.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -145,27 +146,29 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     let database = postgres::server().database();
     let machine = Sshd::start();
     let ssh = pool_machine_toml(&machine);
+    let gate = Gate::new();
     // A step no other process on this machine runs: the test looks for it by its command line.
     let marker = format!("sleep {}", 7000 + std::process::id() % 1000);
+    let script = format!("echo before the gate; {}; echo after the gate; {marker}", gate.wait_command());
     let repo = TestRepo::new();
-    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&format!("echo started; {marker}")))]);
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
     let mut shop = RepoConfig::new("shop", &repo);
     shop.provider = Some("ssh");
     let (_dirs, mut servers) = two_servers(&database, &shop, &ssh).await;
 
     let id = api(&servers[0]).trigger("shop", "main").await;
+    let holder = claimed_by(&database, id).await;
+    let (dead, alive) = if holder == "one" { (0, 1) } else { (1, 0) };
+    // The build's page on the other server follows it live.
+    let (mut stream, mut seen) = follow(&servers[alive], id).await;
+    next_log(&mut stream, &mut seen, "before the gate").await;
+    gate.open();
+    next_log(&mut stream, &mut seen, "after the gate").await;
     let start = Instant::now();
-    loop {
-        let build = servers[1].build(id).await;
-        let running = build["stages"].as_array().is_some_and(|s| s.iter().any(|s| s["status"] == "running"));
-        if running && pgrep(&marker) {
-            break;
-        }
-        assert!(start.elapsed() < BUILD_DEADLINE, "the stage never started: {build:#}");
+    while !pgrep(&marker) {
+        assert!(start.elapsed() < BUILD_DEADLINE, "the step never reached {marker:?}");
         tokio::time::sleep(POLL_EVERY).await;
     }
-    let holder = claims(&database)[&id].clone();
-    let (dead, alive) = if holder == "one" { (0, 1) } else { (1, 0) };
     servers[dead].kill9();
     let killed = Instant::now();
 
@@ -181,6 +184,87 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     };
     println!("taken over {:?} after the kill", killed.elapsed());
     assert_eq!(build["error"], json!(format!("its server {holder} stopped answering")));
+    // The page that followed it saw the end too: the stream closes on the interrupted build.
+    let last = last_event(&mut stream, &mut seen).await;
+    assert_eq!(last.event, "build", "{seen:#?}");
+    assert_eq!(last.json()["status"], "interrupted", "{last:?}");
+}
+
+/// A build on one of two servers whose step says "before the gate", waits for the gate, says
+/// "after the gate" and runs `marker` (a command to find it by).
+struct GatedBuild {
+    database: String,
+    gate: Gate,
+    _dirs: [TempDir; 2],
+    servers: Vec<ServerProcess>,
+    id: i64,
+    /// The `server_id` of the server running it.
+    holder: String,
+}
+
+impl GatedBuild {
+    async fn start(marker: &str) -> GatedBuild {
+        let database = postgres::server().database();
+        let gate = Gate::new();
+        let repo = TestRepo::new();
+        let script = format!("echo before the gate; {}; echo after the gate; {marker}", gate.wait_command());
+        repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
+        let (_dirs, servers) = two_servers(&database, &RepoConfig::new("shop", &repo), "").await;
+        let id = api(&servers[0]).trigger("shop", "main").await;
+        let holder = claimed_by(&database, id).await;
+        GatedBuild { database, gate, _dirs, servers, id, holder }
+    }
+
+    /// The server that does not run the build.
+    fn other(&self) -> &ServerProcess {
+        &self.servers[if self.holder == "one" { 1 } else { 0 }]
+    }
+}
+
+/// The server that claimed build `id`, once one has.
+async fn claimed_by(database: &str, id: i64) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(server) = claims(database).get(&id).filter(|s| !s.is_empty()) {
+            return server.clone();
+        }
+        assert!(start.elapsed() < BUILD_DEADLINE, "build {id} was never claimed");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Follow build `id`'s event stream on `server` from its first event (`Last-Event-ID: 0`: a new
+/// client would get the build's state instead, without the lines already stored); the events are
+/// kept in the returned list as they are read, for the messages of failed assertions.
+async fn follow(server: &ServerProcess, id: i64) -> (SseStream, Vec<SseEvent>) {
+    let url = format!("{}/api/builds/{id}/events", server.base);
+    let (status, stream) = connect(&server.client, &url, Some(0)).await;
+    assert_eq!(status, 200);
+    (stream.unwrap(), Vec::new())
+}
+
+/// Read `stream` up to a log line that says `wanted`.
+async fn next_log(stream: &mut SseStream, seen: &mut Vec<SseEvent>, wanted: &str) {
+    loop {
+        let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {wanted:?} on the other server: {seen:#?}"))
+            .unwrap_or_else(|| panic!("the stream ended before {wanted:?}: {seen:#?}"));
+        seen.push(event.clone());
+        if event.event == "log" && event.json()["text"] == wanted {
+            return;
+        }
+    }
+}
+
+/// Read `stream` to its end and return its last event.
+async fn last_event(stream: &mut SseStream, seen: &mut Vec<SseEvent>) -> SseEvent {
+    loop {
+        match tokio::time::timeout(EVENT_DEADLINE, stream.next()).await.expect("the stream never ended") {
+            Some(event) => seen.push(event),
+            None => return seen.last().expect("the stream sent nothing").clone(),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,57 +272,21 @@ async fn the_other_server_streams_a_build_live_and_its_cancel_stops_it_where_it_
     if !installed() {
         return;
     }
-    let database = postgres::server().database();
-    let gate = Gate::new();
-    let repo = TestRepo::new();
     let marker = format!("sleep {}", 8000 + std::process::id() % 1000);
-    let script = format!("echo before the gate; {}; echo after the gate; {marker}", gate.wait_command());
-    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
-    let shop = RepoConfig::new("shop", &repo);
-    let (_dirs, servers) = two_servers(&database, &shop, "").await;
-    let id = api(&servers[0]).trigger("shop", "main").await;
-    let start = Instant::now();
-    let holder = loop {
-        if let Some(server) = claims(&database).get(&id).filter(|s| !s.is_empty()) {
-            break server.clone();
-        }
-        assert!(start.elapsed() < BUILD_DEADLINE, "build {id} was never claimed");
-        tokio::time::sleep(POLL_EVERY).await;
-    };
-    // Follow it on the server that does not run it.
-    let other = &servers[if holder == "one" { 1 } else { 0 }];
-    let url = format!("{}/api/builds/{id}/events", other.base);
-    let (status, stream) = connect(&other.client, &url, None).await;
-    assert_eq!(status, 200);
-    let mut stream = stream.unwrap();
-    let mut seen = Vec::new();
-    let next_text = async |stream: &mut SseStream, seen: &mut Vec<SseEvent>, wanted: &str| loop {
-        let event = tokio::time::timeout(EVENT_DEADLINE, stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {wanted:?} from {holder}'s build on the other server: {seen:#?}"))
-            .unwrap_or_else(|| panic!("the stream ended before {wanted:?}: {seen:#?}"));
-        seen.push(event.clone());
-        if event.event == "log" && event.json()["text"] == wanted {
-            return;
-        }
-    };
-    next_text(&mut stream, &mut seen, "before the gate").await;
+    let gated = GatedBuild::start(&marker).await;
+    let (gate, id, other) = (&gated.gate, gated.id, gated.other());
+    let (mut stream, mut seen) = follow(other, id).await;
+    next_log(&mut stream, &mut seen, "before the gate").await;
     // Produced after the stream began: it can only have come live from the other server.
     gate.open();
-    next_text(&mut stream, &mut seen, "after the gate").await;
-    // The state a new client starts from shares one id; what follows goes up without repeats.
+    next_log(&mut stream, &mut seen, "after the gate").await;
     let ids: Vec<i64> = seen.iter().filter(|e| e.event == "log").map(SseEvent::seq).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "log ids go up without repeats: {ids:?}");
 
     // Cancelled through the server that does not run it; the one that does stops it at once.
     let response = other.client.post(format!("{}/api/builds/{id}/cancel", other.base)).send().await.unwrap();
     assert_eq!(response.status(), 202);
-    let last = loop {
-        match tokio::time::timeout(EVENT_DEADLINE, stream.next()).await.expect("the stream ended") {
-            Some(event) => seen.push(event),
-            None => break seen.last().unwrap().clone(),
-        }
-    };
+    let last = last_event(&mut stream, &mut seen).await;
     assert_eq!(last.event, "build", "{seen:#?}");
     assert_eq!(last.json()["status"], "cancelled", "{last:?}");
     let start = Instant::now();
@@ -246,6 +294,70 @@ async fn the_other_server_streams_a_build_live_and_its_cancel_stops_it_where_it_
         assert!(start.elapsed() < EVENT_DEADLINE, "the cancelled step still runs");
         tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_the_other_server_catches_up_when_that_server_lost_the_notices() {
+    if !installed() {
+        return;
+    }
+    let gated = GatedBuild::start(&format!("sleep {}", 9000 + std::process::id() % 1000)).await;
+    let (gate, id, other, database) = (&gated.gate, gated.id, gated.other(), &gated.database);
+    let (mut stream, mut seen) = follow(other, id).await;
+    next_log(&mut stream, &mut seen, "before the gate").await;
+
+    // The other server's connection for notices is cut while it is stopped, so it cannot hear of
+    // the next line: it reconnects when it runs again, and what was sent meanwhile is lost. (Kept
+    // short: the holder takes a server silent for server_timeout for dead.)
+    let name = database.rsplit('/').next().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(other.pid() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let listeners = postgres::server().psql(
+        name,
+        "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    );
+    let ports = client_ports(other.pid(), postgres::server().port());
+    let cut: Vec<&str> = listeners
+        .lines()
+        .filter_map(|line| line.split_once('|'))
+        .filter(|(_, port)| port.parse().is_ok_and(|port: u16| ports.contains(&port)))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(cut.len(), 1, "one listening connection of the other server among {listeners:?} (its ports {ports:?})");
+    postgres::server().psql(name, &format!("SELECT pg_terminate_backend({})", cut[0]));
+    gate.open();
+    let start = Instant::now();
+    let stored = format!("SELECT count(*) FROM log_lines WHERE build_id = {id} AND text = 'after the gate'");
+    while postgres::server().psql(name, &stored).trim() != "1" {
+        assert!(start.elapsed() < BUILD_DEADLINE, "the holder never stored the line");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(other.pid() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // The page still gets the line (the stream reads the store when its channel stays quiet)…
+    next_log(&mut stream, &mut seen, "after the gate").await;
+    // …and, with its notices heard again, the end of the build.
+    let response = other.client.post(format!("{}/api/builds/{id}/cancel", other.base)).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let last = last_event(&mut stream, &mut seen).await;
+    assert_eq!(last.json()["status"], "cancelled", "{seen:#?}");
+}
+
+/// The local ports of `pid`'s TCP connections to `port` on loopback (from `ss`).
+fn client_ports(pid: u32, port: u16) -> Vec<u16> {
+    let output = Command::new("ss").args(["-Htnp", "state", "established"]).output().unwrap();
+    assert!(output.status.success(), "ss: {}", String::from_utf8_lossy(&output.stderr));
+    let owner = format!("pid={pid},");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&owner))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Recv-Q, Send-Q, local address:port, peer address:port, process.
+            let (local, peer) = (fields.get(2)?, fields.get(3)?);
+            (peer.rsplit_once(':')?.1 == port.to_string()).then(|| local.rsplit_once(':')?.1.parse().ok())?
+        })
+        .collect()
 }
 
 /// Whether a process whose command line contains `pattern` runs.
