@@ -6,7 +6,8 @@
 //! ([`history::history_bench`]), and with `-- --flood [--runs N] [--bin PATH] [--baseline-bin PATH]`
 //! what floods of forged webhooks and idle connections cost the server (see [`flood`]), and with
 //! `-- --idle [--runs N] [--bin PATH] [--baseline-bin PATH]` the resident memory of an idle server
-//! and where it goes (see [`idle`]).
+//! and where it goes (see [`idle`]), and with `-- --scale [--runs N]` build throughput on SQLite and
+//! PostgreSQL with one and two servers (see [`scale`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -46,6 +47,11 @@ mod flood;
 mod history;
 mod idle;
 mod logs;
+#[path = "../support/postgres.rs"]
+mod postgres;
+mod scale;
+// Shared with the e2e suite, which uses more of it.
+#[allow(dead_code)]
 #[path = "../support/sse.rs"]
 mod sse;
 
@@ -84,6 +90,8 @@ struct Args {
     idle: bool,
     /// Measure the pages with a short and a long history instead.
     history: bool,
+    /// Measure build throughput on each backend, with one and two servers, instead.
+    scale: bool,
 }
 
 fn parse_args() -> Args {
@@ -99,6 +107,7 @@ fn parse_args() -> Args {
         bin: None,
         baseline_bin: None,
         history: false,
+        scale: false,
         idle: false,
     };
     let mut it = std::env::args().skip(1);
@@ -117,6 +126,7 @@ fn parse_args() -> Args {
             "--flood" => args.flood = true,
             "--runs" => args.runs = Some(it.next().and_then(|v| v.parse().ok()).expect("--runs N")),
             "--idle" => args.idle = true,
+            "--scale" => args.scale = true,
             "--bin" => args.bin = Some(it.next().expect("--bin PATH").into()),
             "--baseline-bin" => args.baseline_bin = Some(it.next().expect("--baseline-bin PATH").into()),
             // cargo bench passes --bench; anything else is a mistake worth stopping on.
@@ -251,6 +261,19 @@ impl Server {
         // A gantry from before users existed has no `user` command.
         let with_users = Command::new(binary).args(["user", "--help"]).output().is_ok_and(|out| out.status.success());
         let token = if with_users { admin_token(binary, &config) } else { String::new() };
+        Server::launch(binary, &config, listen, &token, soft_nofile).await
+    }
+
+    /// Run `gantry serve` on `config`, which listens on `listen`, and wait until it answers; its
+    /// client sends `token` (none when empty).
+    async fn launch(
+        binary: &Path,
+        config: &Path,
+        listen: std::net::SocketAddr,
+        token: &str,
+        soft_nofile: Option<u64>,
+    ) -> Server {
+        let with_users = !token.is_empty();
         let mut command = Command::new(binary);
         command.args(["serve", "--config", config.to_str().unwrap()]).env("RUST_LOG", "warn");
         if let Some(soft) = soft_nofile {
@@ -272,7 +295,7 @@ impl Server {
             headers.insert(reqwest::header::AUTHORIZATION, bearer);
         }
         let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
-        let server = Server { child, api: Client { http, base: format!("http://{listen}") }, token };
+        let server = Server { child, api: Client { http, base: format!("http://{listen}") }, token: token.to_string() };
         let start = Instant::now();
         while server.api.http.get(server.api.url("/api/repos")).send().await.is_err() {
             assert!(start.elapsed() < READY_DEADLINE, "gantry did not start");
@@ -425,6 +448,9 @@ async fn main() {
     }
     if args.flood {
         return flood::flood_bench(args.runs.unwrap_or(3), args.bin.as_deref(), args.baseline_bin.as_deref()).await;
+    }
+    if args.scale {
+        return scale::scale_bench(args.runs.unwrap_or(3), args.builds, args.concurrent).await;
     }
     if args.idle {
         let bin = args.bin.clone().unwrap_or_else(gantry_bin);

@@ -141,6 +141,8 @@ pub async fn logs_bench() {
         peak = peak.max(server.rss_kib());
     }
     let after_follow = settled_rss(&server).await;
+    let split_follow = server.rss_split_kib();
+    server.dump_smaps("after-follow");
     drop(server);
 
     // 4. Before and after 2,000,000 lines nobody follows.
@@ -179,6 +181,11 @@ pub async fn logs_bench() {
         mib(before_follow),
         mib(peak),
         mib(after_follow)
+    );
+    println!(
+        "| of which anonymous / file-backed, after the 20 clients | {} / {} |",
+        mib(split_follow.0),
+        mib(split_follow.1)
     );
     println!(
         "| server RSS before / peak / after a 2,000,000-line build (fresh server) | {} / {} / {} |",
