@@ -32,7 +32,7 @@ use crate::store::events::{EventKind, EventRow, StoredEvent};
 use crate::store::hosts::{HostPhase, Provisioned};
 use crate::store::notify::Notice;
 use crate::store::reports::ReportRow;
-use crate::store::{self, to_ms, BuildId, LogLine, NewTestCase, Store, TestOutcome};
+use crate::store::{self, to_ms, BuildId, HostRow, LogLine, NewTestCase, StepRow, Store, TestOutcome};
 
 /// At most this many events are written in one transaction.
 pub const MAX_EVENTS_PER_BATCH: usize = 2048;
@@ -201,28 +201,18 @@ impl BuildLog {
         Ok(())
     }
 
-    async fn record_step(
-        &mut self,
-        conn: &mut store::Connection,
-        step: usize,
-        written: &mut Written,
-    ) -> store::Result<()> {
-        if let Some(row) = store::events::step(conn, self.build, step as i64).await? {
-            self.record(written, EventKind::Step, live::step_json(&row));
+    /// Record a step's event from the row its write returned.
+    fn record_step(&mut self, written: &mut Written, row: Option<&StepRow>) {
+        if let Some(row) = row {
+            self.record(written, EventKind::Step, live::step_json(row));
         }
-        Ok(())
     }
 
-    async fn record_host(
-        &mut self,
-        conn: &mut store::Connection,
-        role: &str,
-        written: &mut Written,
-    ) -> store::Result<()> {
-        if let Some(row) = store::events::host(conn, self.build, role).await? {
-            self.record(written, EventKind::Host, live::host_json(&row));
+    /// Record a host's event from the row its write returned.
+    fn record_host(&mut self, written: &mut Written, row: Option<&HostRow>) {
+        if let Some(row) = row {
+            self.record(written, EventKind::Host, live::host_json(row));
         }
-        Ok(())
     }
 
     /// Write one event; log lines are collected into `written` and inserted together at the end
@@ -252,11 +242,11 @@ impl BuildLog {
                 });
             }
             BuildEvent::Planned { steps } => {
-                store::steps::insert_planned(conn, build, steps).await?;
+                let rows = store::steps::insert_planned(conn, build, steps).await?;
                 self.steps = steps.clone();
                 self.record_build(conn, written).await?;
-                for step in 0..steps.len() {
-                    self.record_step(conn, step, written).await?;
+                for row in &rows {
+                    self.record_step(written, Some(row));
                 }
             }
             BuildEvent::Running { .. } => {
@@ -264,16 +254,17 @@ impl BuildLog {
                 self.record_build(conn, written).await?;
             }
             BuildEvent::StepStarted { step, at } => {
-                store::steps::start(conn, build, *step, to_ms(*at)).await?;
-                self.record_step(conn, *step, written).await?;
+                let row = store::steps::start(conn, build, *step, to_ms(*at)).await?;
+                self.record_step(written, row.as_ref());
             }
             BuildEvent::StepFinished { step, at, status, exit_code } => {
                 let at = to_ms(*at);
-                let started = store::steps::finish(conn, build, *step, *status, *exit_code, at).await?;
+                let row = store::steps::finish(conn, build, *step, *status, *exit_code, at).await?;
+                let started = row.as_ref().and_then(|row| row.started_at);
                 if let (Some(started), Some(planned)) = (started, self.steps.get(*step)) {
                     self.metrics.step_finished(planned.kind, *status, at - started);
                 }
-                self.record_step(conn, *step, written).await?;
+                self.record_step(written, row.as_ref());
                 // A host's provision and teardown times are those of its steps.
                 let phase = match self.steps.get(*step).map(|s| s.kind) {
                     Some(StepKind::Provision) => Some(HostPhase::Provision),
@@ -283,20 +274,26 @@ impl BuildLog {
                 if let Some(phase) = phase {
                     let role = self.steps[*step].host.clone();
                     let took = started.map(|started| at - started);
-                    store::hosts::record_step_times(conn, build, &role, phase, at, took).await?;
-                    self.record_host(conn, &role, written).await?;
+                    let row = store::hosts::record_step_times(conn, build, &role, phase, at, took).await?;
+                    self.record_host(written, row.as_ref());
                 }
             }
             BuildEvent::HostProvisioned { role, address, provider_id, isolation } => {
                 let host = Provisioned { address: *address, provider_id, isolation };
-                store::hosts::mark_provisioned(conn, build, role, host).await?;
-                self.record_host(conn, role, written).await?;
+                let row = store::hosts::mark_provisioned(conn, build, role, host).await?;
+                self.record_host(written, row.as_ref());
             }
             BuildEvent::HostTornDown { role, error } => match self.host_ids.get(role) {
                 Some(host_id) => {
-                    store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), to_ms(SystemTime::now()), None)
-                        .await?;
-                    self.record_host(conn, role, written).await?;
+                    let row = store::hosts::mark_torn_down(
+                        conn,
+                        &host_id.0,
+                        error.as_deref(),
+                        to_ms(SystemTime::now()),
+                        None,
+                    )
+                    .await?;
+                    self.record_host(written, row.as_ref());
                 }
                 None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
             },

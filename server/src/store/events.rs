@@ -12,7 +12,8 @@ use gantry_event::BuildStatus;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::Connection;
+use super::sql::Builder;
+use super::{Backend, Connection};
 
 use super::builds::build_from_row;
 use super::hosts::host_from_row;
@@ -104,42 +105,26 @@ pub async fn set_last_seq(conn: &mut Connection, build: BuildId, seq: i64) -> Re
 
 /// Store events other than log lines.
 pub async fn insert(conn: &mut Connection, build: BuildId, events: &[EventRow]) -> Result<()> {
-    for event in events {
-        sqlx::query("INSERT INTO build_events (build_id, seq, kind, data) VALUES ($1, $2, $3, $4)")
-            .bind(build.0)
-            .bind(event.seq)
-            .bind(event.kind.as_str())
-            .bind(&event.data)
-            .execute(&mut *conn)
-            .await?;
+    // One statement per batch (a round trip each on PostgreSQL), of at most a fixed number of
+    // rows so that few statements are prepared.
+    let backend = Backend::of(conn);
+    for chunk in events.chunks(EVENT_INSERT_ROWS) {
+        let mut insert = Builder::new(backend, "INSERT INTO build_events (build_id, seq, kind, data) ");
+        insert.push_values(chunk, |row, event| {
+            row.push_bind(build.0).push_bind(event.seq).push_bind(event.kind.as_str()).push_bind(event.data.clone());
+        });
+        insert.build()?.execute(&mut *conn).await?;
     }
     Ok(())
 }
+
+/// Rows of one `INSERT` of events at most.
+const EVENT_INSERT_ROWS: usize = 32;
 
 /// A build's row as the open transaction sees it.
 pub async fn build(conn: &mut Connection, build: BuildId) -> Result<Option<BuildRow>> {
     let row = sqlx::query("SELECT * FROM builds WHERE id = $1").bind(build.0).fetch_optional(conn).await?;
     row.as_ref().map(build_from_row).transpose()
-}
-
-/// One step's row as the open transaction sees it.
-pub async fn step(conn: &mut Connection, build: BuildId, idx: i64) -> Result<Option<StepRow>> {
-    let row = sqlx::query("SELECT * FROM steps WHERE build_id = $1 AND idx = $2")
-        .bind(build.0)
-        .bind(idx)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(step_from_row).transpose()
-}
-
-/// One host's row as the open transaction sees it.
-pub async fn host(conn: &mut Connection, build: BuildId, role: &str) -> Result<Option<HostRow>> {
-    let row = sqlx::query("SELECT * FROM hosts WHERE build_id = $1 AND role = $2")
-        .bind(build.0)
-        .bind(role)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(host_from_row).transpose()
 }
 
 impl Store {

@@ -123,20 +123,27 @@ pub struct Provisioned<'a> {
 
 /// The provider created the host. `provisioned_at` is refined by [`record_step_times`] when the
 /// provision step's end arrives.
-pub async fn mark_provisioned(conn: &mut Connection, build: BuildId, role: &str, host: Provisioned<'_>) -> Result<()> {
-    sqlx::query(
+/// Returns the host's row.
+pub async fn mark_provisioned(
+    conn: &mut Connection,
+    build: BuildId,
+    role: &str,
+    host: Provisioned<'_>,
+) -> Result<Option<HostRow>> {
+    let row = sqlx::query(concat!(
         "UPDATE hosts SET state = 'provisioned', address = $1, provider_id = $2, isolation = $3, \
-         provisioned_at = COALESCE(provisioned_at, $4) WHERE build_id = $5 AND role = $6",
-    )
+         provisioned_at = COALESCE(provisioned_at, $4) WHERE build_id = $5 AND role = $6 RETURNING ",
+        host_columns!()
+    ))
     .bind(host.address.to_string())
     .bind(host.provider_id)
     .bind(host.isolation)
     .bind(now_ms())
     .bind(build.0)
     .bind(role)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    row.as_ref().map(host_from_row).transpose()
 }
 
 /// Which of a host's lifecycle steps [`record_step_times`] records.
@@ -154,15 +161,19 @@ pub async fn record_step_times(
     phase: HostPhase,
     finished_at: i64,
     took_ms: Option<i64>,
-) -> Result<()> {
+) -> Result<Option<HostRow>> {
     let sql = match phase {
-        HostPhase::Provision => {
-            "UPDATE hosts SET provisioned_at = $1, provision_ms = $2 WHERE build_id = $3 AND role = $4"
-        }
-        HostPhase::Teardown => "UPDATE hosts SET torn_down_at = $1, teardown_ms = $2 WHERE build_id = $3 AND role = $4",
+        HostPhase::Provision => concat!(
+            "UPDATE hosts SET provisioned_at = $1, provision_ms = $2 WHERE build_id = $3 AND role = $4 RETURNING ",
+            host_columns!()
+        ),
+        HostPhase::Teardown => concat!(
+            "UPDATE hosts SET torn_down_at = $1, teardown_ms = $2 WHERE build_id = $3 AND role = $4 RETURNING ",
+            host_columns!()
+        ),
     };
-    sqlx::query(sql).bind(finished_at).bind(took_ms).bind(build.0).bind(role).execute(conn).await?;
-    Ok(())
+    let row = sqlx::query(sql).bind(finished_at).bind(took_ms).bind(build.0).bind(role).fetch_optional(conn).await?;
+    row.as_ref().map(host_from_row).transpose()
 }
 
 /// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later.
@@ -173,20 +184,21 @@ pub async fn mark_torn_down(
     error: Option<&str>,
     at: i64,
     teardown_ms: Option<i64>,
-) -> Result<()> {
+) -> Result<Option<HostRow>> {
     let state = if error.is_some() { HostState::TeardownFailed } else { HostState::TornDown };
-    sqlx::query(
+    let row = sqlx::query(concat!(
         "UPDATE hosts SET state = $1, error = $2, torn_down_at = COALESCE(torn_down_at, $3), \
-         teardown_ms = COALESCE(teardown_ms, $4) WHERE host_id = $5",
-    )
+         teardown_ms = COALESCE(teardown_ms, $4) WHERE host_id = $5 RETURNING ",
+        host_columns!()
+    ))
     .bind(state.as_str())
     .bind(error)
     .bind(at)
     .bind(teardown_ms)
     .bind(host_id)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    row.as_ref().map(host_from_row).transpose()
 }
 
 impl Store {
@@ -210,7 +222,7 @@ impl Store {
     /// See [`mark_torn_down`].
     pub async fn set_host_torn_down(&self, host_id: &str, error: Option<&str>, teardown_ms: Option<i64>) -> Result<()> {
         let mut conn = self.writer().acquire().await?;
-        mark_torn_down(&mut conn, host_id, error, now_ms(), teardown_ms).await
+        mark_torn_down(&mut conn, host_id, error, now_ms(), teardown_ms).await.map(drop)
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::Connection;
 
-use super::{parse_column, BuildId, Result, Store};
+use super::{parse_column, Backend, BuildId, Result, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRow {
@@ -50,34 +50,44 @@ pub(super) fn step_from_row(row: &AnyRow) -> Result<StepRow> {
 }
 
 /// Record the plan: one pending step per entry, indexed in plan order.
-pub async fn insert_planned(conn: &mut Connection, build: BuildId, steps: &[StepId]) -> Result<()> {
-    for (idx, step) in steps.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO steps (build_id, idx, kind, name, host, status) VALUES ($1, $2, $3, $4, $5, 'pending')",
-        )
-        .bind(build.0)
-        .bind(idx as i64)
-        .bind(step.kind.as_str())
-        .bind(&step.name)
-        .bind(&step.host)
-        .execute(&mut *conn)
-        .await?;
+/// Insert a build's planned steps, all `pending`; returns their rows, in plan order.
+pub async fn insert_planned(conn: &mut Connection, build: BuildId, steps: &[StepId]) -> Result<Vec<StepRow>> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let mut insert =
+        super::sql::Builder::new(Backend::of(conn), "INSERT INTO steps (build_id, idx, kind, name, host, status) ");
+    insert.push_values(steps.iter().enumerate(), |row, (idx, step)| {
+        row.push_bind(build.0)
+            .push_bind(idx as i64)
+            .push_bind(step.kind.as_str())
+            .push_bind(step.name.clone())
+            .push_bind(step.host.clone())
+            .push_bind(StepStatus::Pending.as_str());
+    });
+    insert.push(concat!(" RETURNING ", step_columns!()));
+    let rows = insert.build()?.fetch_all(&mut *conn).await?;
+    let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;
+    // RETURNING gives no order.
+    steps.sort_by_key(|step| step.idx);
+    Ok(steps)
 }
 
-pub async fn start(conn: &mut Connection, build: BuildId, idx: usize, at: i64) -> Result<()> {
-    sqlx::query("UPDATE steps SET status = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3")
-        .bind(at)
-        .bind(build.0)
-        .bind(idx as i64)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Mark a step running; returns its row.
+pub async fn start(conn: &mut Connection, build: BuildId, idx: usize, at: i64) -> Result<Option<StepRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE steps SET status = 'running', started_at = $1 WHERE build_id = $2 AND idx = $3 RETURNING ",
+        step_columns!()
+    ))
+    .bind(at)
+    .bind(build.0)
+    .bind(idx as i64)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(step_from_row).transpose()
 }
 
-/// Record a step's end; returns when it started (its start time is its end when it never
-/// started).
+/// Record a step's end; returns its row (whose start time is its end when it never started).
 pub async fn finish(
     conn: &mut Connection,
     build: BuildId,
@@ -85,11 +95,12 @@ pub async fn finish(
     status: StepStatus,
     exit_code: Option<i32>,
     at: i64,
-) -> Result<Option<i64>> {
-    let started: Option<Option<i64>> = sqlx::query_scalar(
+) -> Result<Option<StepRow>> {
+    let row = sqlx::query(concat!(
         "UPDATE steps SET status = $1, exit_code = $2, finished_at = $3, started_at = COALESCE(started_at, $4) \
-         WHERE build_id = $5 AND idx = $6 RETURNING started_at",
-    )
+         WHERE build_id = $5 AND idx = $6 RETURNING ",
+        step_columns!()
+    ))
     .bind(status.as_str())
     .bind(exit_code)
     .bind(at)
@@ -98,7 +109,7 @@ pub async fn finish(
     .bind(idx as i64)
     .fetch_optional(conn)
     .await?;
-    Ok(started.flatten())
+    row.as_ref().map(step_from_row).transpose()
 }
 
 /// Steps still pending or running when their build ended become `cancelled`.
