@@ -71,11 +71,8 @@ pub(super) async fn persist(
     metrics: Arc<Metrics>,
 ) {
     let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new(), metrics };
-    match store.begin().await {
-        Ok(mut tx) => match store::events::last_seq(&mut tx, build).await {
-            Ok(seq) => log.last_seq = seq,
-            Err(error) => tracing::error!(build = %build, %error, "cannot read the build's last event id"),
-        },
+    match store.last_event_seq(build).await {
+        Ok(seq) => log.last_seq = seq,
         Err(error) => tracing::error!(build = %build, %error, "cannot read the build's last event id"),
     }
     let mut batch = Vec::new();
@@ -89,15 +86,7 @@ pub(super) async fn persist(
         }
         let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
         match log.write(&store, &batch).await {
-            Ok(written) => {
-                if let Some((first, last)) = written.seq_range() {
-                    // The other servers sharing the database relay them to their own listeners.
-                    if let Err(error) = store.notify(&Notice::Stored { build, first, last }).await {
-                        tracing::warn!(build = %build, %error, "could not tell the other servers about stored events");
-                    }
-                }
-                publish(&live, build, written)
-            }
+            Ok(written) => publish(&live, build, written),
             Err(error) => {
                 tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
                 (log.last_seq, log.step_lines) = (last_seq, step_lines);
@@ -179,6 +168,11 @@ impl BuildLog {
         store::logs::insert_lines(&mut tx, self.build, &written.lines).await?;
         store::events::insert(&mut tx, self.build, &written.others).await?;
         store::events::set_last_seq(&mut tx, self.build, self.last_seq).await?;
+        if let Some((first, last)) = written.seq_range() {
+            // The other servers sharing the database relay them to their own listeners, once
+            // they are committed.
+            store::notify::notify_on_commit(&mut tx, &Notice::Stored { build: self.build, first, last }).await?;
+        }
         tx.commit().await?;
         Ok(written)
     }
@@ -250,8 +244,11 @@ impl BuildLog {
                 }
             }
             BuildEvent::Running { .. } => {
-                store::builds::mark_running(conn, build).await?;
-                self.record_build(conn, written).await?;
+                match store::builds::mark_running(conn, build).await? {
+                    Some(row) => self.record(written, EventKind::Build, live::build_json(&row)),
+                    // No longer provisioning (cancelled meanwhile): its state as it is.
+                    None => self.record_build(conn, written).await?,
+                }
             }
             BuildEvent::StepStarted { step, at } => {
                 let row = store::steps::start(conn, build, *step, to_ms(*at)).await?;

@@ -275,12 +275,16 @@ pub async fn finish(conn: &mut Connection, id: BuildId, status: BuildStatus, err
 }
 
 /// The build reached its setup and stages.
-pub async fn mark_running(conn: &mut Connection, id: BuildId) -> Result<()> {
-    sqlx::query("UPDATE builds SET status = 'running' WHERE id = $1 AND status = 'provisioning'")
-        .bind(id.0)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A provisioning build is running now; returns its row, or `None` when it was not provisioning.
+pub async fn mark_running(conn: &mut Connection, id: BuildId) -> Result<Option<BuildRow>> {
+    let row = sqlx::query(concat!(
+        "UPDATE builds SET status = 'running' WHERE id = $1 AND status = 'provisioning' RETURNING ",
+        build_columns!()
+    ))
+    .bind(id.0)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(build_from_row).transpose()
 }
 
 impl Store {
@@ -323,7 +327,7 @@ impl Store {
     /// See [`mark_running`].
     pub async fn set_build_running(&self, id: BuildId) -> Result<()> {
         let mut conn = self.writer().acquire().await?;
-        mark_running(&mut conn, id).await
+        mark_running(&mut conn, id).await.map(drop)
     }
 
     /// See [`finish`].

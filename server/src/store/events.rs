@@ -90,11 +90,16 @@ fn event_from_row(row: &AnyRow) -> Result<EventRow> {
     })
 }
 
-/// The last event id handed out for `build` (0 when none was, or the build does not exist).
-pub async fn last_seq(conn: &mut Connection, build: BuildId) -> Result<i64> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT event_seq FROM builds WHERE id = $1").bind(build.0).fetch_optional(conn).await?;
-    Ok(seq.unwrap_or(0))
+impl Store {
+    /// The last event id handed out for `build` (0 before any), read outside a transaction: only
+    /// the build's persister writes it.
+    pub async fn last_event_seq(&self, build: BuildId) -> Result<i64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT event_seq FROM builds WHERE id = $1")
+            .bind(build.0)
+            .fetch_optional(self.writer())
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
 }
 
 /// Record that event ids up to `seq` are handed out for `build`.
@@ -244,8 +249,8 @@ mod tests {
         super::super::logs::insert_lines(&mut tx, build.id, std::slice::from_ref(&later)).await.unwrap();
         insert(&mut tx, build.id, &others).await.unwrap();
         set_last_seq(&mut tx, build.id, 9).await.unwrap();
-        assert_eq!(last_seq(&mut tx, build.id).await.unwrap(), 9);
         tx.commit().await.unwrap();
+        assert_eq!(store.last_event_seq(build.id).await.unwrap(), 9);
 
         let all = store.events_after(build.id, 0, 100).await.unwrap();
         assert_eq!(all.iter().map(StoredEvent::seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
