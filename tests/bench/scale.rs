@@ -14,7 +14,8 @@
 //! second from the first request to the last build's end, the servers' CPU time (user + system,
 //! from `/proc/PID/stat`) per build, and how the builds split between the servers. Every build's
 //! step leaves a file named after the build: the bench fails unless each build left exactly one
-//! (no build run twice or lost) and passed. The median of `--runs` (3) runs is reported.
+//! (no build run twice or lost) and passed. The median of `--runs` (3) runs is reported, and the
+//! median of each run's ratio to SQLite in the same run.
 //!
 //! PostgreSQL is the test suite's throwaway server (`tests/support/postgres.rs`: its own cluster
 //! on a loopback port, `fsync=off`); SQLite runs as Gantry configures it (WAL,
@@ -207,16 +208,20 @@ pub async fn scale_bench(runs: usize, builds: usize, concurrent: usize) {
     println!("| set-up | queue | builds/s | ratio to SQLite | server CPU per build | builds on the first server |");
     println!("|---|---|---|---|---|---|");
     for (q, &(count, max)) in queues.iter().enumerate() {
-        let sqlite = median(results[0][q].iter().map(|m| m.per_second).collect());
         for (s, setup) in setups.iter().enumerate() {
             let measures = &results[s][q];
             let per_second = median(measures.iter().map(|m| m.per_second).collect());
+            // Each run's ratio to SQLite measured in the same run, minutes apart: the machine's
+            // load moves between runs far more than within one.
+            let ratio = median(
+                measures.iter().zip(&results[0][q]).map(|(m, sqlite)| m.per_second / sqlite.per_second).collect(),
+            );
             let cpu = median(measures.iter().map(|m| m.cpu_ms_per_build).collect());
             let split: Vec<String> = measures.iter().map(|m| m.first_server.to_string()).collect();
             println!(
                 "| {} | {count} queued, max_concurrent_builds = {max} | {per_second:.1} | {:.2}× | {cpu:.1} ms | {} of {count} |",
                 setup.name(),
-                per_second / sqlite,
+                ratio,
                 split.join(", ")
             );
         }
