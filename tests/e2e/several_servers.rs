@@ -219,6 +219,11 @@ impl GatedBuild {
     fn other(&self) -> &ServerProcess {
         &self.servers[if self.holder == "one" { 1 } else { 0 }]
     }
+
+    /// The server that runs it.
+    fn holder_process(&self) -> &ServerProcess {
+        &self.servers[if self.holder == "one" { 0 } else { 1 }]
+    }
 }
 
 /// The server that claimed build `id`, once one has.
@@ -307,23 +312,9 @@ async fn a_page_on_the_other_server_catches_up_when_that_server_lost_the_notices
     next_log(&mut stream, &mut seen, "before the gate").await;
 
     // The other server's connection for notices is cut while it is stopped, so it cannot hear of
-    // the next line: it reconnects when it runs again, and what was sent meanwhile is lost. (Kept
-    // short: the holder takes a server silent for server_timeout for dead.)
+    // the next line: it reconnects when it runs again, and what was sent meanwhile is lost.
     let name = database.rsplit('/').next().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(other.pid() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let listeners = postgres::server().psql(
-        name,
-        "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    );
-    let ports = client_ports(other.pid(), postgres::server().port());
-    let cut: Vec<&str> = listeners
-        .lines()
-        .filter_map(|line| line.split_once('|'))
-        .filter(|(_, port)| port.parse().is_ok_and(|port: u16| ports.contains(&port)))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(cut.len(), 1, "one listening connection of the other server among {listeners:?} (its ports {ports:?})");
-    postgres::server().psql(name, &format!("SELECT pg_terminate_backend({})", cut[0]));
+    stop_and_cut_notices(name, other);
     gate.open();
     let start = Instant::now();
     let stored = format!("SELECT count(*) FROM log_lines WHERE build_id = {id} AND text = 'after the gate'");
@@ -331,7 +322,7 @@ async fn a_page_on_the_other_server_catches_up_when_that_server_lost_the_notices
         assert!(start.elapsed() < BUILD_DEADLINE, "the holder never stored the line");
         tokio::time::sleep(POLL_EVERY).await;
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(other.pid() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
+    resume(other);
 
     // The page still gets the line (the stream reads the store when its channel stays quiet)…
     next_log(&mut stream, &mut seen, "after the gate").await;
@@ -340,6 +331,63 @@ async fn a_page_on_the_other_server_catches_up_when_that_server_lost_the_notices
     assert_eq!(response.status(), 202);
     let last = last_event(&mut stream, &mut seen).await;
     assert_eq!(last.json()["status"], "cancelled", "{seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_notice_was_lost_still_stops_the_build_where_it_runs() {
+    if !installed() {
+        return;
+    }
+    let marker = format!("sleep {}", 10000 + std::process::id() % 1000);
+    let gated = GatedBuild::start(&marker).await;
+    gated.gate.open();
+    let start = Instant::now();
+    while !pgrep(&marker) {
+        assert!(start.elapsed() < BUILD_DEADLINE, "the step never reached {marker:?}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    // The server running the build cannot hear the cancel's notice.
+    let name = gated.database.rsplit('/').next().unwrap();
+    let (holder, other) = (gated.holder_process(), gated.other());
+    stop_and_cut_notices(name, holder);
+    let response = other.client.post(format!("{}/api/builds/{}/cancel", other.base, gated.id)).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    resume(holder);
+    // It reads the request at its next heartbeat (a sixth of server_timeout).
+    let start = Instant::now();
+    loop {
+        let build = other.build(gated.id).await;
+        if build["status"] == "cancelled" && !pgrep(&marker) {
+            break;
+        }
+        assert!(start.elapsed() < EVENT_DEADLINE, "the build was never stopped: {build:#}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Stop `server` (SIGSTOP) and terminate its connection listening for notices in PostgreSQL, so
+/// every notice sent until it runs again (see [`resume`]) is lost to it. Keep it stopped for
+/// less than server_timeout: the other server takes a silent one for dead.
+fn stop_and_cut_notices(database: &str, server: &ServerProcess) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let listeners = postgres::server().psql(
+        database,
+        "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    );
+    let ports = client_ports(server.pid(), postgres::server().port());
+    let cut: Vec<&str> = listeners
+        .lines()
+        .filter_map(|line| line.split_once('|'))
+        .filter(|(_, port)| port.parse().is_ok_and(|port: u16| ports.contains(&port)))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(cut.len(), 1, "one listening connection of the server among {listeners:?} (its ports {ports:?})");
+    postgres::server().psql(database, &format!("SELECT pg_terminate_backend({})", cut[0]));
+}
+
+/// Let a server stopped by [`stop_and_cut_notices`] run again.
+fn resume(server: &ServerProcess) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.pid() as i32), nix::sys::signal::Signal::SIGCONT).unwrap();
 }
 
 /// The local ports of `pid`'s TCP connections to `port` on loopback (from `ss`).

@@ -72,6 +72,7 @@ impl Scheduler {
                 match self.inner.store.build_server(id).await? {
                     // Another server sharing the database runs it: it hears at once.
                     Some(server) if server != self.inner.server.id => {
+                        self.inner.store.request_cancel(id, false).await?;
                         self.inner.store.notify(&Notice::Cancel { build: id, superseded: false }).await?;
                     }
                     _ => self.stop_here(id, CANCELLED_BY_USER),

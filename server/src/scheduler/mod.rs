@@ -294,6 +294,27 @@ impl Scheduler {
             if let Err(error) = self.take_over_silent().await {
                 tracing::warn!(%error, "looking for silent servers failed; trying again");
             }
+            self.stop_requested().await;
+        }
+    }
+
+    /// Stop the builds this server runs that another server asked to stop: the notice that
+    /// asked is lost when it comes while this server's listening connection is down.
+    async fn stop_requested(&self) {
+        let inner = &self.inner;
+        if inner.store.backend() == store::Backend::Sqlite {
+            return;
+        }
+        match inner.store.cancel_requests(&inner.server.id).await {
+            Ok(requests) => {
+                for (build, superseded) in requests {
+                    let here = inner.running.lock().expect("running table poisoned").contains_key(&build);
+                    if here {
+                        self.stop_here(build, if superseded { SUPERSEDED } else { CANCELLED_BY_USER });
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the stops other servers asked for failed; trying again"),
         }
     }
 
@@ -432,6 +453,9 @@ impl Scheduler {
         };
         for build in elsewhere {
             tracing::info!(build = %build, by = %newer.id, "asking another server to stop a superseded build");
+            if let Err(error) = store.request_cancel(build, true).await {
+                tracing::warn!(build = %build, %error, "could not record the stop of a superseded build");
+            }
             if let Err(error) = store.notify(&Notice::Cancel { build, superseded: true }).await {
                 tracing::warn!(build = %build, %error, "could not ask another server to stop a superseded build");
             }

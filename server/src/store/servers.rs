@@ -240,6 +240,39 @@ impl Store {
         rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect()
     }
 
+    /// Ask for `build` to stop (for a push that superseded it, or at a user's word), durably: the
+    /// server running it reads the request at its next heartbeat even when the notice that also
+    /// tells it was lost. Nothing when the build no longer runs.
+    pub async fn request_cancel(&self, build: BuildId, superseded: bool) -> Result<()> {
+        sqlx::query(
+            "UPDATE builds SET cancel_requested = $1 WHERE id = $2 AND status IN ('provisioning', 'running') \
+             AND cancel_requested IS NULL",
+        )
+        .bind(if superseded { "superseded" } else { "user" })
+        .bind(build.0)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The builds `server` runs that another server asked it to stop, with whether a push
+    /// superseded them.
+    pub async fn cancel_requests(&self, server: &str) -> Result<Vec<(BuildId, bool)>> {
+        let rows = sqlx::query(
+            "SELECT id, cancel_requested FROM builds WHERE server_id = $1 \
+             AND status IN ('provisioning', 'running') AND cancel_requested IS NOT NULL ORDER BY id",
+        )
+        .bind(server)
+        .fetch_all(self.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let reason: String = row.try_get("cancel_requested")?;
+                Ok((BuildId(row.try_get("id")?), reason == "superseded"))
+            })
+            .collect()
+    }
+
     /// The server that claimed `build`, if one did.
     pub async fn build_server(&self, build: BuildId) -> Result<Option<String>> {
         let server: Option<Option<String>> = sqlx::query_scalar("SELECT server_id FROM builds WHERE id = $1")
@@ -295,6 +328,32 @@ mod tests {
             store.register_server(&identity("gantry-2", "run-d", 400), MINUTE, |_| true).await.unwrap(),
             Registration::Registered
         );
+    }
+
+    #[tokio::test]
+    async fn a_cancel_request_is_read_by_the_server_running_the_build_until_it_ends() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let (one, two) = (identity("one", "1", 1), identity("two", "2", 2));
+        for server in [&one, &two] {
+            store.register_server(server, MINUTE, |_| true).await.unwrap();
+        }
+        let mut claimed = Vec::new();
+        for server in [&one, &one, &two] {
+            store.insert_build(&testing::main_push()).await.unwrap();
+            claimed.push(store.claim_next_build(&server.id).await.unwrap().unwrap().id);
+        }
+        let queued = store.insert_build(&testing::main_push()).await.unwrap();
+        store.request_cancel(claimed[0], false).await.unwrap();
+        store.request_cancel(claimed[1], true).await.unwrap();
+        store.request_cancel(claimed[2], false).await.unwrap();
+        // A queued build is dequeued where it is asked, never requested.
+        store.request_cancel(queued.id, false).await.unwrap();
+        // The first reason stays.
+        store.request_cancel(claimed[1], false).await.unwrap();
+        assert_eq!(store.cancel_requests("one").await.unwrap(), [(claimed[0], false), (claimed[1], true)]);
+        assert_eq!(store.cancel_requests("two").await.unwrap(), [(claimed[2], false)]);
+        store.finish_build(claimed[0], BuildStatus::Cancelled, None).await.unwrap();
+        assert_eq!(store.cancel_requests("one").await.unwrap(), [(claimed[1], true)]);
     }
 
     #[tokio::test]
