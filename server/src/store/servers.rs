@@ -296,6 +296,25 @@ mod tests {
 
     const MINUTE: i64 = 60_000;
 
+    /// Register `one`, `two` and `others`; `one` claims two builds and `two` one, and a fourth
+    /// stays queued. Returns the claimed builds' ids and the queued build.
+    async fn two_on_one_and_one_on_two(
+        store: &Store,
+        one: &ServerIdentity,
+        two: &ServerIdentity,
+        others: &[ServerIdentity],
+    ) -> (Vec<BuildId>, BuildRow) {
+        for server in [one, two].into_iter().chain(others) {
+            store.register_server(server, MINUTE, |_| true).await.unwrap();
+        }
+        let mut claimed = Vec::new();
+        for server in [one, one, two] {
+            store.insert_build(&testing::main_push()).await.unwrap();
+            claimed.push(store.claim_next_build(&server.id).await.unwrap().unwrap().id);
+        }
+        (claimed, store.insert_build(&testing::main_push()).await.unwrap())
+    }
+
     #[tokio::test]
     async fn a_live_id_is_refused_to_another_process_and_free_again_once_stopped() {
         let (store, _dir) = testing::store().await;
@@ -334,15 +353,7 @@ mod tests {
     async fn a_cancel_request_is_read_by_the_server_running_the_build_until_it_ends() {
         let (store, _dir) = testing::store_with_repo().await;
         let (one, two) = (identity("one", "1", 1), identity("two", "2", 2));
-        for server in [&one, &two] {
-            store.register_server(server, MINUTE, |_| true).await.unwrap();
-        }
-        let mut claimed = Vec::new();
-        for server in [&one, &one, &two] {
-            store.insert_build(&testing::main_push()).await.unwrap();
-            claimed.push(store.claim_next_build(&server.id).await.unwrap().unwrap().id);
-        }
-        let queued = store.insert_build(&testing::main_push()).await.unwrap();
+        let (claimed, queued) = two_on_one_and_one_on_two(&store, &one, &two, &[]).await;
         store.request_cancel(claimed[0], false).await.unwrap();
         store.request_cancel(claimed[1], true).await.unwrap();
         store.request_cancel(claimed[2], false).await.unwrap();
@@ -360,15 +371,7 @@ mod tests {
     async fn a_silent_server_is_taken_over_once_and_only_its_running_builds_end() {
         let (store, _dir) = testing::store_with_repo().await;
         let (one, two, three) = (identity("one", "1", 1), identity("two", "2", 2), identity("three", "3", 3));
-        for server in [&one, &two, &three] {
-            store.register_server(server, MINUTE, |_| true).await.unwrap();
-        }
-        let mut claimed = Vec::new();
-        for server in [&one, &one, &two] {
-            store.insert_build(&testing::main_push()).await.unwrap();
-            claimed.push(store.claim_next_build(&server.id).await.unwrap().unwrap().id);
-        }
-        let queued = store.insert_build(&testing::main_push()).await.unwrap();
+        let (claimed, queued) = two_on_one_and_one_on_two(&store, &one, &two, std::slice::from_ref(&three)).await;
         let mut conn = store.writer().acquire().await.unwrap();
         super::super::builds::finish(&mut conn, claimed[1], BuildStatus::Passed, None).await.unwrap();
         drop(conn);
