@@ -164,11 +164,7 @@ async fn a_server_killed_mid_build_is_taken_over_its_build_interrupted_and_its_s
     next_log(&mut stream, &mut seen, "before the gate").await;
     gate.open();
     next_log(&mut stream, &mut seen, "after the gate").await;
-    let start = Instant::now();
-    while !pgrep(&marker) {
-        assert!(start.elapsed() < BUILD_DEADLINE, "the step never reached {marker:?}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    poll_until(BUILD_DEADLINE, &format!("the step never reached {marker:?}"), || pgrep(&marker)).await;
     servers[dead].kill9();
     let killed = Instant::now();
 
@@ -294,11 +290,7 @@ async fn the_other_server_streams_a_build_live_and_its_cancel_stops_it_where_it_
     let last = last_event(&mut stream, &mut seen).await;
     assert_eq!(last.event, "build", "{seen:#?}");
     assert_eq!(last.json()["status"], "cancelled", "{last:?}");
-    let start = Instant::now();
-    while pgrep(&marker) {
-        assert!(start.elapsed() < EVENT_DEADLINE, "the cancelled step still runs");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    poll_until(EVENT_DEADLINE, "the cancelled step still runs", || !pgrep(&marker)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,12 +308,11 @@ async fn a_page_on_the_other_server_catches_up_when_that_server_lost_the_notices
     let name = database.rsplit('/').next().unwrap();
     stop_and_cut_notices(name, other);
     gate.open();
-    let start = Instant::now();
     let stored = format!("SELECT count(*) FROM log_lines WHERE build_id = {id} AND text = 'after the gate'");
-    while postgres::server().psql(name, &stored).trim() != "1" {
-        assert!(start.elapsed() < BUILD_DEADLINE, "the holder never stored the line");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    poll_until(BUILD_DEADLINE, "the holder never stored the line", || {
+        postgres::server().psql(name, &stored).trim() == "1"
+    })
+    .await;
     resume(other);
 
     // The page still gets the line (the stream reads the store when its channel stays quiet)…
@@ -341,11 +332,7 @@ async fn a_cancel_whose_notice_was_lost_still_stops_the_build_where_it_runs() {
     let marker = format!("sleep {}", 10000 + std::process::id() % 1000);
     let gated = GatedBuild::start(&marker).await;
     gated.gate.open();
-    let start = Instant::now();
-    while !pgrep(&marker) {
-        assert!(start.elapsed() < BUILD_DEADLINE, "the step never reached {marker:?}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    poll_until(BUILD_DEADLINE, &format!("the step never reached {marker:?}"), || pgrep(&marker)).await;
     // The server running the build cannot hear the cancel's notice.
     let name = gated.database.rsplit('/').next().unwrap();
     let (holder, other) = (gated.holder_process(), gated.other());
@@ -406,6 +393,15 @@ fn client_ports(pid: u32, port: u16) -> Vec<u16> {
             (peer.rsplit_once(':')?.1 == port.to_string()).then(|| local.rsplit_once(':')?.1.parse().ok())?
         })
         .collect()
+}
+
+/// Check `done` every [`POLL_EVERY`] until it holds; fail with `failure` after `deadline`.
+async fn poll_until(deadline: Duration, failure: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "{failure}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// Whether a process whose command line contains `pattern` runs.
