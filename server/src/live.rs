@@ -219,7 +219,7 @@ pub fn log_event(line: &LogLine) -> WireEvent {
 /// Hand the memory freed after a build or a stream back to the system. glibc keeps freed memory
 /// in per-thread arenas: without this a server that stored a few million lines, or streamed them
 /// to a few clients, stays tens of megabytes larger than it needs (measured by the logs bench).
-fn return_freed_memory() {
+pub(crate) fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it takes no
     // pointer and is safe to call from any thread at any time.

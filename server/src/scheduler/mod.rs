@@ -33,7 +33,7 @@ use futures::future::join_all;
 use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::provider::{HostId, LiveHosts, LiveSet};
 use gantry_runner::source::Source;
-use gantry_runner::{execute, BuildEvent, BuildInfo, BuildPlan, BuildStatus};
+use gantry_runner::{execute, BuildInfo, BuildPlan, BuildStatus};
 use git2::Oid;
 use tokio::sync::{broadcast, mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -55,8 +55,9 @@ pub use deliveries::{Accepted, DeliveryRequest, IncomingDelivery};
 /// How many events of one build may wait for the persister before the executor waits.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
-/// How many updates a slow live listener may fall behind before it misses some.
-pub const UPDATE_CHANNEL_CAPACITY: usize = 4096;
+/// How many updates a slow listener (the forge reporter) may fall behind before it misses some
+/// and catches up from the store. Its slots are allocated when the server starts.
+pub const UPDATE_CHANNEL_CAPACITY: usize = 1024;
 
 /// After a failed claim (the database was unavailable), the loop tries again after this long.
 pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -87,11 +88,12 @@ pub enum BuildUpdate {
     Queued {
         build: BuildId,
     },
-    /// An executor event other than a log line, after it was stored. Log lines go only to the
-    /// build's live channel ([`LiveBuilds`]).
+    /// The build's executor reported an event other than a log line, and it was stored. Only
+    /// the build's id: the channel's one listener, the forge reporter, needs no more, and each of
+    /// the channel's slots is as large as an update (with an executor event in each, its 4,096
+    /// slots were 0.5 MiB of an idle server). Live listeners get the events from [`LiveBuilds`].
     Event {
         build: BuildId,
-        event: BuildEvent,
     },
     /// The build reached a final status.
     Finished {

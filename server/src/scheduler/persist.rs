@@ -93,13 +93,12 @@ pub(super) async fn persist(
             }
         }
         // Log lines stay off the scheduler's updates: its one listener, the forge reporter, needs
-        // only a build's state, and with a forge configured the channel's 4,096 slots would keep
-        // the last 4,096 lines (and their texts) until later updates replace them. Live
-        // listeners get lines from `LiveBuilds`, above.
+        // only to know that a build is under way. Live listeners get lines from `LiveBuilds`,
+        // above.
         for event in batch.drain(..) {
             if !matches!(event, BuildEvent::Log { .. }) {
                 // Nobody listening is normal.
-                let _ = updates.send(BuildUpdate::Event { build, event });
+                let _ = updates.send(BuildUpdate::Event { build });
             }
         }
     }
