@@ -772,11 +772,9 @@ impl Scheduler {
         host_ids: &BTreeMap<String, HostId>,
         provider: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.inner.store.begin().await?;
-        for (role, id) in host_ids {
-            store::hosts::insert_requested(&mut tx, build, role, &id.0, provider).await?;
-        }
-        tx.commit().await?;
+        let hosts: Vec<(&str, &str)> = host_ids.iter().map(|(role, id)| (role.as_str(), id.0.as_str())).collect();
+        let mut conn = self.inner.store.writer().acquire().await?;
+        store::hosts::insert_requested(&mut conn, build, &hosts, provider).await?;
         Ok(())
     }
 }

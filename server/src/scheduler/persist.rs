@@ -166,12 +166,10 @@ impl BuildLog {
         }
         store::logs::insert_lines(&mut tx, self.build, &written.lines).await?;
         store::events::insert(&mut tx, self.build, &written.others).await?;
-        store::events::set_last_seq(&mut tx, self.build, self.last_seq).await?;
-        if let Some((first, last)) = written.seq_range() {
-            // The other servers sharing the database relay them to their own listeners, once
-            // they are committed.
-            store::notify::notify_on_commit(&mut tx, &Notice::Stored { build: self.build, first, last }).await?;
-        }
+        // The other servers sharing the database relay the batch to their own listeners, once
+        // it is committed.
+        let notice = written.seq_range().map(|(first, last)| Notice::Stored { build: self.build, first, last });
+        store::events::set_last_seq(&mut tx, self.build, self.last_seq, notice.as_ref()).await?;
         tx.commit().await?;
         Ok(written)
     }

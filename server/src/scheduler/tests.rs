@@ -303,12 +303,14 @@ async fn recovery_interrupts_what_a_crash_left_and_reaps_its_hosts() {
     // And a build another server sharing the database runs, with its host: not this server's.
     let theirs = h.store.insert_build(&h.new_build(&sha, "dev")).await.unwrap();
     h.store.claim_next_build("another-server").await.unwrap().unwrap();
-    let mut tx = h.store.begin().await.unwrap();
-    store::hosts::insert_requested(&mut tx, theirs.id, "app", &format!("b{}-app", theirs.id), "ssh").await.unwrap();
-    tx.commit().await.unwrap();
+    let mut conn = h.store.writer().acquire().await.unwrap();
+    store::hosts::insert_requested(&mut conn, theirs.id, &[("app", &format!("b{}-app", theirs.id))], "ssh")
+        .await
+        .unwrap();
+    drop(conn);
     let host_id = format!("b{}-app", build.id);
     let mut tx = h.store.begin().await.unwrap();
-    store::hosts::insert_requested(&mut tx, build.id, "app", &host_id, "local").await.unwrap();
+    store::hosts::insert_requested(&mut tx, build.id, &[("app", &host_id)], "local").await.unwrap();
     store::steps::insert_planned(
         &mut tx,
         build.id,

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::Connection;
+use super::sql::Builder;
+use super::{Backend, Connection};
 
 use super::{now_ms, parse_column, parse_from_str, BuildId, Result, Store};
 
@@ -92,24 +93,29 @@ pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRow> {
     })
 }
 
-/// Record a host that is about to be requested from `provider`.
+/// Record the hosts (role, host id) about to be requested from `provider`, in one statement
+/// (one round trip on PostgreSQL, and all or none without a transaction around it).
 pub async fn insert_requested(
     conn: &mut Connection,
     build: BuildId,
-    role: &str,
-    host_id: &str,
+    hosts: &[(&str, &str)],
     provider: &str,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) VALUES ($1, $2, $3, $4, 'requested', $5)",
-    )
-    .bind(build.0)
-    .bind(role)
-    .bind(host_id)
-    .bind(provider)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut insert =
+        Builder::new(Backend::of(conn), "INSERT INTO hosts (build_id, role, host_id, provider, state, requested_at) ");
+    insert.push_values(hosts, |row, (role, host_id)| {
+        row.push_bind(build.0)
+            .push_bind(role.to_string())
+            .push_bind(host_id.to_string())
+            .push_bind(provider.to_string())
+            .push_bind("requested")
+            .push_bind(now);
+    });
+    insert.build()?.execute(conn).await?;
     Ok(())
 }
 
@@ -235,10 +241,10 @@ mod tests {
     async fn a_host_is_recorded_before_it_exists_and_reaped_until_gone() {
         let (store, _dir, build) = testing::store_with_build().await;
         let host_id = format!("b{}-web", build.id);
-        let mut tx = store.begin().await.unwrap();
-        insert_requested(&mut tx, build.id, "web", &host_id, "local").await.unwrap();
-        insert_requested(&mut tx, build.id, "db", &format!("b{}-db", build.id), "local").await.unwrap();
-        tx.commit().await.unwrap();
+        let mut conn = store.writer().acquire().await.unwrap();
+        let db_id = format!("b{}-db", build.id);
+        insert_requested(&mut conn, build.id, &[("web", &host_id), ("db", &db_id)], "local").await.unwrap();
+        drop(conn);
         assert_eq!(store.hosts_not_torn_down().await.unwrap().len(), 2);
 
         let mut conn = store.writer().acquire().await.unwrap();
@@ -264,6 +270,6 @@ mod tests {
         assert_eq!(left.iter().map(|h| h.role.as_str()).collect::<Vec<_>>(), ["db"]);
         let mut conn = store.writer().acquire().await.unwrap();
         // A role is requested once per build.
-        assert!(insert_requested(&mut conn, build.id, "web", "b-other", "local").await.is_err());
+        assert!(insert_requested(&mut conn, build.id, &[("web", "b-other")], "local").await.is_err());
     }
 }

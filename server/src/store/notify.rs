@@ -6,7 +6,7 @@
 use secrecy::ExposeSecret;
 use sqlx::postgres::PgListener;
 
-use super::{Backend, BuildId, Connection, Result, Store};
+use super::{Backend, BuildId, Result, Store};
 
 /// `"<build> <first> <last>"`: the build's events `first..=last` are stored; `"<build> final"`:
 /// its final status is.
@@ -25,7 +25,7 @@ pub enum Notice {
 }
 
 impl Notice {
-    fn channel_and_payload(&self) -> (&'static str, String) {
+    pub(super) fn channel_and_payload(&self) -> (&'static str, String) {
         match self {
             Notice::Stored { build, first, last } => (EVENTS, format!("{} {first} {last}", build.0)),
             Notice::Final(build) => (EVENTS, format!("{} final", build.0)),
@@ -66,18 +66,6 @@ impl Listener {
             }
         }
     }
-}
-
-/// Tell the other servers when the transaction `conn` is in commits (PostgreSQL delivers a
-/// notification sent in a transaction at its commit, and never if it rolls back); nothing on
-/// SQLite.
-pub async fn notify_on_commit(conn: &mut Connection, notice: &Notice) -> Result<()> {
-    if Backend::of(conn) == Backend::Sqlite {
-        return Ok(());
-    }
-    let (channel, payload) = notice.channel_and_payload();
-    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(conn).await?;
-    Ok(())
 }
 
 impl Store {
