@@ -6,8 +6,8 @@
 //! ([`history::history_bench`]), and with `-- --flood [--runs N] [--bin PATH] [--baseline-bin PATH]`
 //! what floods of forged webhooks and idle connections cost the server (see [`flood`]), and with
 //! `-- --idle [--runs N] [--bin PATH] [--baseline-bin PATH]` the resident memory of an idle server
-//! and where it goes (see [`idle`]), and with `-- --scale [--runs N]` build throughput on SQLite and
-//! PostgreSQL with one and two servers (see [`scale`]).
+//! and where it goes (see [`idle`]), and with `-- --scale [--runs N] [--baseline-bin PATH]` build
+//! throughput on SQLite and PostgreSQL with one and two servers (see [`scale`]).
 //!
 //! Runs the real `gantry` binary (release build) on loopback with a fresh data directory and a
 //! local git repository, and measures, for a one-host one-step pipeline:
@@ -450,7 +450,8 @@ async fn main() {
         return flood::flood_bench(args.runs.unwrap_or(3), args.bin.as_deref(), args.baseline_bin.as_deref()).await;
     }
     if args.scale {
-        return scale::scale_bench(args.runs.unwrap_or(3), args.builds, args.concurrent).await;
+        return scale::scale_bench(args.runs.unwrap_or(3), args.builds, args.concurrent, args.baseline_bin.as_deref())
+            .await;
     }
     if args.idle {
         let bin = args.bin.clone().unwrap_or_else(gantry_bin);

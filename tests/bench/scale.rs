@@ -1,5 +1,5 @@
-//! `cargo bench -p gantry --bench builds -- --scale [--runs N] [--builds N] [--concurrent C]`:
-//! build throughput by backend and number of servers.
+//! `cargo bench -p gantry --bench builds -- --scale [--runs N] [--builds N] [--concurrent C]
+//! [--baseline-bin PATH]`: build throughput by backend and number of servers.
 //!
 //! Three set-ups in turn, each on fresh servers and a fresh database: one server on SQLite, one on
 //! PostgreSQL, two on one PostgreSQL database. Each measures two queues of trivial builds (a
@@ -15,7 +15,8 @@
 //! from `/proc/PID/stat`) per build, and how the builds split between the servers. Every build's
 //! step leaves a file named after the build: the bench fails unless each build left exactly one
 //! (no build run twice or lost) and passed. The median of `--runs` (3) runs is reported, and the
-//! median of each run's ratio to SQLite in the same run.
+//! median of each run's ratio to SQLite in the same run. With `--baseline-bin`, another build of
+//! Gantry (an older commit's) runs the SQLite set-up too, in each run right after this one's.
 //!
 //! PostgreSQL is the test suite's throwaway server (`tests/support/postgres.rs`: its own cluster
 //! on a loopback port, `fsync=off`); SQLite runs as Gantry configures it (WAL,
@@ -33,16 +34,23 @@ const SERIAL_BUILDS: usize = 50;
 
 /// One set-up: the backend and how many servers share it.
 #[derive(Clone, Copy)]
-struct Setup {
+struct Setup<'a> {
     postgres: bool,
     servers: usize,
+    /// The `gantry` binary, when not the benchmark's own: `--baseline-bin`.
+    baseline: Option<&'a Path>,
 }
 
-impl Setup {
+impl Setup<'_> {
     fn name(self) -> String {
         let backend = if self.postgres { "PostgreSQL" } else { "SQLite" };
         let servers = if self.servers == 1 { "1 server".to_string() } else { format!("{} servers", self.servers) };
-        format!("{backend}, {servers}")
+        let binary = if self.baseline.is_some() { ", baseline binary" } else { "" };
+        format!("{backend}, {servers}{binary}")
+    }
+
+    fn binary(self) -> PathBuf {
+        self.baseline.map_or_else(gantry_bin, Path::to_path_buf)
     }
 }
 
@@ -83,7 +91,7 @@ fn ticks_per_second() -> f64 {
 }
 
 /// Start `setup`'s servers, each in a directory of its own under `dir`, with `max_concurrent`.
-async fn start(setup: Setup, dir: &Path, repo: &Path, max_concurrent: usize) -> (Vec<Server>, Option<String>) {
+async fn start(setup: Setup<'_>, dir: &Path, repo: &Path, max_concurrent: usize) -> (Vec<Server>, Option<String>) {
     let database = setup.postgres.then(|| postgres::server().database());
     let mut configs = Vec::new();
     for i in 0..setup.servers {
@@ -109,16 +117,16 @@ async fn start(setup: Setup, dir: &Path, repo: &Path, max_concurrent: usize) -> 
         configs.push((config, listen));
     }
     // One database: the first server's admin and token serve them all.
-    let token = admin_token(&gantry_bin(), &configs[0].0);
+    let token = admin_token(&setup.binary(), &configs[0].0);
     let mut servers = Vec::new();
     for (config, listen) in &configs {
-        servers.push(Server::launch(&gantry_bin(), config, *listen, &token, None).await);
+        servers.push(Server::launch(&setup.binary(), config, *listen, &token, None).await);
     }
     (servers, database)
 }
 
 /// Queue `builds` builds through `setup`'s fresh servers and measure them.
-async fn measure(setup: Setup, builds: usize, max_concurrent: usize) -> Measure {
+async fn measure(setup: Setup<'_>, builds: usize, max_concurrent: usize) -> Measure {
     let dir = tempfile::TempDir::new().unwrap();
     // Host steps run as users of their own: let them reach the runs directory.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -179,12 +187,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-pub async fn scale_bench(runs: usize, builds: usize, concurrent: usize) {
-    let setups = [
-        Setup { postgres: false, servers: 1 },
-        Setup { postgres: true, servers: 1 },
-        Setup { postgres: true, servers: 2 },
-    ];
+pub async fn scale_bench(runs: usize, builds: usize, concurrent: usize, baseline: Option<&Path>) {
+    let mut setups = vec![Setup { postgres: false, servers: 1, baseline: None }];
+    if baseline.is_some() {
+        setups.push(Setup { postgres: false, servers: 1, baseline });
+    }
+    setups.push(Setup { postgres: true, servers: 1, baseline: None });
+    setups.push(Setup { postgres: true, servers: 2, baseline: None });
     let queues = [(builds, concurrent), (SERIAL_BUILDS, 1)];
     // results[setup][queue]: one measure per run.
     let mut results = vec![vec![Vec::new(); queues.len()]; setups.len()];
