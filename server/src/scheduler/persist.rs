@@ -60,7 +60,8 @@ struct Written {
     others: Vec<EventRow>,
 }
 
-/// Persist every event of `build` until the executor drops its sender.
+/// Persist every event of `build` until the executor drops its sender; returns how many log
+/// lines it stored.
 pub(super) async fn persist(
     store: Store,
     build: BuildId,
@@ -69,7 +70,7 @@ pub(super) async fn persist(
     updates: broadcast::Sender<BuildUpdate>,
     live: LiveBuilds,
     metrics: Arc<Metrics>,
-) {
+) -> u64 {
     let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new(), metrics };
     match store.last_event_seq(build).await {
         Ok(seq) => log.last_seq = seq,
@@ -102,6 +103,7 @@ pub(super) async fn persist(
             }
         }
     }
+    log.step_lines.iter().map(|&lines| lines.unsigned_abs()).sum()
 }
 
 impl Written {
