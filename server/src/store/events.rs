@@ -109,21 +109,16 @@ impl Store {
 /// (one round trip instead of two): PostgreSQL delivers a notification sent in a transaction when
 /// it commits, and never if it rolls back. SQLite has no other servers.
 pub async fn set_last_seq(conn: &mut Connection, build: BuildId, seq: i64, notice: Option<&Notice>) -> Result<()> {
-    match notice {
-        Some(notice) if Backend::of(conn) == Backend::Postgres => {
-            let (channel, payload) = notice.channel_and_payload();
-            sqlx::query("UPDATE builds SET event_seq = $1 WHERE id = $2 RETURNING pg_notify($3, $4)")
-                .bind(seq)
-                .bind(build.0)
-                .bind(channel)
-                .bind(payload)
-                .execute(conn)
-                .await?;
-        }
-        _ => {
-            sqlx::query("UPDATE builds SET event_seq = $1 WHERE id = $2").bind(seq).bind(build.0).execute(conn).await?;
-        }
+    let notice = notice.filter(|_| Backend::of(conn) == Backend::Postgres).map(Notice::channel_and_payload);
+    let sql = match notice {
+        Some(_) => "UPDATE builds SET event_seq = $1 WHERE id = $2 RETURNING pg_notify($3, $4)",
+        None => "UPDATE builds SET event_seq = $1 WHERE id = $2",
+    };
+    let mut query = sqlx::query(sql).bind(seq).bind(build.0);
+    if let Some((channel, payload)) = notice {
+        query = query.bind(channel).bind(payload);
     }
+    query.execute(conn).await?;
     Ok(())
 }
 
