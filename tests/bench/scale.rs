@@ -59,6 +59,8 @@ impl Setup<'_> {
 struct Measure {
     per_second: f64,
     cpu_ms_per_build: f64,
+    /// The PostgreSQL server's CPU time per build (all its processes), 0 on SQLite.
+    database_ms_per_build: f64,
     /// Builds the first server ran (of all of them).
     first_server: usize,
 }
@@ -79,11 +81,32 @@ fn repo(dir: &Path, runs: &Path) -> PathBuf {
 
 /// Clock ticks a process has run for (user + system), from `/proc/PID/stat`.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_ticks(pid).unwrap_or_else(|| panic!("no CPU time for process {pid}"))
+}
+
+/// Clock ticks a process has run for, or `None` when it is gone (or not readable).
+fn stat_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: the fields after it follow its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are the 14th and 15th fields; the first after ')' is the 3rd.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks `pid` and its living children have run for: a PostgreSQL server's postmaster and
+/// its backends (the servers' pools hold their connections for the whole measure).
+fn tree_cpu_ticks(pid: u32) -> u64 {
+    let children: u64 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .filter_map(stat_ticks)
+        .sum();
+    cpu_ticks(pid) + children
 }
 
 fn ticks_per_second() -> f64 {
@@ -136,6 +159,8 @@ async fn measure(setup: Setup<'_>, builds: usize, max_concurrent: usize) -> Meas
     let repo = repo(dir.path(), &runs);
     let (servers, database) = start(setup, dir.path(), &repo, max_concurrent).await;
     let cpu_before: u64 = servers.iter().map(|server| cpu_ticks(server.child.id())).sum();
+    let database_cpu = || if setup.postgres { tree_cpu_ticks(postgres::server().pid()) } else { 0 };
+    let database_before = database_cpu();
 
     let start = Instant::now();
     let mut ids = Vec::with_capacity(builds);
@@ -155,6 +180,7 @@ async fn measure(setup: Setup<'_>, builds: usize, max_concurrent: usize) -> Meas
     servers[0].wait_all(&ids, || {}).await;
     let elapsed = start.elapsed();
     let cpu_after: u64 = servers.iter().map(|server| cpu_ticks(server.child.id())).sum();
+    let database_after = database_cpu();
 
     let mut per_number: BTreeMap<u64, usize> = BTreeMap::new();
     for entry in std::fs::read_dir(&runs).unwrap() {
@@ -178,6 +204,8 @@ async fn measure(setup: Setup<'_>, builds: usize, max_concurrent: usize) -> Meas
     Measure {
         per_second: builds as f64 / elapsed.as_secs_f64(),
         cpu_ms_per_build: (cpu_after - cpu_before) as f64 / ticks_per_second() * 1000.0 / builds as f64,
+        database_ms_per_build: database_after.saturating_sub(database_before) as f64 / ticks_per_second() * 1000.0
+            / builds as f64,
         first_server,
     }
 }
@@ -202,20 +230,24 @@ pub async fn scale_bench(runs: usize, builds: usize, concurrent: usize, baseline
             for (q, &(count, max)) in queues.iter().enumerate() {
                 let measured = measure(*setup, count, max).await;
                 eprintln!(
-                    "run {}: {}, {count} builds, max_concurrent_builds = {max}: {:.1} builds/s, {:.1} ms CPU per build, \
-                     {} on the first server",
+                    "run {}: {}, {count} builds, max_concurrent_builds = {max}: {:.1} builds/s, {:.1} ms CPU per build \
+                     ({:.1} ms in PostgreSQL), {} on the first server",
                     run + 1,
                     setup.name(),
                     measured.per_second,
                     measured.cpu_ms_per_build,
+                    measured.database_ms_per_build,
                     measured.first_server
                 );
                 results[s][q].push(measured);
             }
         }
     }
-    println!("| set-up | queue | builds/s | ratio to SQLite | server CPU per build | builds on the first server |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| set-up | queue | builds/s | ratio to SQLite | server CPU per build | PostgreSQL CPU per build | \
+         builds on the first server |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (q, &(count, max)) in queues.iter().enumerate() {
         for (s, setup) in setups.iter().enumerate() {
             let measures = &results[s][q];
@@ -226,9 +258,10 @@ pub async fn scale_bench(runs: usize, builds: usize, concurrent: usize, baseline
                 measures.iter().zip(&results[0][q]).map(|(m, sqlite)| m.per_second / sqlite.per_second).collect(),
             );
             let cpu = median(measures.iter().map(|m| m.cpu_ms_per_build).collect());
+            let database = median(measures.iter().map(|m| m.database_ms_per_build).collect());
             let split: Vec<String> = measures.iter().map(|m| m.first_server.to_string()).collect();
             println!(
-                "| {} | {count} queued, max_concurrent_builds = {max} | {per_second:.1} | {:.2}× | {cpu:.1} ms | {} of {count} |",
+                "| {} | {count} queued, max_concurrent_builds = {max} | {per_second:.1} | {:.2}× | {cpu:.1} ms | {database:.1} ms | {} of {count} |",
                 setup.name(),
                 ratio,
                 split.join(", ")
