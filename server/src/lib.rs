@@ -90,7 +90,8 @@ impl Application {
         let database = config.database();
         let store = Store::open_location(&database)
             .await
-            .with_context(|| format!("failed to open the database {}", database.describe()))?;
+            .with_context(|| format!("failed to open the database {}", database.describe()))?
+            .for_server(&config.server_id());
         for repo in &config.repos {
             store
                 .upsert_repo(&repo.name, &repo.url.to_string())

@@ -429,6 +429,7 @@ mod tests {
             error: error.map(str::to_string),
             rerun_of: None,
             pull_request: None,
+            event_seq: 0,
         }
     }
 

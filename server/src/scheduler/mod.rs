@@ -397,17 +397,26 @@ impl Scheduler {
     pub async fn enqueue(&self, new: NewBuild, delivery: Option<&str>) -> Result<Enqueued, SchedulerError> {
         let repo = self.inner.config.repo(&new.repo).ok_or_else(|| SchedulerError::UnknownRepo(new.repo.clone()))?;
         let store = &self.inner.store;
-        let mut tx = store.begin().await?;
-        let build = store::builds::insert(&mut tx, &new).await?;
-        if let Some(delivery) = delivery {
-            if !store::deliveries::record(&mut tx, &new.repo, delivery, Some(build.id)).await? {
-                tx.rollback().await.map_err(StoreError::from)?;
-                return Ok(Enqueued::DuplicateDelivery);
+        let (build, superseded) = if delivery.is_none() && !repo.cancel_superseded {
+            // Nothing else to write with it: one statement on PostgreSQL.
+            (store.insert_build(&new).await?, Vec::new())
+        } else {
+            let mut tx = store.begin().await?;
+            let build = store::builds::insert(&mut tx, &new).await?;
+            if let Some(delivery) = delivery {
+                if !store::deliveries::record(&mut tx, &new.repo, delivery, Some(build.id)).await? {
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    return Ok(Enqueued::DuplicateDelivery);
+                }
             }
-        }
-        let superseded =
-            if repo.cancel_superseded { store::builds::supersede_queued(&mut tx, &build).await? } else { Vec::new() };
-        tx.commit().await.map_err(StoreError::from)?;
+            let superseded = if repo.cancel_superseded {
+                store::builds::supersede_queued(&mut tx, &build).await?
+            } else {
+                Vec::new()
+            };
+            tx.commit().await.map_err(StoreError::from)?;
+            (build, superseded)
+        };
         tracing::info!(build = %build.id, repo = %build.repo, number = build.number, branch = %build.branch,
             commit = %build.commit, trigger = build.trigger.as_str(), "build queued");
         for old in superseded {
@@ -632,10 +641,9 @@ impl Scheduler {
                 tracing::warn!(build = %id, %error, "could not shrink the database's page cache");
             }
         }
-        // The final status is stored: the build's listeners hear it and their streams end,
-        // here and on the other servers sharing the database.
+        // The final status is stored: the build's listeners hear it and their streams end here;
+        // `finish_build` told the other servers sharing the database.
         inner.live.close(id);
-        self.notify_final(id).await;
     }
 
     /// Tell the other servers sharing the database that `build` reached its final status.
@@ -681,10 +689,9 @@ impl Scheduler {
 
     async fn relay(&self, notice: Notice) {
         let inner = &self.inner;
-        let here = |build: &BuildId| inner.running.lock().expect("running table poisoned").contains_key(build);
+        // This server's own notices never come here (`store::notify::Listener`): its builds
+        // reached its listeners when they were stored.
         match notice {
-            // This server's own builds reached its listeners when they were stored.
-            Notice::Stored { build, .. } | Notice::Final(build) if here(&build) => {}
             Notice::Stored { build, first, last } => {
                 let count = u32::try_from(last - first + 1).unwrap_or(u32::MAX);
                 match inner.store.events_after(build, first - 1, count).await {
@@ -761,6 +768,7 @@ impl Scheduler {
         let persister = tokio::spawn(persist::persist(
             inner.store.clone(),
             build.id,
+            build.event_seq,
             host_ids,
             received,
             inner.updates.clone(),

@@ -2,15 +2,16 @@
 //! broadcasts them to live listeners.
 //!
 //! Events are written in batches: whatever is waiting in the channel (up to
-//! [`MAX_EVENTS_PER_BATCH`]) goes into one transaction, so a flood of output costs one commit
-//! per batch (its lines in a few multi-row inserts) while a quiet build's events are written the
-//! moment they arrive. Every event a listener sees takes the next number of the build's event
-//! sequence (`store::events`) in that same transaction, and log lines their number within their
-//! step; only after the commit is the batch sent to the build's live channel (`crate::live`), so a
-//! listener that subscribed and then read the store misses nothing. The persister always drains
-//! its channel, even when the database fails, so the executor is never blocked by storage; a
-//! failed batch is logged and dropped (its numbers are handed out again). It decides nothing
-//! about the build itself.
+//! [`MAX_EVENTS_PER_BATCH`]) is written together (`store::events::EventWriter`: one transaction
+//! on SQLite; on PostgreSQL its row changes, then its lines and events in one statement), so a
+//! flood of output costs one write per batch while a quiet build's events are written the moment
+//! they arrive. Every event a listener sees takes the next number of the build's event sequence
+//! (`store::events`) in the statement or transaction that stores it, and log lines their number
+//! within their step; only once the batch is stored is it sent to the build's live channel
+//! (`crate::live`), so a listener that subscribed and then read the store misses nothing. The
+//! persister always drains its channel, even when the database fails, so the executor is never
+//! blocked by storage; a failed batch is logged and its events dropped (their numbers are handed
+//! out again). It decides nothing about the build itself.
 //!
 //! A JUnit report is also stored case by case (`store::test_cases`, read by the one JUnit
 //! reader, `gantry_web::parse_junit_cases`), and each finished step's duration is observed in
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use gantry_event::{BuildEvent, StepId, StepKind};
+use gantry_event::{BuildEvent, StepId, StepKind, Stream};
 use gantry_runner::provider::HostId;
 use gantry_web::{parse_junit_cases, CaseOutcome, FailureKind};
 use tokio::sync::{broadcast, mpsc};
@@ -30,7 +31,6 @@ use crate::live::{self, Change, LiveBuilds, WireEvent};
 use crate::metrics::Metrics;
 use crate::store::events::{EventKind, EventRow, StoredEvent};
 use crate::store::hosts::{HostPhase, Provisioned};
-use crate::store::notify::Notice;
 use crate::store::reports::ReportRow;
 use crate::store::{self, to_ms, BuildId, HostRow, LogLine, NewTestCase, StepRow, Store, TestOutcome};
 
@@ -61,21 +61,19 @@ struct Written {
 }
 
 /// Persist every event of `build` until the executor drops its sender; returns how many log
-/// lines it stored.
+/// lines it stored. `last_seq` is the build's last event id handed out when it was claimed.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn persist(
     store: Store,
     build: BuildId,
+    last_seq: i64,
     host_ids: BTreeMap<String, HostId>,
     mut events: mpsc::Receiver<BuildEvent>,
     updates: broadcast::Sender<BuildUpdate>,
     live: LiveBuilds,
     metrics: Arc<Metrics>,
 ) -> u64 {
-    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq: 0, step_lines: Vec::new(), metrics };
-    match store.last_event_seq(build).await {
-        Ok(seq) => log.last_seq = seq,
-        Err(error) => tracing::error!(build = %build, %error, "cannot read the build's last event id"),
-    }
+    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq, step_lines: Vec::new(), metrics };
     let mut batch = Vec::new();
     while let Some(first) = events.recv().await {
         batch.push(first);
@@ -104,17 +102,6 @@ pub(super) async fn persist(
         }
     }
     log.step_lines.iter().map(|&lines| lines.unsigned_abs()).sum()
-}
-
-impl Written {
-    /// The first and last event ids of the batch, unless it is empty.
-    fn seq_range(&self) -> Option<(i64, i64)> {
-        let seqs = self.lines.iter().map(|l| l.seq).chain(self.others.iter().map(|e| e.seq));
-        seqs.fold(None, |range, seq| match range {
-            None => Some((seq, seq)),
-            Some((first, last)) => Some((first.min(seq), last.max(seq))),
-        })
-    }
 }
 
 /// Send events another server stored (read back from the store, in order) to this server's
@@ -161,19 +148,28 @@ fn publish(live: &LiveBuilds, build: BuildId, written: Written) {
 
 impl BuildLog {
     async fn write(&mut self, store: &Store, batch: &[BuildEvent]) -> store::Result<Written> {
-        let mut tx = store.begin().await?;
         let mut written = Written::default();
+        let mut writer = store.event_writer().await?;
         for event in batch {
-            self.apply(&mut tx, event, &mut written).await?;
+            self.apply(&mut writer, event, &mut written).await?;
         }
-        store::logs::insert_lines(&mut tx, self.build, &written.lines).await?;
-        store::events::insert(&mut tx, self.build, &written.others).await?;
         // The other servers sharing the database relay the batch to their own listeners, once
-        // it is committed.
-        let notice = written.seq_range().map(|(first, last)| Notice::Stored { build: self.build, first, last });
-        store::events::set_last_seq(&mut tx, self.build, self.last_seq, notice.as_ref()).await?;
-        tx.commit().await?;
+        // it is stored.
+        store::events::append(&mut writer, store.server(), self.build, &written.lines, &written.others, self.last_seq)
+            .await?;
+        writer.done().await?;
         Ok(written)
+    }
+
+    /// Number a log line and collect it into `written`.
+    fn line(&mut self, written: &mut Written, step: usize, at: SystemTime, stream: Stream, text: &str) {
+        if self.step_lines.len() <= step {
+            self.step_lines.resize(step + 1, 0);
+        }
+        self.step_lines[step] += 1;
+        let line = self.step_lines[step];
+        let seq = self.next_seq();
+        written.lines.push(LogLine { step_idx: step as i64, line, seq, at: to_ms(at), stream, text: text.to_string() });
     }
 
     fn next_seq(&mut self) -> i64 {
@@ -218,22 +214,7 @@ impl BuildLog {
     ) -> store::Result<()> {
         let build = self.build;
         match event {
-            BuildEvent::Log { step, at, stream, text } => {
-                if self.step_lines.len() <= *step {
-                    self.step_lines.resize(*step + 1, 0);
-                }
-                self.step_lines[*step] += 1;
-                let line = self.step_lines[*step];
-                let seq = self.next_seq();
-                written.lines.push(LogLine {
-                    step_idx: *step as i64,
-                    line,
-                    seq,
-                    at: to_ms(*at),
-                    stream: *stream,
-                    text: text.clone(),
-                });
-            }
+            BuildEvent::Log { step, at, stream, text } => self.line(written, *step, *at, *stream, text),
             BuildEvent::Planned { steps } => {
                 let rows = store::steps::insert_planned(conn, build, steps).await?;
                 self.steps = steps.clone();

@@ -11,6 +11,7 @@ use sqlx::Row;
 
 use super::Connection;
 
+use super::notify::Notice;
 use super::{now_ms, parse_column, Backend, Result, Store};
 
 /// A build's id: the primary key, unique across repos (URLs use it).
@@ -108,6 +109,9 @@ pub struct BuildRow {
     pub rerun_of: Option<BuildId>,
     /// Set exactly when `ref_kind` is `PullRequest`.
     pub pull_request: Option<PullRequest>,
+    /// The last of the build's event ids handed out (`events`), 0 before any: where the
+    /// persister of a build just claimed goes on from.
+    pub event_seq: i64,
 }
 
 impl BuildRow {
@@ -135,7 +139,7 @@ pub struct PullRequest {
 macro_rules! build_columns {
     () => {
         "id, repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, started_at, \
-         finished_at, error, rerun_of, pr_number, pr_target, pr_head_ref"
+         finished_at, error, rerun_of, pr_number, pr_target, pr_head_ref, event_seq"
     };
 }
 pub(super) use build_columns;
@@ -167,6 +171,7 @@ pub(super) fn build_from_row(row: &AnyRow) -> Result<BuildRow> {
         error: row.try_get("error")?,
         rerun_of: row.try_get::<Option<i64>, _>("rerun_of")?.map(BuildId),
         pull_request,
+        event_seq: row.try_get("event_seq")?,
     })
 }
 
@@ -191,34 +196,63 @@ pub async fn insert_rerun(conn: &mut Connection, of: &BuildRow) -> Result<BuildR
     insert_with(conn, &new, Some(of.id), of.pull_request.as_ref()).await
 }
 
-/// A re-run of a pull request's build records the same request (the table requires it).
-async fn insert_with(
+/// [`next_number`]'s statement: `$1` the repo.
+macro_rules! next_number_sql {
+    () => {
+        "UPDATE repos SET builds_numbered = builds_numbered + 1 WHERE name = $1 RETURNING builds_numbered"
+    };
+}
+
+/// Queue a build numbered next in its repo: a re-run names the build it re-runs, and a pull
+/// request's build (or its re-run) records the request (the table requires it).
+///
+/// On PostgreSQL the number is taken and the build inserted by one statement (a round trip where
+/// a transaction took four); SQLite takes the number first, in the caller's transaction.
+pub(super) async fn insert_with(
     conn: &mut Connection,
     new: &NewBuild,
     rerun_of: Option<BuildId>,
     pr: Option<&PullRequest>,
 ) -> Result<BuildRow> {
-    let number = next_number(conn, &new.repo).await?;
-    let row = sqlx::query(concat!(
-        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, rerun_of, \
-         pr_number, pr_target, pr_head_ref) \
-         VALUES ($1, $11, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10) RETURNING ",
-        build_columns!()
-    ))
-    .bind(&new.repo)
-    .bind(&new.commit)
-    .bind(&new.branch)
-    .bind(new.ref_kind.as_str())
-    .bind(new.trigger.as_str())
-    .bind(now_ms())
-    .bind(rerun_of.map(|id| id.0))
-    .bind(pr.map(|pr| pr.number))
-    .bind(pr.map(|pr| pr.target.as_str()))
-    .bind(pr.map(|pr| pr.head_ref.as_str()))
-    .bind(number)
-    .fetch_one(conn)
-    .await?;
-    build_from_row(&row)
+    macro_rules! insert_build {
+        ($values:literal) => {
+            concat!(
+                "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, \
+                 rerun_of, pr_number, pr_target, pr_head_ref) ",
+                $values,
+                " RETURNING ",
+                build_columns!()
+            )
+        };
+    }
+    let number = match Backend::of(conn) {
+        Backend::Sqlite => Some(next_number(conn, &new.repo).await?),
+        Backend::Postgres => None,
+    };
+    let sql = match number {
+        Some(_) => insert_build!("VALUES ($1, $11, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10)"),
+        None => concat!(
+            "WITH numbered AS (",
+            next_number_sql!(),
+            ") ",
+            insert_build!("SELECT $1, builds_numbered, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10 FROM numbered")
+        ),
+    };
+    let mut query = sqlx::query(sql)
+        .bind(&new.repo)
+        .bind(&new.commit)
+        .bind(&new.branch)
+        .bind(new.ref_kind.as_str())
+        .bind(new.trigger.as_str())
+        .bind(now_ms())
+        .bind(rerun_of.map(|id| id.0))
+        .bind(pr.map(|pr| pr.number))
+        .bind(pr.map(|pr| pr.target.as_str()))
+        .bind(pr.map(|pr| pr.head_ref.as_str()));
+    if let Some(number) = number {
+        query = query.bind(number);
+    }
+    build_from_row(&query.fetch_one(conn).await?)
 }
 
 /// The next build number of `repo`, taken from its counter in one atomic statement, so two
@@ -226,12 +260,7 @@ async fn insert_with(
 /// not inserted (the transaction rolled back) is given again; one whose transaction committed
 /// never is.
 pub(super) async fn next_number(conn: &mut Connection, repo: &str) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "UPDATE repos SET builds_numbered = builds_numbered + 1 WHERE name = $1 RETURNING builds_numbered",
-    )
-    .bind(repo)
-    .fetch_one(conn)
-    .await?)
+    Ok(sqlx::query_scalar(next_number_sql!()).bind(repo).fetch_one(conn).await?)
 }
 
 /// Cancel the queued builds of the same repo and ref that are older than `newer`.
@@ -253,22 +282,29 @@ pub async fn supersede_queued(conn: &mut Connection, newer: &BuildRow) -> Result
     rows.iter().map(|r| Ok(BuildId(r.try_get("id")?))).collect()
 }
 
+/// [`finish`]'s update of the build: `$1` the time, `$2` the build, `$3` its final status, `$4`
+/// the error (kept when `NULL`). Its parameters are those of `steps::cancel_unfinished_sql!` first,
+/// so that the two make one statement on PostgreSQL ([`Store::finish_build`]).
+macro_rules! end_build_sql {
+    () => {
+        "UPDATE builds SET status = $3, error = COALESCE($4, error), finished_at = $1 \
+         WHERE id = $2 AND status IN ('queued', 'provisioning', 'running')"
+    };
+}
+
 /// Move a build to a final status (if it is not final yet) and mark its unfinished steps
 /// cancelled. Returns whether the build changed.
 pub async fn finish(conn: &mut Connection, id: BuildId, status: BuildStatus, error: Option<&str>) -> Result<bool> {
     debug_assert!(status.is_final(), "finish with {status:?}");
     let now = now_ms();
-    let changed = sqlx::query(
-        "UPDATE builds SET status = $1, error = COALESCE($2, error), finished_at = $3 \
-         WHERE id = $4 AND status IN ('queued', 'provisioning', 'running')",
-    )
-    .bind(status.as_str())
-    .bind(error)
-    .bind(now)
-    .bind(id.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
+    let changed = sqlx::query(end_build_sql!())
+        .bind(now)
+        .bind(id.0)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
         > 0;
     super::steps::cancel_unfinished(conn, id, now).await?;
     Ok(changed)
@@ -288,10 +324,18 @@ pub async fn mark_running(conn: &mut Connection, id: BuildId) -> Result<Option<B
 }
 
 impl Store {
-    /// Queue a build on its own (no supersede, no delivery).
+    /// Queue a build on its own (no supersede, no delivery): one statement on PostgreSQL, a
+    /// transaction of its own on SQLite.
     pub async fn insert_build(&self, new: &NewBuild) -> Result<BuildRow> {
-        let mut conn = self.writer().acquire().await?;
-        insert(&mut conn, new).await
+        match self.backend() {
+            Backend::Postgres => insert(&mut *self.writer().acquire().await?, new).await,
+            Backend::Sqlite => {
+                let mut tx = self.begin().await?;
+                let row = insert(&mut tx, new).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+        }
     }
 
     /// Claim the oldest queued build: it becomes `provisioning` with `started_at` set, in one
@@ -330,12 +374,37 @@ impl Store {
         mark_running(&mut conn, id).await.map(drop)
     }
 
-    /// See [`finish`].
+    /// See [`finish`]; the other servers sharing a PostgreSQL database are told of the final
+    /// status ([`Notice::Final`]) once it is stored, whether this call changed it or not.
+    ///
+    /// On PostgreSQL this is one statement: one round trip where the transaction and the notice
+    /// took five, at the end of every build.
     pub async fn finish_build(&self, id: BuildId, status: BuildStatus, error: Option<&str>) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let changed = finish(&mut tx, id, status, error).await?;
-        tx.commit().await?;
-        Ok(changed)
+        if self.backend() == Backend::Sqlite {
+            let mut tx = self.begin().await?;
+            let changed = finish(&mut tx, id, status, error).await?;
+            tx.commit().await?;
+            return Ok(changed);
+        }
+        debug_assert!(status.is_final(), "finish with {status:?}");
+        let (channel, payload) = Notice::Final(id).channel_and_payload(self.server());
+        // pg_notify runs in the FROM list: its result (void) is no column the driver reads.
+        let changed: i64 = sqlx::query_scalar(concat!(
+            "WITH finished AS (",
+            end_build_sql!(),
+            " RETURNING id), cancelled AS (",
+            super::steps::cancel_unfinished_sql!(),
+            ") SELECT (SELECT count(*) FROM finished) AS changed FROM (SELECT pg_notify($5, $6)) AS told"
+        ))
+        .bind(now_ms())
+        .bind(id.0)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(channel)
+        .bind(payload)
+        .fetch_one(self.writer())
+        .await?;
+        Ok(changed > 0)
     }
 
     /// Cancel a build that is still queued. Returns whether it was.
@@ -569,11 +638,19 @@ mod tests {
         store.claim_next_build("test").await.unwrap();
         store.set_build_running(build.id).await.unwrap();
         assert_eq!(store.build(build.id).await.unwrap().unwrap().status, BuildStatus::Running);
+        let mut listener = store.clone().for_server("other").listen().await.unwrap();
         assert!(store.finish_build(build.id, BuildStatus::Failed, None).await.unwrap());
         assert!(!store.finish_build(build.id, BuildStatus::Passed, Some("late")).await.unwrap());
         let row = store.build(build.id).await.unwrap().unwrap();
         assert_eq!(row.status, BuildStatus::Failed);
         assert_eq!(row.error, None);
+        assert!(row.finished_at.is_some());
+        // The other servers sharing a PostgreSQL database hear of it each time.
+        if let Some(listener) = &mut listener {
+            for _ in 0..2 {
+                assert_eq!(listener.recv().await.unwrap(), Notice::Final(build.id));
+            }
+        }
     }
 
     #[tokio::test]

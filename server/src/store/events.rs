@@ -8,9 +8,12 @@
 //! [`Store::events_after`]; a new one starts from [`Store::event_snapshot`], the build's state at
 //! one event id, read in one transaction. What the JSON says is not this module's business.
 
+use std::ops::{Deref, DerefMut};
+
 use gantry_event::BuildStatus;
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, Row, Transaction};
 
 use super::notify::Notice;
 use super::sql::Builder;
@@ -92,38 +95,136 @@ fn event_from_row(row: &AnyRow) -> Result<EventRow> {
 }
 
 impl Store {
-    /// The last event id handed out for `build` (0 before any), read outside a transaction: only
-    /// the build's persister writes it.
-    pub async fn last_event_seq(&self, build: BuildId) -> Result<i64> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT event_seq FROM builds WHERE id = $1")
-            .bind(build.0)
-            .fetch_optional(self.writer())
-            .await?;
-        Ok(seq.unwrap_or(0))
+    /// Where to write the next batch of a build's events.
+    pub async fn event_writer(&self) -> Result<EventWriter> {
+        Ok(match self.backend() {
+            Backend::Sqlite => EventWriter::Sqlite(self.begin().await?),
+            Backend::Postgres => EventWriter::Postgres(self.writer().acquire().await?),
+        })
     }
 }
 
-/// Record that event ids up to `seq` are handed out for `build`.
-///
-/// With a `notice`, the other servers sharing a PostgreSQL database are told by the same statement
-/// (one round trip instead of two): PostgreSQL delivers a notification sent in a transaction when
-/// it commits, and never if it rolls back. SQLite has no other servers.
-pub async fn set_last_seq(conn: &mut Connection, build: BuildId, seq: i64, notice: Option<&Notice>) -> Result<()> {
-    let notice = notice.filter(|_| Backend::of(conn) == Backend::Postgres).map(Notice::channel_and_payload);
-    let sql = match notice {
-        Some(_) => "UPDATE builds SET event_seq = $1 WHERE id = $2 RETURNING pg_notify($3, $4)",
-        None => "UPDATE builds SET event_seq = $1 WHERE id = $2",
-    };
-    let mut query = sqlx::query(sql).bind(seq).bind(build.0);
-    if let Some((channel, payload)) = notice {
-        query = query.bind(channel).bind(payload);
+/// Where the persister writes one batch of a build's events (the rows its events change, then
+/// [`append`]): a transaction on SQLite, where statements cost no round trip and one commit is
+/// one write for all of them; a connection on PostgreSQL, where every statement is atomic on its
+/// own and a transaction would cost two round trips more per batch. There, [`append`] comes
+/// last and is what hands the batch's events out: a batch that fails halfway leaves the rows it
+/// changed (which snapshots show) but none of its events.
+pub enum EventWriter {
+    Sqlite(Transaction<'static, Any>),
+    Postgres(PoolConnection<Any>),
+}
+
+impl EventWriter {
+    /// The batch is written: commit it on SQLite.
+    pub async fn done(self) -> Result<()> {
+        match self {
+            EventWriter::Sqlite(tx) => Ok(tx.commit().await?),
+            EventWriter::Postgres(_) => Ok(()),
+        }
     }
-    query.execute(conn).await?;
+}
+
+impl Deref for EventWriter {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            EventWriter::Sqlite(tx) => tx,
+            EventWriter::Postgres(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for EventWriter {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match self {
+            EventWriter::Sqlite(tx) => tx,
+            EventWriter::Postgres(conn) => conn,
+        }
+    }
+}
+
+/// Append a batch of a build's events: its log lines, its other events, and `last_seq`, the last
+/// event id handed out (the largest of theirs). The other servers sharing a PostgreSQL database
+/// are told which ids are stored, by `server` (this server's id): PostgreSQL delivers a notification sent in a transaction when it
+/// commits, and never if it rolls back. SQLite has no other servers. An empty batch writes nothing.
+///
+/// On PostgreSQL this is one statement, so one round trip, and atomic without a transaction
+/// around it (see [`EventWriter`]): the rows travel as two JSON parameters, which keeps
+/// the statement's text (and its prepared plan) the same for every batch. On SQLite, where a
+/// statement costs no round trip, it is the three statements of the caller's transaction.
+pub async fn append(
+    conn: &mut Connection,
+    server: &str,
+    build: BuildId,
+    lines: &[LogLine],
+    events: &[EventRow],
+    last_seq: i64,
+) -> Result<()> {
+    let mut seqs = lines.iter().map(|l| l.seq).chain(events.iter().map(|e| e.seq));
+    let Some(some) = seqs.next() else { return Ok(()) };
+    let (first, last) = seqs.fold((some, some), |(first, last), seq| (first.min(seq), last.max(seq)));
+    if Backend::of(conn) == Backend::Sqlite {
+        super::logs::insert_lines(conn, build, lines).await?;
+        insert(conn, build, events).await?;
+        sqlx::query("UPDATE builds SET event_seq = $1 WHERE id = $2")
+            .bind(last_seq)
+            .bind(build.0)
+            .execute(conn)
+            .await?;
+        return Ok(());
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        step_idx: i64,
+        line: i64,
+        seq: i64,
+        at: i64,
+        stream: &'a str,
+        text: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        seq: i64,
+        kind: &'a str,
+        data: &'a str,
+    }
+    let lines: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            step_idx: l.step_idx,
+            line: l.line,
+            seq: l.seq,
+            at: l.at,
+            stream: l.stream.as_str(),
+            text: &l.text,
+        })
+        .collect();
+    let events: Vec<Event> =
+        events.iter().map(|e| Event { seq: e.seq, kind: e.kind.as_str(), data: &e.data }).collect();
+    let (channel, payload) = Notice::Stored { build, first, last }.channel_and_payload(server);
+    sqlx::query(
+        "WITH lines AS (INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) \
+           SELECT $1, step_idx, line, seq, at, stream, text FROM json_to_recordset($2::json) \
+           AS l(step_idx BIGINT, line BIGINT, seq BIGINT, at BIGINT, stream TEXT, text TEXT)), \
+         events AS (INSERT INTO build_events (build_id, seq, kind, data) \
+           SELECT $1, seq, kind, data FROM json_to_recordset($3::json) AS e(seq BIGINT, kind TEXT, data TEXT)) \
+         UPDATE builds SET event_seq = $4 WHERE id = $1 RETURNING pg_notify($5, $6)",
+    )
+    .bind(build.0)
+    .bind(serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .bind(serde_json::to_string(&events).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
+    .bind(last_seq)
+    .bind(channel)
+    .bind(payload)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// Store events other than log lines.
-pub async fn insert(conn: &mut Connection, build: BuildId, events: &[EventRow]) -> Result<()> {
+pub(super) async fn insert(conn: &mut Connection, build: BuildId, events: &[EventRow]) -> Result<()> {
     // One statement per batch (a round trip each on PostgreSQL), of at most a fixed number of
     // rows so that few statements are prepared.
     let backend = Backend::of(conn);
@@ -259,12 +360,9 @@ mod tests {
             EventRow { seq: 9, kind: EventKind::Build, data: "{\"status\":\"running\"}".into() },
         ];
         let mut tx = store.begin().await.unwrap();
-        super::super::logs::insert_lines(&mut tx, build.id, &lines).await.unwrap();
-        super::super::logs::insert_lines(&mut tx, build.id, std::slice::from_ref(&later)).await.unwrap();
-        insert(&mut tx, build.id, &others).await.unwrap();
-        set_last_seq(&mut tx, build.id, 9, None).await.unwrap();
+        append(&mut tx, store.server(), build.id, &[lines.clone(), vec![later]].concat(), &others, 9).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(store.last_event_seq(build.id).await.unwrap(), 9);
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().event_seq, 9);
 
         let all = store.events_after(build.id, 0, 100).await.unwrap();
         assert_eq!(all.iter().map(StoredEvent::seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
@@ -279,5 +377,46 @@ mod tests {
         assert!(store.event_snapshot(BuildId(999)).await.unwrap().is_none());
         assert_eq!(store.event_head(build.id).await.unwrap(), Some((snapshot.build.status, 9)));
         assert!(store.event_head(BuildId(999)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_appended_whole_and_the_other_servers_hear_its_ids() {
+        let (store, _dir, build) = testing::store_with_build().await;
+        let mut listener = store.clone().for_server("other").listen().await.unwrap();
+        assert_eq!(listener.is_some(), store.backend() == Backend::Postgres);
+        let mut lines = super::super::logs::tests::two_step_lines(3);
+        lines[1].text = "\\ \u{1b}[31mred\u{1b}[0m \u{1F680} \"quoted\" }]".to_string();
+        let append = |lines: Vec<LogLine>, events: Vec<EventRow>, last_seq: i64| {
+            let store = store.clone();
+            async move {
+                let mut writer = store.event_writer().await?;
+                append(&mut writer, store.server(), build.id, &lines, &events, last_seq).await?;
+                writer.done().await
+            }
+        };
+        append(lines.clone(), Vec::new(), 3).await.unwrap();
+        // An empty batch writes nothing, not even its last id.
+        append(Vec::new(), Vec::new(), 7).await.unwrap();
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().event_seq, 3);
+        let step = EventRow { seq: 4, kind: EventKind::Step, data: r#"{"name":"t\u00e9st \" ]}"}"#.to_string() };
+        append(Vec::new(), vec![step.clone()], 4).await.unwrap();
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().event_seq, 4);
+
+        let stored = store.events_after(build.id, 0, 100).await.unwrap();
+        let mut expected: Vec<StoredEvent> = lines.into_iter().map(StoredEvent::Log).collect();
+        expected.push(StoredEvent::Other(step));
+        assert_eq!(stored, expected);
+        // A line whose number is taken fails the whole batch: nothing of it is stored.
+        let mut taken = super::super::logs::tests::two_step_lines(1);
+        taken[0].seq = 5;
+        let event = EventRow { seq: 6, kind: EventKind::Build, data: "{}".into() };
+        assert!(append(taken, vec![event], 6).await.is_err());
+        assert_eq!(store.events_after(build.id, 0, 100).await.unwrap(), expected);
+        assert_eq!(store.build(build.id).await.unwrap().unwrap().event_seq, 4);
+
+        if let Some(listener) = &mut listener {
+            assert_eq!(listener.recv().await.unwrap(), Notice::Stored { build: build.id, first: 1, last: 3 });
+            assert_eq!(listener.recv().await.unwrap(), Notice::Stored { build: build.id, first: 4, last: 4 });
+        }
     }
 }

@@ -43,7 +43,7 @@ pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -72,6 +72,10 @@ pub const MAX_READ_CONNECTIONS: u32 = 8;
 
 /// How long a caller waits for a free connection before the store reports an error.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whom a [`Store`] speaks for until [`Store::for_server`] names a server: a command of the
+/// command line, which tells nobody anything.
+const UNNAMED: &str = "gantry-command";
 
 /// How many connections one server opens to PostgreSQL at most (reads and writes share them).
 pub const MAX_POSTGRES_CONNECTIONS: u32 = 10;
@@ -168,6 +172,8 @@ pub struct Store {
     /// PostgreSQL's URL, for the notices' listener (a connection of its own); a secret, so the
     /// handle's `Debug` never shows it.
     url: Option<secrecy::SecretString>,
+    /// The `server_id` this handle's notices are sent as (see [`Store::for_server`]).
+    server: Arc<str>,
 }
 
 /// sqlx's `Any` driver finds a backend by the URL's scheme among the installed drivers.
@@ -231,7 +237,7 @@ impl Store {
             })
             .connect_with(sqlite_options(path, true)?)
             .await?;
-        Ok(Store { reader, writer, backend: Backend::Sqlite, url: None })
+        Ok(Store { reader, writer, backend: Backend::Sqlite, url: None, server: UNNAMED.into() })
     }
 
     /// Connect to the PostgreSQL database at `url` and apply every pending migration (under an
@@ -248,7 +254,13 @@ impl Store {
             .connect(url)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
-        Ok(Store { reader: pool.clone(), writer: pool, backend: Backend::Postgres, url: Some(url.into()) })
+        Ok(Store {
+            reader: pool.clone(),
+            writer: pool,
+            backend: Backend::Postgres,
+            url: Some(url.into()),
+            server: UNNAMED.into(),
+        })
     }
 
     /// Open the database at `location`, whichever backend it is.
@@ -261,6 +273,18 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This handle, speaking for the server `server_id`: the other servers sharing a PostgreSQL
+    /// database read it as the sender of its notices, and its own listener skips them.
+    pub fn for_server(mut self, server_id: &str) -> Store {
+        self.server = server_id.into();
+        self
+    }
+
+    /// The `server_id` this handle speaks for.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
     }
 
     /// A write transaction. Keep it short: on SQLite every other writer waits for it.

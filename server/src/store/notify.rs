@@ -8,12 +8,14 @@ use sqlx::postgres::PgListener;
 
 use super::{Backend, BuildId, Result, Store};
 
-/// `"<build> <first> <last>"`: the build's events `first..=last` are stored; `"<build> final"`:
-/// its final status is.
+/// `"<build> <first> <last> <server>"`: the build's events `first..=last` are stored;
+/// `"<build> final <server>"`: its final status is. `<server>` is the sender's `server_id` (never
+/// empty, never a space in it): a server skips its own notices, whose events its listeners
+/// already had.
 pub const EVENTS: &str = "gantry_events";
 
-/// `"<build> user"` or `"<build> superseded"`: the server running the build should cancel it, for
-/// that reason.
+/// `"<build> user <server>"` or `"<build> superseded <server>"`: the server running the build
+/// should cancel it, for that reason.
 pub const CANCEL: &str = "gantry_cancel";
 
 /// What a notification says.
@@ -25,18 +27,21 @@ pub enum Notice {
 }
 
 impl Notice {
-    pub(super) fn channel_and_payload(&self) -> (&'static str, String) {
+    /// The channel and the payload of the notice as `from` sends it.
+    pub(super) fn channel_and_payload(&self, from: &str) -> (&'static str, String) {
         match self {
-            Notice::Stored { build, first, last } => (EVENTS, format!("{} {first} {last}", build.0)),
-            Notice::Final(build) => (EVENTS, format!("{} final", build.0)),
+            Notice::Stored { build, first, last } => (EVENTS, format!("{} {first} {last} {from}", build.0)),
+            Notice::Final(build) => (EVENTS, format!("{} final {from}", build.0)),
             Notice::Cancel { build, superseded } => {
-                (CANCEL, format!("{} {}", build.0, if *superseded { "superseded" } else { "user" }))
+                (CANCEL, format!("{} {} {from}", build.0, if *superseded { "superseded" } else { "user" }))
             }
         }
     }
 
-    fn parse(channel: &str, payload: &str) -> Option<Notice> {
-        let mut words = payload.split(' ');
+    /// The notice and the server that sent it.
+    fn parse<'p>(channel: &str, payload: &'p str) -> Option<(Notice, &'p str)> {
+        let (said, from) = payload.rsplit_once(' ')?;
+        let mut words = said.split(' ');
         let build = BuildId(words.next()?.parse().ok()?);
         let notice = match (channel, words.next(), words.next()) {
             (EVENTS, Some("final"), None) => Notice::Final(build),
@@ -47,21 +52,26 @@ impl Notice {
             (CANCEL, Some("superseded"), None) => Notice::Cancel { build, superseded: true },
             _ => return None,
         };
-        words.next().is_none().then_some(notice)
+        (words.next().is_none() && !from.is_empty()).then_some((notice, from))
     }
 }
 
 /// This server's subscription to the other servers' notices.
-pub struct Listener(PgListener);
+pub struct Listener {
+    listener: PgListener,
+    /// This server's `server_id`: its own notices are skipped.
+    me: String,
+}
 
 impl Listener {
-    /// The next notice. After a lost connection the listener connects again by itself; notices
-    /// sent meanwhile are lost (streams then find the gap and read the store).
+    /// The next notice of another server. After a lost connection the listener connects again
+    /// by itself; notices sent meanwhile are lost (streams then find the gap and read the store).
     pub async fn recv(&mut self) -> Result<Notice> {
         loop {
-            let notification = self.0.recv().await?;
+            let notification = self.listener.recv().await?;
             match Notice::parse(notification.channel(), notification.payload()) {
-                Some(notice) => return Ok(notice),
+                Some((notice, from)) if from != self.me => return Ok(notice),
+                Some(_) => {}
                 None => tracing::warn!(channel = notification.channel(), "a notice this server does not read"),
             }
         }
@@ -74,7 +84,7 @@ impl Store {
         if self.backend() == Backend::Sqlite {
             return Ok(());
         }
-        let (channel, payload) = notice.channel_and_payload();
+        let (channel, payload) = notice.channel_and_payload(self.server());
         sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(self.writer()).await?;
         Ok(())
     }
@@ -84,7 +94,7 @@ impl Store {
         let Some(url) = &self.url else { return Ok(None) };
         let mut listener = PgListener::connect(url.expose_secret()).await?;
         listener.listen_all([EVENTS, CANCEL]).await?;
-        Ok(Some(Listener(listener)))
+        Ok(Some(Listener { listener, me: self.server().to_string() }))
     }
 }
 
@@ -93,40 +103,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notices_read_back_and_anything_else_is_refused() {
+    fn notices_read_back_with_their_sender_and_anything_else_is_refused() {
         for notice in [
             Notice::Stored { build: BuildId(7), first: 12, last: 2059 },
             Notice::Final(BuildId(7)),
             Notice::Cancel { build: BuildId(9), superseded: false },
             Notice::Cancel { build: BuildId(9), superseded: true },
         ] {
-            let (channel, payload) = notice.channel_and_payload();
-            assert_eq!(Notice::parse(channel, &payload), Some(notice));
+            let (channel, payload) = notice.channel_and_payload("gantry-1");
+            assert_eq!(Notice::parse(channel, &payload), Some((notice, "gantry-1")));
         }
         for (channel, payload) in [
             (EVENTS, "7"),
-            (EVENTS, "7 1"),
-            (EVENTS, "7 1 2 3"),
-            (EVENTS, "x final"),
-            (CANCEL, "7"),
-            (CANCEL, "7 1"),
-            ("other", "7"),
+            (EVENTS, "7 final"),
+            (EVENTS, "7 final "),
+            (EVENTS, "7 1 s"),
+            (EVENTS, "7 1 2 3 s"),
+            (EVENTS, "x final s"),
+            (CANCEL, "7 s"),
+            (CANCEL, "7 1 s"),
+            ("other", "7 final s"),
         ] {
             assert_eq!(Notice::parse(channel, payload), None, "{channel} {payload}");
         }
     }
 
     #[tokio::test]
-    async fn a_notice_reaches_a_listener_on_postgresql() {
+    async fn a_notice_reaches_the_other_servers_listeners_but_not_its_own() {
         let (store, _dir) = super::super::testing::store().await;
-        let Some(mut listener) = store.listen().await.unwrap() else {
+        let other = store.clone().for_server("other");
+        let (Some(mut mine), Some(mut theirs)) = (store.listen().await.unwrap(), other.listen().await.unwrap()) else {
             assert_eq!(store.backend(), Backend::Sqlite, "only SQLite has nobody to tell");
             store.notify(&Notice::Final(BuildId(1))).await.unwrap();
             return;
         };
         store.notify(&Notice::Cancel { build: BuildId(3), superseded: false }).await.unwrap();
         store.notify(&Notice::Stored { build: BuildId(3), first: 1, last: 4 }).await.unwrap();
-        assert_eq!(listener.recv().await.unwrap(), Notice::Cancel { build: BuildId(3), superseded: false });
-        assert_eq!(listener.recv().await.unwrap(), Notice::Stored { build: BuildId(3), first: 1, last: 4 });
+        other.notify(&Notice::Final(BuildId(3))).await.unwrap();
+        assert_eq!(theirs.recv().await.unwrap(), Notice::Cancel { build: BuildId(3), superseded: false });
+        assert_eq!(theirs.recv().await.unwrap(), Notice::Stored { build: BuildId(3), first: 1, last: 4 });
+        // The first notice this store's listener hears is the other server's, sent last.
+        assert_eq!(mine.recv().await.unwrap(), Notice::Final(BuildId(3)));
     }
 }

@@ -9,33 +9,14 @@ use sqlx::Row;
 
 use super::Connection;
 
-use super::builds::{build_columns, build_from_row, NewBuild, PullRequest};
+use super::builds::{NewBuild, PullRequest};
 use super::{now_ms, BuildId, BuildRow, Result};
 
 /// Queue a build of a pull request; its number is the repo's next one. `new.ref_kind` must be
 /// `PullRequest` and `new.branch` the request's source branch.
 pub async fn insert(conn: &mut Connection, new: &NewBuild, pr: &PullRequest) -> Result<BuildRow> {
     debug_assert_eq!(new.branch, pr.source);
-    let number = super::builds::next_number(conn, &new.repo).await?;
-    let row = sqlx::query(concat!(
-        "INSERT INTO builds (repo, number, commit_sha, branch, ref_kind, trigger, status, created_at, \
-         pr_number, pr_target, pr_head_ref) \
-         VALUES ($1, $10, $2, $3, $4, $5, 'queued', $6, $7, $8, $9) RETURNING ",
-        build_columns!()
-    ))
-    .bind(&new.repo)
-    .bind(&new.commit)
-    .bind(&new.branch)
-    .bind(new.ref_kind.as_str())
-    .bind(new.trigger.as_str())
-    .bind(now_ms())
-    .bind(pr.number)
-    .bind(&pr.target)
-    .bind(&pr.head_ref)
-    .bind(number)
-    .fetch_one(conn)
-    .await?;
-    build_from_row(&row)
+    super::builds::insert_with(conn, new, None, Some(pr)).await
 }
 
 /// Cancel the queued builds of request `number` of `repo` with `reason`. Returns them.

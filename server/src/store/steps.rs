@@ -35,6 +35,16 @@ macro_rules! step_columns {
     };
 }
 
+/// [`cancel_unfinished`]'s statement: `$1` the time, `$2` the build (also a part of
+/// `builds::finish`'s one statement on PostgreSQL).
+macro_rules! cancel_unfinished_sql {
+    () => {
+        "UPDATE steps SET status = 'cancelled', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE $1 END \
+         WHERE build_id = $2 AND status IN ('pending', 'running')"
+    };
+}
+pub(super) use cancel_unfinished_sql;
+
 pub(super) fn step_from_row(row: &AnyRow) -> Result<StepRow> {
     Ok(StepRow {
         build_id: BuildId(row.try_get("build_id")?),
@@ -114,14 +124,7 @@ pub async fn finish(
 
 /// Steps still pending or running when their build ended become `cancelled`.
 pub async fn cancel_unfinished(conn: &mut Connection, build: BuildId, at: i64) -> Result<()> {
-    sqlx::query(
-        "UPDATE steps SET status = 'cancelled', finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE $1 END \
-         WHERE build_id = $2 AND status IN ('pending', 'running')",
-    )
-    .bind(at)
-    .bind(build.0)
-    .execute(conn)
-    .await?;
+    sqlx::query(cancel_unfinished_sql!()).bind(at).bind(build.0).execute(conn).await?;
     Ok(())
 }
 
