@@ -37,6 +37,10 @@ use crate::store::{self, to_ms, BuildId, HostRow, LogLine, NewTestCase, StepRow,
 /// At most this many events are written in one transaction.
 pub const MAX_EVENTS_PER_BATCH: usize = 2048;
 
+/// A batch stops growing once its log lines hold this much text: a flood of long lines (up to
+/// 16 KiB each) is written a few MiB at a time, never as one 2,048-line statement of 32 MiB.
+pub const MAX_LOG_BYTES_PER_BATCH: usize = 4 << 20;
+
 /// At most this many cases of one report are stored as test cases (the report itself is kept
 /// whole).
 pub const MAX_CASES_PER_REPORT: usize = 50_000;
@@ -76,13 +80,7 @@ pub(super) async fn persist(
     let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq, step_lines: Vec::new(), metrics };
     let mut batch = Vec::new();
     while let Some(first) = events.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_EVENTS_PER_BATCH {
-            match events.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
-            }
-        }
+        fill_batch(&mut batch, first, &mut events);
         let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
         match log.write(&store, &batch).await {
             Ok(written) => publish(&live, build, written),
@@ -102,6 +100,30 @@ pub(super) async fn persist(
         }
     }
     log.step_lines.iter().map(|&lines| lines.unsigned_abs()).sum()
+}
+
+/// Start a batch with `first` and add what is waiting in `events`, up to [`MAX_EVENTS_PER_BATCH`]
+/// events and [`MAX_LOG_BYTES_PER_BATCH`] of log text.
+fn fill_batch(batch: &mut Vec<BuildEvent>, first: BuildEvent, events: &mut mpsc::Receiver<BuildEvent>) {
+    let mut text_bytes = log_bytes(&first);
+    batch.push(first);
+    while batch.len() < MAX_EVENTS_PER_BATCH && text_bytes < MAX_LOG_BYTES_PER_BATCH {
+        match events.try_recv() {
+            Ok(event) => {
+                text_bytes += log_bytes(&event);
+                batch.push(event);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// The bytes of log text `event` carries.
+fn log_bytes(event: &BuildEvent) -> usize {
+    match event {
+        BuildEvent::Log { text, .. } => text.len(),
+        _ => 0,
+    }
 }
 
 /// Send events another server stored (read back from the store, in order) to this server's
@@ -216,9 +238,11 @@ impl BuildLog {
         match event {
             BuildEvent::Log { step, at, stream, text } => self.line(written, *step, *at, *stream, text),
             BuildEvent::Planned { steps } => {
-                let rows = store::steps::insert_planned(conn, build, steps).await?;
+                let (rows, build_row) = store::steps::insert_planned(conn, build, steps).await?;
                 self.steps = steps.clone();
-                self.record_build(conn, written).await?;
+                if let Some(row) = build_row {
+                    self.record(written, EventKind::Build, live::build_json(&row));
+                }
                 for row in &rows {
                     self.record_step(written, Some(row));
                 }
@@ -308,4 +332,41 @@ fn test_cases(content: &[u8]) -> Vec<NewTestCase> {
             message: case.message,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use gantry_event::Stream;
+
+    use super::*;
+
+    fn line(bytes: usize) -> BuildEvent {
+        BuildEvent::Log { step: 0, at: SystemTime::UNIX_EPOCH, stream: Stream::Stdout, text: "x".repeat(bytes) }
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_at_its_count_or_its_bytes_of_log_text() {
+        let (sender, mut events) = mpsc::channel(4096);
+        let mut batch = Vec::new();
+        // Short lines: the count is the limit.
+        for _ in 0..MAX_EVENTS_PER_BATCH + 10 {
+            sender.send(line(10)).await.unwrap();
+        }
+        let first = events.recv().await.unwrap();
+        fill_batch(&mut batch, first, &mut events);
+        assert_eq!(batch.len(), MAX_EVENTS_PER_BATCH);
+        batch.clear();
+        let first = events.recv().await.unwrap();
+        fill_batch(&mut batch, first, &mut events);
+        assert_eq!(batch.len(), 10);
+        batch.clear();
+        // Lines of 16 KiB: the text is, at 4 MiB.
+        for _ in 0..300 {
+            sender.send(line(16 * 1024)).await.unwrap();
+        }
+        let first = events.recv().await.unwrap();
+        fill_batch(&mut batch, first, &mut events);
+        assert_eq!(batch.len(), MAX_LOG_BYTES_PER_BATCH / (16 * 1024));
+        assert_eq!(events.len(), 300 - batch.len());
+    }
 }

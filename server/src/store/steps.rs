@@ -7,7 +7,8 @@ use sqlx::Row;
 
 use super::Connection;
 
-use super::{parse_column, Backend, BuildId, Result, Store};
+use super::builds::{build_columns, build_from_row};
+use super::{parse_column, Backend, BuildId, BuildRow, Result, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRow {
@@ -59,28 +60,65 @@ pub(super) fn step_from_row(row: &AnyRow) -> Result<StepRow> {
     })
 }
 
-/// Record the plan: one pending step per entry, indexed in plan order.
-/// Insert a build's planned steps, all `pending`; returns their rows, in plan order.
-pub async fn insert_planned(conn: &mut Connection, build: BuildId, steps: &[StepId]) -> Result<Vec<StepRow>> {
-    if steps.is_empty() {
-        return Ok(Vec::new());
+/// Record the plan: one pending step per entry, indexed in plan order. Returns the steps' rows
+/// and the build's row as it is then (the plan's events show both): on PostgreSQL the insert and
+/// the read are one statement.
+pub async fn insert_planned(
+    conn: &mut Connection,
+    build: BuildId,
+    steps: &[StepId],
+) -> Result<(Vec<StepRow>, Option<BuildRow>)> {
+    let backend = Backend::of(conn);
+    let mut insert = super::sql::Builder::new(backend, "");
+    if backend == Backend::Postgres && !steps.is_empty() {
+        insert.push("WITH planned AS (");
     }
-    let mut insert =
-        super::sql::Builder::new(Backend::of(conn), "INSERT INTO steps (build_id, idx, kind, name, host, status) ");
-    insert.push_values(steps.iter().enumerate(), |row, (idx, step)| {
-        row.push_bind(build.0)
-            .push_bind(idx as i64)
-            .push_bind(step.kind.as_str())
-            .push_bind(step.name.clone())
-            .push_bind(step.host.clone())
-            .push_bind(StepStatus::Pending.as_str());
-    });
-    insert.push(concat!(" RETURNING ", step_columns!()));
-    let rows = insert.build()?.fetch_all(&mut *conn).await?;
-    let mut steps = rows.iter().map(step_from_row).collect::<Result<Vec<_>>>()?;
-    // RETURNING gives no order.
-    steps.sort_by_key(|step| step.idx);
-    Ok(steps)
+    if !steps.is_empty() {
+        insert.push("INSERT INTO steps (build_id, idx, kind, name, host, status) ");
+        insert.push_values(steps.iter().enumerate(), |row, (idx, step)| {
+            row.push_bind(build.0)
+                .push_bind(idx as i64)
+                .push_bind(step.kind.as_str())
+                .push_bind(step.name.as_str())
+                .push_bind(step.host.as_str())
+                .push_bind(StepStatus::Pending.as_str());
+        });
+    }
+    let row = match backend {
+        Backend::Postgres => {
+            if !steps.is_empty() {
+                insert.push(") ");
+            }
+            insert.push(concat!("SELECT ", build_columns!(), " FROM builds WHERE id = ")).push_bind(build.0);
+            insert.build()?.fetch_optional(&mut *conn).await?
+        }
+        Backend::Sqlite => {
+            if !steps.is_empty() {
+                insert.build()?.execute(&mut *conn).await?;
+            }
+            sqlx::query(concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1"))
+                .bind(build.0)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    // What was inserted, as it is stored: no step has started.
+    let rows = steps
+        .iter()
+        .enumerate()
+        .map(|(idx, step)| StepRow {
+            build_id: build,
+            idx: idx as i64,
+            kind: step.kind,
+            name: step.name.clone(),
+            host: step.host.clone(),
+            status: StepStatus::Pending,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+        })
+        .collect();
+    Ok((rows, row.as_ref().map(build_from_row).transpose()?))
 }
 
 /// Mark a step running; returns its row.
@@ -192,7 +230,13 @@ mod tests {
             StepId { kind: StepKind::Stage, name: "lint".into(), host: "web".into() },
         ];
         let mut tx = store.begin().await.unwrap();
-        insert_planned(&mut tx, build.id, &plan).await.unwrap();
+        let (planned, row) = insert_planned(&mut tx, build.id, &plan).await.unwrap();
+        assert_eq!(row, Some(build.clone()));
+        tx.commit().await.unwrap();
+        // The rows it returns are the ones stored.
+        assert_eq!(planned, store.steps(build.id).await.unwrap());
+        assert!(planned.iter().all(|step| step.status == StepStatus::Pending));
+        let mut tx = store.begin().await.unwrap();
         start(&mut tx, build.id, 1, 1_000).await.unwrap();
         finish(&mut tx, build.id, 1, StepStatus::Failed, Some(3), 1_250).await.unwrap();
         tx.commit().await.unwrap();
