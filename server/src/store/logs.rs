@@ -3,7 +3,8 @@
 //!
 //! This is the store's hot path: lines arrive in batches and are written with multi-row inserts
 //! of a few fixed sizes (so each size's statement is prepared once and cached) inside the
-//! caller's transaction. Reads are always windows: a range of one step's lines by number, or of
+//! caller's transaction on SQLite; on PostgreSQL a batch's lines go in with its other events in
+//! one statement (`events::append`). Reads are always windows: a range of one step's lines by number, or of
 //! the build's lines by event id, so no caller ever holds a whole log of a million lines.
 
 use gantry_event::Stream;
