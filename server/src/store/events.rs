@@ -147,8 +147,8 @@ impl DerefMut for EventWriter {
 
 /// Append a batch of a build's events: its log lines, its other events, and `last_seq`, the last
 /// event id handed out (the largest of theirs). The other servers sharing a PostgreSQL database
-/// are told which ids are stored, by `server` (this server's id): PostgreSQL delivers a notification sent in a transaction when it
-/// commits, and never if it rolls back. SQLite has no other servers. An empty batch writes nothing.
+/// are told which ids are stored, by `server` (this server's id): PostgreSQL delivers a
+/// notification sent in a transaction when it commits, and never if it rolls back. SQLite has no other servers. An empty batch writes nothing.
 ///
 /// On PostgreSQL this is one statement, so one round trip, and atomic without a transaction
 /// around it (see [`EventWriter`]): the rows travel as two JSON parameters, which keeps
@@ -164,7 +164,6 @@ pub async fn append(
 ) -> Result<()> {
     let mut seqs = lines.iter().map(|l| l.seq).chain(events.iter().map(|e| e.seq));
     let Some(some) = seqs.next() else { return Ok(()) };
-    let (first, last) = seqs.fold((some, some), |(first, last), seq| (first.min(seq), last.max(seq)));
     if Backend::of(conn) == Backend::Sqlite {
         super::logs::insert_lines(conn, build, lines).await?;
         insert(conn, build, events).await?;
@@ -203,6 +202,7 @@ pub async fn append(
         .collect();
     let events: Vec<Event> =
         events.iter().map(|e| Event { seq: e.seq, kind: e.kind.as_str(), data: &e.data }).collect();
+    let (first, last) = seqs.fold((some, some), |(first, last), seq| (first.min(seq), last.max(seq)));
     let (channel, payload) = Notice::Stored { build, first, last }.channel_and_payload(server);
     sqlx::query(
         "WITH lines AS (INSERT INTO log_lines (build_id, step_idx, line, seq, at, stream, text) \
