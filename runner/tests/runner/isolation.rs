@@ -313,22 +313,33 @@ async fn a_restarted_server_reaps_a_crashed_ones_host_by_its_homes_owner() {
 #[tokio::test]
 async fn a_user_locked_by_another_process_is_never_leased() {
     let Some(test) = pool_provider() else { return };
-    let first = new_id("b8", "app");
-    let host = test.provider.provision(&request(&first, "b8")).await.unwrap();
-    let uid = owner(&home_of(&host));
-    test.provider.teardown(&first, None).await.unwrap();
-    // Another process (another server on this machine) holds that user's lock.
-    let lock = Path::new(LOCK_DIR).join(format!("{uid}.lock"));
-    let mut holder = std::process::Command::new("flock")
-        .args(["--exclusive", "--nonblock"])
-        .arg(&lock)
-        .args(["sh", "-c", "echo locked; exec sleep 1000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
+    // Another process (another server on this machine) takes the lock of a user this provider
+    // just released, the one it would be likeliest to lease again. The other tests of this binary
+    // share the pool, so one of them may lease that user first: then try again.
+    let mut locked = None;
+    for attempt in 0..20 {
+        let first = new_id(&format!("b8-{attempt}"), "app");
+        let host = test.provider.provision(&request(&first, "b8")).await.unwrap();
+        let uid = owner(&home_of(&host));
+        test.provider.teardown(&first, None).await.unwrap();
+        let lock = Path::new(LOCK_DIR).join(format!("{uid}.lock"));
+        let mut holder = std::process::Command::new("flock")
+            .args(["--exclusive", "--nonblock"])
+            .arg(&lock)
+            .args(["sh", "-c", "echo locked; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+        if line.trim() == "locked" {
+            locked = Some((uid, holder));
+            break;
+        }
+        // flock found the user leased again (by a test running alongside) and gave up.
+        assert!(!holder.wait().unwrap().success());
+    }
+    let (uid, mut holder) = locked.expect("no released user stayed free long enough for another process to lock it");
     let second = new_id("b9", "app");
     let host = test.provider.provision(&request(&second, "b9")).await.unwrap();
     assert_ne!(owner(&home_of(&host)), uid, "a user another process holds was leased");
