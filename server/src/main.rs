@@ -108,9 +108,27 @@ fn main() -> ExitCode {
         }
     };
     result.unwrap_or_else(|error| {
-        eprintln!("gantry: {error:#}");
+        eprintln!("gantry: {}", describe(&error));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes on one line, as `{:#}` writes them, but a cause whose text the line
+/// already holds is left out: many errors (sqlx's, the store's) quote their source in their own
+/// message and also return it as `source()`, which `{:#}` would repeat.
+fn describe(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Whether the log may carry terminal colour codes: only when it goes to a terminal, and not when
@@ -206,5 +224,23 @@ mod tests {
         assert!(log_in_colour(true, Some(OsString::new())), "an empty NO_COLOR does not count");
         assert!(!log_in_colour(true, Some(OsString::from("1"))));
         assert!(!log_in_colour(false, None));
+    }
+
+    /// An error that quotes its source in its message, as sqlx's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error communicating with database: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let error = anyhow::Error::new(Quoting(refused())).context("failed to open the database");
+        assert_eq!(
+            describe(&error),
+            "failed to open the database: error communicating with database: Connection refused"
+        );
+        // Causes that do not quote each other are all kept, in order.
+        let error = anyhow::Error::new(refused()).context("reading gantry.toml").context("bad configuration");
+        assert_eq!(describe(&error), "bad configuration: reading gantry.toml: Connection refused");
     }
 }

@@ -60,6 +60,7 @@ fn an_unreachable_database_stops_the_server_with_one_clear_error_and_no_password
     let started = std::time::Instant::now();
     let error = gantry_command(&["serve", "--config", config.to_str().unwrap()], "").unwrap_err();
     assert!(error.contains(&format!("failed to open the database postgres://127.0.0.1:{port}/ci")), "{error}");
+    assert_eq!(error.matches("Connection refused").count(), 1, "the cause is said once: {error}");
     assert!(!error.contains("hunter2"), "the password is shown: {error}");
     // Not a hang until some pool's timeout: the refusal is the answer.
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}: {error}", started.elapsed());
