@@ -625,6 +625,19 @@ impl ServerProcess {
         self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// Build `id` once it has a final status, failing after [`BUILD_DEADLINE`].
+    pub async fn wait_final(&self, id: i64) -> Value {
+        let start = Instant::now();
+        loop {
+            let build = self.build(id).await;
+            if is_final(&build["status"]) {
+                return build;
+            }
+            assert!(start.elapsed() < BUILD_DEADLINE, "build {id} never finished: {build:#}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
     /// The server process's id, to read its `/proc` entries.
     pub fn pid(&self) -> u32 {
         self.child.id()

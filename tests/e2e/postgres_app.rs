@@ -1,8 +1,10 @@
 //! The server on PostgreSQL (`database_url`, contract section 8): builds run and show as on
-//! SQLite, the state outlives the server, and a database it cannot reach stops it at once with
-//! one clear error that never shows the URL's password.
+//! SQLite, the state outlives the server, a database it cannot reach stops it at once with
+//! one clear error that never shows the URL's password, and a database lost in the middle of a
+//! build never lets that build show as passed.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use crate::postgres;
@@ -70,4 +72,126 @@ fn an_unreachable_database_stops_the_server_with_one_clear_error_and_no_password
     let error = gantry_command(&["serve", "--config", config.to_str().unwrap()], "").unwrap_err();
     assert!(error.contains("database_url: must be a postgres:// URL"), "{error}");
     assert!(!error.contains("hunter2"), "the password is shown: {error}");
+}
+
+/// Whether the server's log at `log` has a line containing `wanted`.
+fn logged(log: &Path, wanted: &str) -> bool {
+    std::fs::read_to_string(log).unwrap_or_default().lines().any(|line| line.contains(wanted))
+}
+
+/// Wait until the server's log says `wanted`, failing after [`EVENT_DEADLINE`].
+async fn wait_logged(log: &Path, wanted: &str) {
+    let start = Instant::now();
+    while !logged(log, wanted) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(start.elapsed() < EVENT_DEADLINE, "the server never logged {wanted:?}:\n{text}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The database refuses every connection (`ALLOW_CONNECTIONS false`) and the server's open ones
+/// are ended: as far as the server can tell, the database is gone; `back` undoes it.
+fn cut_database(name: &str, back: bool) {
+    let server = postgres::server();
+    server.psql("postgres", &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {back}"));
+    if !back {
+        server.psql(
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+        );
+    }
+}
+
+/// A server on a database of its own whose one build waits at a gate in its stage: the stage is
+/// running when [`GatedOnItsOwn::start`] returns.
+struct GatedOnItsOwn {
+    url: String,
+    /// The database's name.
+    name: String,
+    gate: Gate,
+    log: std::path::PathBuf,
+    server: ServerProcess,
+    api: crate::client::Client,
+    id: i64,
+    _repo: TestRepo,
+    _dir: tempfile::TempDir,
+}
+
+impl GatedOnItsOwn {
+    async fn start() -> GatedOnItsOwn {
+        let url = postgres::server().database();
+        let name = url.rsplit('/').next().unwrap().to_string();
+        let dir = tempfile::TempDir::new().unwrap();
+        let gate = Gate::new();
+        let repo = TestRepo::new();
+        let script = format!("echo before the gate; {}; echo after the gate", gate.wait_command());
+        repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
+        let config = dir.path().join("gantry.toml");
+        let top = format!("database_url = \"{url}\"\nserver_id = \"outage\"\n");
+        let repos = [RepoConfig::new("shop", &repo)];
+        std::fs::write(&config, format!("{top}{}", config_toml(dir.path(), &repos, 2))).unwrap();
+        let log = dir.path().join("server.log");
+        let server = ServerProcess::start_logging_to(&config, &free_loopback_port(), &log).await;
+        let api = crate::client::Client { http: server.client.clone(), base: server.base.clone() };
+        let id = api.trigger("shop", "main").await;
+        let start = Instant::now();
+        loop {
+            let build = server.build(id).await;
+            let stages = build["stages"].as_array().cloned().unwrap_or_default();
+            if stages.iter().any(|s| s["kind"] == "stage" && s["status"] == "running") {
+                break;
+            }
+            assert!(start.elapsed() < BUILD_DEADLINE, "the stage never ran: {build:#}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        GatedOnItsOwn { url, name, gate, log, server, api, id, _repo: repo, _dir: dir }
+    }
+}
+
+#[tokio::test]
+async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_is_back_never_passed() {
+    if !installed() {
+        return;
+    }
+    let gated = GatedOnItsOwn::start().await;
+    // The database goes away while the stage runs; the stage then ends, and the rest of the
+    // build happens with nowhere to record it.
+    cut_database(&gated.name, false);
+    gated.gate.open();
+    wait_logged(&gated.log, "failed to store build events: they are lost").await;
+    wait_logged(&gated.log, "could not record the end of a build; trying again").await;
+    assert!(!logged(&gated.log, "gantry::scheduler: build finished"), "no end was recorded without a database");
+
+    cut_database(&gated.name, true);
+    let build = gated.server.wait_final(gated.id).await;
+    assert_eq!(build["status"], "errored", "a build with lost events is not shown as passed: {build:#}");
+    let error = build["error"].as_str().unwrap_or_default();
+    assert!(error.contains("could not be recorded"), "the build says why: {build:#}");
+    assert!(
+        !error.contains(&gated.url) && !error.contains("postgres://"),
+        "no database URL in a build's error: {error}"
+    );
+
+    // The server carries on: the next build runs and passes.
+    let next = gated.api.trigger("shop", "main").await;
+    assert_eq!(gated.server.wait_final(next).await["status"], "passed");
+}
+
+#[tokio::test]
+async fn a_database_back_within_seconds_loses_none_of_a_builds_events() {
+    if !installed() {
+        return;
+    }
+    let gated = GatedOnItsOwn::start().await;
+    cut_database(&gated.name, false);
+    gated.gate.open();
+    // The first refusal, then the database is back while the batch is being tried again.
+    wait_logged(&gated.log, "storing build events failed; trying again").await;
+    cut_database(&gated.name, true);
+    let build = gated.server.wait_final(gated.id).await;
+    assert_eq!(build["status"], "passed", "{build:#}");
+    assert!(!logged(&gated.log, "they are lost"), "nothing was dropped");
+    let log = gated.server.client.get(format!("{}/api/builds/{}/log", gated.server.base, gated.id)).send().await;
+    let log = log.unwrap().text().await.unwrap();
+    assert!(log.contains("before the gate") && log.contains("after the gate"), "the whole log is stored: {log}");
 }

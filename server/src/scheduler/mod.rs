@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::join_all;
 use gantry_runner::pipeline::{self, Diagnostics, LoadError, Pipeline, PipelineFile, SecretNames, PIPELINE_FILE};
 use gantry_runner::provider::{HostId, LiveHosts, LiveSet};
@@ -70,6 +71,11 @@ pub const CLAIM_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// On shutdown, running builds get this long to be cancelled and torn down; after it they are
 /// marked interrupted anyway and their hosts are reaped at the next start.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(gantry_runner::executor::TEARDOWN_TIMEOUT.as_secs() + 30);
+
+/// When the database refuses a build's final status, it is tried again after waits growing from
+/// the first to the second, until it is stored or the server stops.
+pub const FINISH_RETRY_MIN_DELAY: Duration = Duration::from_millis(200);
+pub const FINISH_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// How often providers sweep for resources no live build owns (besides the sweep at start).
 pub const REAP_INTERVAL: Duration = Duration::from_secs(300);
@@ -610,9 +616,9 @@ impl Scheduler {
         }
 
         tracing::info!(build = %id, repo = %build.repo, number = build.number, "build started");
-        let (status, error, stored_lines) = match self.prepare_and_execute(&build, &cancel).await {
-            Ok((result, stored_lines)) => (result.status, result.error, stored_lines),
-            Err(error) => (BuildStatus::Errored, Some(error), 0),
+        let (status, error, persisted) = match self.prepare_and_execute(&build, &cancel).await {
+            Ok((result, persisted)) => (result.status, result.error, persisted),
+            Err(error) => (BuildStatus::Errored, Some(error), persist::Persisted::default()),
         };
         let reason = inner.running.lock().expect("running table poisoned").remove(&id).and_then(|r| r.reason);
         let (status, error) = match status {
@@ -622,21 +628,33 @@ impl Scheduler {
             BuildStatus::Cancelled => (status, error.or(reason.map(str::to_string))),
             _ => (status, error),
         };
-        match inner.store.finish_build(id, status, error.as_deref()).await {
-            Ok(changed) => {
-                if changed {
-                    inner.metrics.build_finished(status);
+        // What could not be recorded cannot be shown to have passed.
+        let (status, error) = match persisted.lost {
+            0 => (status, error),
+            lost => {
+                let incomplete = format!(
+                    "the database was unavailable: {lost} of this build's events could not be recorded, so its steps \
+                     and log are incomplete"
+                );
+                tracing::error!(build = %id, lost, status = status.as_str(), "a build's record is incomplete");
+                match status {
+                    BuildStatus::Passed => (BuildStatus::Errored, Some(incomplete)),
+                    _ => (status, error.or(Some(incomplete))),
                 }
-                tracing::info!(build = %id, status = status.as_str(), "build finished")
             }
-            Err(e) => tracing::error!(build = %id, error = %e, "could not record the end of a build"),
+        };
+        if let Some(changed) = self.record_end(id, status, error.as_deref()).await {
+            if changed {
+                inner.metrics.build_finished(status);
+            }
+            tracing::info!(build = %id, status = status.as_str(), "build finished");
+            let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
         }
-        let _ = inner.updates.send(BuildUpdate::Finished { build: id, status });
         // Before `close` hands freed memory back to the system: what a long build's writes left in
         // SQLite's page cache is freed first. After a short one the writer connection stays: its
         // cache holds little, and opening another (a thread, the PRAGMAs, every statement prepared
         // again) cost a trivial build a quarter of its CPU time.
-        if stored_lines >= RELEASE_MEMORY_AFTER_LINES {
+        if persisted.lines >= RELEASE_MEMORY_AFTER_LINES {
             if let Err(error) = inner.store.release_memory().await {
                 tracing::warn!(build = %id, %error, "could not shrink the database's page cache");
             }
@@ -644,6 +662,34 @@ impl Scheduler {
         // The final status is stored: the build's listeners hear it and their streams end here;
         // `finish_build` told the other servers sharing the database.
         inner.live.close(id);
+    }
+
+    /// Store a build's final status, trying again until the database takes it (a build whose end
+    /// is not stored stays `running` on every page); whether it changed the build's status. `None`
+    /// when the server stopped first: the next start's recovery ends the build `interrupted`.
+    async fn record_end(&self, id: BuildId, status: BuildStatus, error: Option<&str>) -> Option<bool> {
+        let inner = &self.inner;
+        let mut waits = ExponentialBuilder::new()
+            .with_min_delay(FINISH_RETRY_MIN_DELAY)
+            .with_max_delay(FINISH_RETRY_MAX_DELAY)
+            .without_max_times()
+            .build();
+        loop {
+            let error = match inner.store.finish_build(id, status, error).await {
+                Ok(changed) => return Some(changed),
+                Err(error) => error,
+            };
+            if inner.shutdown.is_cancelled() {
+                tracing::error!(build = %id, %error, "could not record the end of a build before shutting down");
+                return None;
+            }
+            tracing::warn!(build = %id, status = status.as_str(), %error, "could not record the end of a build; trying again");
+            let wait = waits.next().unwrap_or(FINISH_RETRY_MAX_DELAY);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = inner.shutdown.cancelled() => {}
+            }
+        }
     }
 
     /// Tell the other servers sharing the database that `build` reached its final status.
@@ -717,7 +763,7 @@ impl Scheduler {
         &self,
         build: &BuildRow,
         cancel: &CancellationToken,
-    ) -> Result<(gantry_runner::BuildResult, u64), String> {
+    ) -> Result<(gantry_runner::BuildResult, persist::Persisted), String> {
         let inner = &self.inner;
         let repo: &RepoConfig =
             inner.config.repo(&build.repo).ok_or_else(|| format!("repo {:?} is no longer configured", build.repo))?;
@@ -736,7 +782,8 @@ impl Scheduler {
                 .ok_or_else(|| format!("provider {:?} is not configured on this server", repo.provider.as_str()))?,
         );
         if cancel.is_cancelled() {
-            return Ok((gantry_runner::BuildResult { status: BuildStatus::Cancelled, error: None }, 0));
+            let cancelled = gantry_runner::BuildResult { status: BuildStatus::Cancelled, error: None };
+            return Ok((cancelled, persist::Persisted::default()));
         }
 
         // Every host is recorded before the provider hears of it, so a crash cannot lose one.
@@ -777,11 +824,11 @@ impl Scheduler {
         ));
         let result = execute(plan, provider, events, cancel.clone()).await;
         // The executor dropped its sender: the persister ends once it has stored every event.
-        let stored_lines = persister.await.unwrap_or_else(|e| {
+        let persisted = persister.await.unwrap_or_else(|e| {
             tracing::error!(build = %build.id, error = %e, "the event persister failed");
-            0
+            persist::Persisted { lines: 0, lost: 1 }
         });
-        Ok((result, stored_lines))
+        Ok((result, persisted))
     }
 
     async fn record_hosts(

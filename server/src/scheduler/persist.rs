@@ -8,10 +8,15 @@
 //! they arrive. Every event a listener sees takes the next number of the build's event sequence
 //! (`store::events`) in the statement or transaction that stores it, and log lines their number
 //! within their step; only once the batch is stored is it sent to the build's live channel
-//! (`crate::live`), so a listener that subscribed and then read the store misses nothing. The
-//! persister always drains its channel, even when the database fails, so the executor is never
-//! blocked by storage; a failed batch is logged and its events dropped (their numbers are handed
-//! out again). It decides nothing about the build itself.
+//! (`crate::live`), so a listener that subscribed and then read the store misses nothing.
+//!
+//! When the database fails, a batch is tried again a few times ([`STORE_RETRIES`], about 9 s in
+//! all, while the executor's events wait in the channel), so a short outage loses nothing.
+//! A batch that still fails is logged and its events dropped (their numbers are handed out again),
+//! and the persister goes on draining its channel, each later batch tried once, so the executor
+//! is never held up by storage for longer than those retries. It counts what it dropped: a build
+//! whose events were not all recorded must not end `passed` (the scheduler decides; see
+//! `Scheduler::run`).
 //!
 //! A JUnit report is also stored case by case (`store::test_cases`, read by the one JUnit
 //! reader, `gantry_web::parse_junit_cases`), and each finished step's duration is observed in
@@ -19,7 +24,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use gantry_event::{BuildEvent, StepId, StepKind, Stream};
 use gantry_runner::provider::HostId;
@@ -41,6 +48,14 @@ pub const MAX_EVENTS_PER_BATCH: usize = 2048;
 /// 16 KiB each) is written a few MiB at a time, never as one 2,048-line statement of 32 MiB.
 pub const MAX_LOG_BYTES_PER_BATCH: usize = 4 << 20;
 
+/// How many times a batch the database refused is tried again, the waits growing from
+/// [`STORE_RETRY_MIN_DELAY`] to [`STORE_RETRY_MAX_DELAY`] (about 9 s in all: a restart of
+/// PostgreSQL, a failover), before its events are dropped. Only until the build's first loss:
+/// after it, batches are tried once.
+pub const STORE_RETRIES: usize = 8;
+pub const STORE_RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+pub const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
 /// At most this many cases of one report are stored as test cases (the report itself is kept
 /// whole).
 pub const MAX_CASES_PER_REPORT: usize = 50_000;
@@ -57,6 +72,15 @@ struct BuildLog {
     metrics: Arc<Metrics>,
 }
 
+/// What the persister did with a build's events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Persisted {
+    /// Log lines stored.
+    pub lines: u64,
+    /// Events (log lines included) dropped because the database refused their batch.
+    pub lost: u64,
+}
+
 /// What one batch wrote, to broadcast once it is committed.
 #[derive(Default)]
 struct Written {
@@ -64,8 +88,9 @@ struct Written {
     others: Vec<EventRow>,
 }
 
-/// Persist every event of `build` until the executor drops its sender; returns how many log
-/// lines it stored. `last_seq` is the build's last event id handed out when it was claimed.
+/// Persist every event of `build` until the executor drops its sender; says how many log lines
+/// it stored and how many events it lost. `last_seq` is the build's last event id handed out
+/// when it was claimed.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn persist(
     store: Store,
@@ -76,17 +101,38 @@ pub(super) async fn persist(
     updates: broadcast::Sender<BuildUpdate>,
     live: LiveBuilds,
     metrics: Arc<Metrics>,
-) -> u64 {
+) -> Persisted {
     let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq, step_lines: Vec::new(), metrics };
     let mut batch = Vec::new();
+    let mut lost = 0u64;
     while let Some(first) = events.recv().await {
         fill_batch(&mut batch, first, &mut events);
-        let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
-        match log.write(&store, &batch).await {
-            Ok(written) => publish(&live, build, written),
-            Err(error) => {
-                tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events");
-                (log.last_seq, log.step_lines) = (last_seq, step_lines);
+        let retries = if lost == 0 { STORE_RETRIES } else { 0 };
+        let mut waits = ExponentialBuilder::new()
+            .with_min_delay(STORE_RETRY_MIN_DELAY)
+            .with_max_delay(STORE_RETRY_MAX_DELAY)
+            .with_max_times(retries)
+            .build();
+        loop {
+            let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
+            let error = match log.write(&store, &batch).await {
+                Ok(written) => {
+                    publish(&live, build, written);
+                    break;
+                }
+                Err(error) => error,
+            };
+            (log.last_seq, log.step_lines) = (last_seq, step_lines);
+            match waits.next() {
+                Some(wait) => {
+                    tracing::warn!(build = %build, %error, events = batch.len(), "storing build events failed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    tracing::error!(build = %build, %error, events = batch.len(), "failed to store build events: they are lost");
+                    lost += batch.len() as u64;
+                    break;
+                }
             }
         }
         // Log lines stay off the scheduler's updates: its one listener, the forge reporter, needs
@@ -99,7 +145,7 @@ pub(super) async fn persist(
             }
         }
     }
-    log.step_lines.iter().map(|&lines| lines.unsigned_abs()).sum()
+    Persisted { lines: log.step_lines.iter().map(|&lines| lines.unsigned_abs()).sum(), lost }
 }
 
 /// Start a batch with `first` and add what is waiting in `events`, up to [`MAX_EVENTS_PER_BATCH`]
