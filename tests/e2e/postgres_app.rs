@@ -4,6 +4,8 @@
 //! build never lets that build show as passed.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
@@ -89,16 +91,66 @@ async fn wait_logged(log: &Path, wanted: &str) {
     }
 }
 
-/// The database refuses every connection (`ALLOW_CONNECTIONS false`) and the server's open ones
-/// are ended: as far as the server can tell, the database is gone; `back` undoes it.
-fn cut_database(name: &str, back: bool) {
-    let server = postgres::server();
-    server.psql("postgres", &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {back}"));
-    if !back {
-        server.psql(
-            "postgres",
-            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
-        );
+/// A TCP link from a port of 127.0.0.1 to PostgreSQL's, which the server's `database_url` names.
+/// Cut, it drops every open connection and closes each new one at once: to the server, the
+/// database has gone away (its connections break, new ones fail), as when PostgreSQL or its
+/// machine stops.
+struct DatabaseLink {
+    port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DatabaseLink {
+    async fn start(upstream: u16) -> DatabaseLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (accepting, open) = (Arc::clone(&up), Arc::clone(&connections));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open.lock().unwrap().push(link);
+            }
+        });
+        DatabaseLink { port, up, connections, accept }
+    }
+
+    /// `database_url` through the link, to the database `name`.
+    fn url(&self, name: &str) -> String {
+        format!("postgres://{}@127.0.0.1:{}/{name}", postgres::ROLE, self.port)
+    }
+
+    async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let open: Vec<_> = std::mem::take(&mut *self.connections.lock().unwrap());
+        for link in open {
+            link.abort();
+            let _ = link.await;
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for DatabaseLink {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for link in self.connections.lock().unwrap().iter() {
+            link.abort();
+        }
     }
 }
 
@@ -106,26 +158,28 @@ fn cut_database(name: &str, back: bool) {
 /// running when [`GatedOnItsOwn::start`] returns.
 struct GatedOnItsOwn {
     url: String,
-    /// The database's name.
-    name: String,
+    link: DatabaseLink,
     gate: Gate,
     log: std::path::PathBuf,
     server: ServerProcess,
     api: crate::client::Client,
     id: i64,
+    /// The commit it builds.
+    sha: String,
     _repo: TestRepo,
     _dir: tempfile::TempDir,
 }
 
 impl GatedOnItsOwn {
     async fn start() -> GatedOnItsOwn {
-        let url = postgres::server().database();
-        let name = url.rsplit('/').next().unwrap().to_string();
+        let direct = postgres::server().database();
+        let link = DatabaseLink::start(postgres::server().port()).await;
+        let url = link.url(direct.rsplit('/').next().unwrap());
         let dir = tempfile::TempDir::new().unwrap();
         let gate = Gate::new();
         let repo = TestRepo::new();
         let script = format!("echo before the gate; {}; echo after the gate", gate.wait_command());
-        repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
+        let sha = repo.commit("main", &[(".gantry.yml", &one_stage_pipeline(&script))]);
         let config = dir.path().join("gantry.toml");
         let top = format!("database_url = \"{url}\"\nserver_id = \"outage\"\n");
         let repos = [RepoConfig::new("shop", &repo)];
@@ -144,11 +198,11 @@ impl GatedOnItsOwn {
             assert!(start.elapsed() < BUILD_DEADLINE, "the stage never ran: {build:#}");
             tokio::time::sleep(POLL_EVERY).await;
         }
-        GatedOnItsOwn { url, name, gate, log, server, api, id, _repo: repo, _dir: dir }
+        GatedOnItsOwn { url, link, gate, log, server, api, id, sha, _repo: repo, _dir: dir }
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_is_back_never_passed() {
     if !installed() {
         return;
@@ -156,13 +210,25 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
     let gated = GatedOnItsOwn::start().await;
     // The database goes away while the stage runs; the stage then ends, and the rest of the
     // build happens with nowhere to record it.
-    cut_database(&gated.name, false);
+    gated.link.cut().await;
     gated.gate.open();
     wait_logged(&gated.log, "failed to store build events: they are lost").await;
     wait_logged(&gated.log, "could not record the end of a build; trying again").await;
     assert!(!logged(&gated.log, "gantry::scheduler: build finished"), "no end was recorded without a database");
+    // Meanwhile the server answers, and says what is wrong: 503, come back later.
+    for path in ["/api/repos", &format!("/api/builds/{}", gated.id), "/"] {
+        let response = gated.server.client.get(format!("{}{path}", gated.server.base)).send().await.unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert_eq!(response.headers()["retry-after"], "5", "{path}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("the database is unavailable"), "{path}: {text}");
+    }
+    // A forge's delivery too, so that it is sent again rather than taken for a bad one.
+    let body = push_payload("github-push.json", "refs/heads/main", &gated.sha);
+    let (status, answer) = gated.api.deliver("shop", &github_headers("push", &body, &unique_delivery()), body).await;
+    assert_eq!(status, 503, "{answer}");
 
-    cut_database(&gated.name, true);
+    gated.link.restore();
     let build = gated.server.wait_final(gated.id).await;
     assert_eq!(build["status"], "errored", "a build with lost events is not shown as passed: {build:#}");
     let error = build["error"].as_str().unwrap_or_default();
@@ -177,17 +243,17 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
     assert_eq!(gated.server.wait_final(next).await["status"], "passed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_back_within_seconds_loses_none_of_a_builds_events() {
     if !installed() {
         return;
     }
     let gated = GatedOnItsOwn::start().await;
-    cut_database(&gated.name, false);
+    gated.link.cut().await;
     gated.gate.open();
     // The first refusal, then the database is back while the batch is being tried again.
     wait_logged(&gated.log, "storing build events failed; trying again").await;
-    cut_database(&gated.name, true);
+    gated.link.restore();
     let build = gated.server.wait_final(gated.id).await;
     assert_eq!(build["status"], "passed", "{build:#}");
     assert!(!logged(&gated.log, "they are lost"), "nothing was dropped");

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::future::BoxFuture;
@@ -275,9 +275,7 @@ pub async fn budget_unauthenticated_bodies(State(state): State<AppState>, reques
     } else {
         tracing::debug!(path = %path, refused, "request body refused: the body budget is full");
     }
-    let mut busy = error_response(&path, HttpError::Busy(BUSY_RETRY_AFTER));
-    busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER.as_secs()));
-    busy
+    error_response(&path, HttpError::Busy(BUSY_RETRY_AFTER))
 }
 
 #[cfg(test)]

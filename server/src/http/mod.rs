@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{middleware, Router};
 use gantry_web::{parse_junit, ReportView};
@@ -139,6 +139,11 @@ fn report_views(steps: &[StepRow], reports: Vec<ReportRow>) -> Vec<ReportView> {
         .collect()
 }
 
+/// What a request that needed the database hears while the database cannot be reached, and when
+/// to come back.
+pub const DATABASE_UNAVAILABLE: &str = "the database is unavailable; try again shortly";
+pub const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -178,7 +183,17 @@ impl HttpError {
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            HttpError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// When a client may try again, for the `Retry-After` of a 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HttpError::Busy(wait) => Some(*wait),
+            HttpError::Store(e) if e.is_unavailable() => Some(DATABASE_RETRY_AFTER),
+            _ => None,
         }
     }
 
@@ -190,6 +205,12 @@ impl HttpError {
         if !status.is_server_error() || matches!(self, HttpError::Busy(_)) {
             return self.to_string();
         }
+        if let HttpError::Store(e) = self {
+            if e.is_unavailable() {
+                tracing::warn!(error = %self, "request failed: the database is unavailable");
+                return DATABASE_UNAVAILABLE.to_string();
+            }
+        }
         tracing::error!(error = %self, status = status.as_u16(), "request failed");
         match self {
             HttpError::BadGateway(_) => "fetching the repository failed; see the repo's page".to_string(),
@@ -200,8 +221,18 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(json!({ "error": self.public_message() }))).into_response()
+        let retry_after = self.retry_after();
+        let response = (self.status(), axum::Json(json!({ "error": self.public_message() }))).into_response();
+        with_retry_after(response, retry_after)
     }
+}
+
+/// `response` with a `Retry-After` header of `wait`, when there is one.
+pub(crate) fn with_retry_after(mut response: Response, wait: Option<Duration>) -> Response {
+    if let Some(wait) = wait {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    }
+    response
 }
 
 impl From<crate::scheduler::SchedulerError> for HttpError {

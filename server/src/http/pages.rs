@@ -59,6 +59,13 @@ impl From<crate::store::StoreError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
+        let retry_after = self.0.retry_after();
+        super::with_retry_after(self.page(), retry_after)
+    }
+}
+
+impl PageError {
+    fn page(self) -> Response {
         let status = self.0.status();
         let page = ErrorPage {
             status: status.as_u16(),

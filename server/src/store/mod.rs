@@ -158,6 +158,36 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// Whether the database could not be reached or could not take the statement now (its
+    /// connection broke, it is starting or shutting down, it has no connection to spare, SQLite's
+    /// file stayed locked past the busy timeout), rather than refused it: the same statement may
+    /// succeed later. What an HTTP answer calls 503.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(error) = self else { return false };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(error) => error.code().is_some_and(|code| unavailable_code(&code)),
+            _ => false,
+        }
+    }
+}
+
+/// A database error code that means "not now": PostgreSQL's SQLSTATEs (always five characters)
+/// of connection exceptions (class 08), an administrator's or a crash's shutdown and a server
+/// still starting (57P01 to 57P03), too many connections (53300); SQLite's result codes (a
+/// number below 10,000) busy and locked (5 and 6, with their extended codes).
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300");
+    }
+    code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+}
+
 /// One database connection, for a caller that runs several store functions in one transaction
 /// (a [`Store::begin`] transaction derefs to it). Callers outside `store` name it only by this
 /// alias, so the database library stays inside this module.
@@ -436,5 +466,39 @@ mod tests {
         store.close().await;
         // Opening again applies no migration twice.
         Store::open(&path).await.unwrap();
+    }
+
+    #[test]
+    fn codes_that_mean_not_now() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300", "5", "6", "517", "262"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // A syntax error, a unique violation, SQLite's constraint and full disk are answers, not
+        // an absence.
+        for code in ["42601", "23505", "19", "2067", "13", "55000"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_locked_file_are_unavailable_a_bad_statement_is_not() {
+        use sqlx::Connection as _;
+        install_drivers();
+        // Nobody listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = sqlx::AnyConnection::connect(&format!("postgres://gantry@127.0.0.1:{port}/gantry")).await;
+        assert!(StoreError::from(refused.unwrap_err()).is_unavailable());
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("locked.db").display());
+        let mut holder = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut holder).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await.unwrap();
+        let mut other = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("PRAGMA busy_timeout = 0").execute(&mut other).await.unwrap();
+        let locked = sqlx::query("INSERT INTO t VALUES (1)").execute(&mut other).await.unwrap_err();
+        assert!(StoreError::from(locked).is_unavailable());
+        let bad = sqlx::query("INSERT INTO nowhere VALUES (1)").execute(&mut holder).await.unwrap_err();
+        assert!(!StoreError::from(bad).is_unavailable());
     }
 }
