@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::Browser;
 use crate::helpers::*;
 use crate::postgres;
 use crate::postgres_server::installed;
@@ -208,6 +209,14 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
         return;
     }
     let gated = GatedOnItsOwn::start().await;
+    // Someone watching the dashboard, signed in by the session cookie.
+    let mut browser = Browser {
+        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        base: gated.server.base.clone(),
+        cookie: None,
+        csrf: String::new(),
+    };
+    assert_eq!(browser.sign_in(ADMIN, ADMIN_PASSWORD).await.status(), 303);
     // The database goes away while the stage runs; the stage then ends, and the rest of the
     // build happens with nowhere to record it.
     gated.link.cut().await;
@@ -223,6 +232,9 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
         let text = response.text().await.unwrap();
         assert!(text.contains("the database is unavailable"), "{path}: {text}");
     }
+    let (status, page) = browser.get(&format!("/builds/{}", gated.id)).await;
+    assert_eq!(status, 503, "a signed-in page: {page}");
+    assert!(page.contains("the database is unavailable"), "{page}");
     // A forge's delivery too, so that it is sent again rather than taken for a bad one.
     let body = push_payload("github-push.json", "refs/heads/main", &gated.sha);
     let (status, answer) = gated.api.deliver("shop", &github_headers("push", &body, &unique_delivery()), body).await;

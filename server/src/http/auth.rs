@@ -197,7 +197,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser
         return Ok(Some(AuthUser::new(owner.user, Via::Token(owner.token))));
     }
     let Some(session) = parts.extensions.get::<Session>() else { return Ok(None) };
-    let session_error = |e: tower_sessions::session::Error| internal(parts, HttpError::Internal(e.to_string()));
+    let session_error = |e: tower_sessions::session::Error| internal(parts, e.into());
     let Some(user_id) = session.get::<i64>(USER_ID_KEY).await.map_err(session_error)? else {
         return Ok(None);
     };

@@ -74,9 +74,7 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
     let expected = match request.extensions().get::<Session>() {
         Some(session) => match session.get::<String>(CSRF_KEY).await {
             Ok(token) => token,
-            Err(error) => {
-                return error_response(&path, HttpError::Internal(format!("reading the session failed: {error}")))
-            }
+            Err(error) => return error_response(&path, HttpError::Session(error)),
         },
         None => None,
     };

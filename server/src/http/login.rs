@@ -53,7 +53,7 @@ struct LoginForm {
 }
 
 fn session_error(error: tower_sessions::session::Error) -> PageError {
-    PageError(HttpError::Internal(format!("the session store failed: {error}")))
+    PageError(HttpError::Session(error))
 }
 
 async fn login_form(

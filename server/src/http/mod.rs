@@ -168,6 +168,9 @@ pub enum HttpError {
     BadGateway(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The session store failed: it carries the database's errors as text.
+    #[error("the session store failed: {0}")]
+    Session(#[from] tower_sessions::session::Error),
     #[error("{0}")]
     Internal(String),
 }
@@ -183,8 +186,8 @@ impl HttpError {
             HttpError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            HttpError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            HttpError::Store(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ if self.database_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Store(_) | HttpError::Session(_) | HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -192,8 +195,17 @@ impl HttpError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpError::Busy(wait) => Some(*wait),
-            HttpError::Store(e) if e.is_unavailable() => Some(DATABASE_RETRY_AFTER),
+            _ if self.database_unavailable() => Some(DATABASE_RETRY_AFTER),
             _ => None,
+        }
+    }
+
+    /// Whether the request failed because the database could not be reached.
+    fn database_unavailable(&self) -> bool {
+        match self {
+            HttpError::Store(e) => e.is_unavailable(),
+            HttpError::Session(tower_sessions::session::Error::Store(e)) => crate::store::sessions::says_unavailable(e),
+            _ => false,
         }
     }
 
@@ -205,11 +217,9 @@ impl HttpError {
         if !status.is_server_error() || matches!(self, HttpError::Busy(_)) {
             return self.to_string();
         }
-        if let HttpError::Store(e) = self {
-            if e.is_unavailable() {
-                tracing::warn!(error = %self, "request failed: the database is unavailable");
-                return DATABASE_UNAVAILABLE.to_string();
-            }
+        if self.database_unavailable() {
+            tracing::warn!(error = %self, "request failed: the database is unavailable");
+            return DATABASE_UNAVAILABLE.to_string();
         }
         tracing::error!(error = %self, status = status.as_u16(), "request failed");
         match self {

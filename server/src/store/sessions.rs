@@ -27,8 +27,20 @@ fn id_hash(id: &Id) -> String {
     hex::encode(Sha256::digest(id.to_string().as_bytes()))
 }
 
+/// How a session store error whose cause is an unavailable database begins: tower-sessions
+/// carries a store's errors as text, so this is how [`says_unavailable`] tells them apart.
+const UNAVAILABLE: &str = "database unavailable: ";
+
 fn backend(error: impl Into<StoreError>) -> session_store::Error {
-    session_store::Error::Backend(error.into().to_string())
+    let error = error.into();
+    let mark = if error.is_unavailable() { UNAVAILABLE } else { "" };
+    session_store::Error::Backend(format!("{mark}{error}"))
+}
+
+/// Whether a session store error came from a database that could not be reached
+/// ([`StoreError::is_unavailable`]).
+pub fn says_unavailable(error: &session_store::Error) -> bool {
+    matches!(error, session_store::Error::Backend(message) if message.starts_with(UNAVAILABLE))
 }
 
 /// A point in time as unix milliseconds.
