@@ -4,6 +4,7 @@
 //! so a fetch takes at least the delay. Included by path from `tests/e2e/main.rs` and
 //! `tests/bench/builds.rs`.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,9 @@ impl SlowRemote {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // `git daemon` runs `git-daemon` as a child of its own, which a kill of `git` leaves
+            // running: the whole group is killed when this is dropped.
+            .process_group(0)
             .spawn()
             .expect("git daemon starts (it comes with git)");
         let start = Instant::now();
@@ -81,7 +85,9 @@ impl SlowRemote {
 impl Drop for SlowRemote {
     fn drop(&mut self) {
         self.proxy.abort();
-        let _ = self.daemon.kill();
+        // The group the daemon leads (made at spawn): git and git-daemon.
+        let group = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.daemon.wait();
     }
 }
