@@ -359,15 +359,7 @@ impl TestApp {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let start = Instant::now();
-        loop {
-            let build = self.build(id).await;
-            if check(&build) {
-                return build;
-            }
-            assert!(start.elapsed() < deadline, "build {id} never {what}: {build:#}");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        poll_build(id, deadline, what, check, || self.build(id)).await
     }
 
     /// Wait for the build to reach a final status and return it.
@@ -426,6 +418,26 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.take().unwrap().shutdown();
         self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// Read build `id` with `fetch` until `check` accepts it, or fail after `deadline` saying it
+/// never did `what`.
+async fn poll_build<F: std::future::Future<Output = Value>>(
+    id: i64,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+    fetch: impl Fn() -> F,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let build = fetch().await;
+        if check(&build) {
+            return build;
+        }
+        assert!(start.elapsed() < deadline, "build {id} never {what}: {build:#}");
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
@@ -625,17 +637,20 @@ impl ServerProcess {
         self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// Poll the API until `check` accepts the build, or fail after `deadline`.
+    pub async fn wait_build_until(
+        &self,
+        id: i64,
+        deadline: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        poll_build(id, deadline, what, check, || self.build(id)).await
+    }
+
     /// Build `id` once it has a final status, failing after [`BUILD_DEADLINE`].
     pub async fn wait_final(&self, id: i64) -> Value {
-        let start = Instant::now();
-        loop {
-            let build = self.build(id).await;
-            if is_final(&build["status"]) {
-                return build;
-            }
-            assert!(start.elapsed() < BUILD_DEADLINE, "build {id} never finished: {build:#}");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
     }
 
     /// The server process's id, to read its `/proc` entries.

@@ -189,16 +189,13 @@ impl GatedOnItsOwn {
         let server = ServerProcess::start_logging_to(&config, &free_loopback_port(), &log).await;
         let api = crate::client::Client { http: server.client.clone(), base: server.base.clone() };
         let id = api.trigger("shop", "main").await;
-        let start = Instant::now();
-        loop {
-            let build = server.build(id).await;
-            let stages = build["stages"].as_array().cloned().unwrap_or_default();
-            if stages.iter().any(|s| s["kind"] == "stage" && s["status"] == "running") {
-                break;
-            }
-            assert!(start.elapsed() < BUILD_DEADLINE, "the stage never ran: {build:#}");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        server
+            .wait_build_until(id, BUILD_DEADLINE, "ran its stage", |build| {
+                build["stages"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["kind"] == "stage" && s["status"] == "running"))
+            })
+            .await;
         GatedOnItsOwn { url, link, gate, log, server, api, id, sha, _repo: repo, _dir: dir }
     }
 }

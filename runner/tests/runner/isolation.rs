@@ -325,9 +325,8 @@ async fn a_user_locked_by_another_process_is_never_leased() {
         let lock = Path::new(LOCK_DIR).join(format!("{uid}.lock"));
         // One process holds the lock, the one killed at the end: the shell opens the file (read
         // only: its record stays), locks it (flock(1) on the shell's descriptor) and becomes the
-        // sleep. `flock FILE COMMAND`
-        // would run the command as a child of its own, which outlived the kill of flock, kept
-        // the user locked and this binary's output pipe open for 1,000 s.
+        // sleep. `flock FILE COMMAND` would run the command as a child of its own, which outlived
+        // the kill of flock, kept the user locked and this binary's output pipe open for 1,000 s.
         let mut holder = std::process::Command::new("sh")
             .args(["-c", "exec 9<\"$0\" && flock --exclusive --nonblock 9 && echo locked && exec sleep 1000"])
             .arg(&lock)
