@@ -43,8 +43,9 @@ pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Once};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::postgres::PgConnectOptions;
@@ -79,6 +80,9 @@ const UNNAMED: &str = "gantry-command";
 
 /// How many connections one server opens to PostgreSQL at most (reads and writes share them).
 pub const MAX_POSTGRES_CONNECTIONS: u32 = 10;
+
+/// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The SQLite migrations in `migrations/sqlite/`, embedded at compile time and applied by [`Store::open`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -142,8 +146,9 @@ impl Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Made by `From`, which notes an unavailable database (see [`idled_through_an_outage`]).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// What the backend in use cannot do.
@@ -175,6 +180,34 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> StoreError {
+        let error = StoreError::Database(error);
+        if error.is_unavailable() {
+            LAST_UNAVAILABLE.fetch_max(since_start(Duration::ZERO) + 1, Ordering::Relaxed);
+        }
+        error
+    }
+}
+
+/// When a statement of this process last found the database unavailable: [`since_start`]'s
+/// milliseconds plus one (0: never).
+static LAST_UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds from this process's first look at the clock here to `ago` before now.
+fn since_start(ago: Duration) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed().saturating_sub(ago);
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+/// Whether a connection idle for `idle_for` has been idle since a statement last found the
+/// database unavailable: what broke that statement's connection (a restart, a failover, a cut
+/// link) broke every idle one with it.
+fn idled_through_an_outage(idle_for: Duration) -> bool {
+    since_start(idle_for) < LAST_UNAVAILABLE.load(Ordering::Relaxed)
 }
 
 /// A database error code that means "not now": PostgreSQL's SQLSTATEs (always five characters)
@@ -273,14 +306,34 @@ impl Store {
     /// Connect to the PostgreSQL database at `url` and apply every pending migration (under an
     /// advisory lock, so servers starting at once do not race).
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_pinging(url, PING_IF_IDLE_FOR).await
+    }
+
+    /// [`Store::connect`], with a connection pinged before it is handed out when it has been idle
+    /// for longer than `ping_if_idle_for`.
+    async fn connect_pinging(url: &str, ping_if_idle_for: Duration) -> Result<Store> {
         install_drivers();
         // One connection first, closed again: a database that cannot be reached (refused, a bad
         // password, no such database) is that error at once, not the pool's timeout without it.
         AnyConnection::connect(url).await?.close().await?;
+        // A connection is pinged before it is handed out only when it sat idle for a while or
+        // since the database was last found unavailable (sqlx pings every connection it takes
+        // back anyway): one round trip less on every statement of a busy server, whose
+        // connections were pinged milliseconds before, while one that idled through a restart
+        // of the database is still found broken and replaced rather than failing a statement.
         let pool = AnyPoolOptions::new()
             .max_connections(MAX_POSTGRES_CONNECTIONS)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > ping_if_idle_for || idled_through_an_outage(meta.idle_for) {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         POSTGRES_MIGRATOR.run(&pool).await?;
@@ -500,5 +553,65 @@ mod tests {
         assert!(StoreError::from(locked).is_unavailable());
         let bad = sqlx::query("INSERT INTO nowhere VALUES (1)").execute(&mut holder).await.unwrap_err();
         assert!(!StoreError::from(bad).is_unavailable());
+    }
+
+    const BACKEND_PID: &str = "SELECT pg_backend_pid()";
+
+    /// End every connection `store`'s pool has to its PostgreSQL database at `url` once `idle`
+    /// of them are back in the pool, as a restart of the database does; wait until they ended.
+    async fn end_connections(store: &Store, url: &str, idle: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let wait = |what: &'static str| async move {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        while store.reader().num_idle() < idle {
+            wait("the connections never went back to the pool").await;
+        }
+        let mut admin = AnyConnection::connect(url).await.unwrap();
+        let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        sqlx::query(terminate).execute(&mut admin).await.unwrap();
+        let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        while sqlx::query(others).fetch_optional(&mut admin).await.unwrap().is_some() {
+            wait("the pool's connections never ended").await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_postgresql_connection_that_idled_while_the_database_closed_it_is_replaced_not_handed_out() {
+        if testing::backend() != Backend::Postgres {
+            return;
+        }
+        let url = crate::test_postgres::server().database();
+        // Every idle connection counts as idle for long: the test needs no wait.
+        let store = Store::connect_pinging(&url, Duration::ZERO).await.unwrap();
+        let first: i32 = sqlx::query_scalar(BACKEND_PID).fetch_one(store.reader()).await.unwrap();
+        end_connections(&store, &url, 1).await;
+        let next: i32 = sqlx::query_scalar(BACKEND_PID).fetch_one(store.reader()).await.unwrap();
+        assert_ne!(next, first);
+    }
+
+    #[tokio::test]
+    async fn once_a_statement_found_the_database_gone_every_connection_idle_since_is_checked() {
+        if testing::backend() != Backend::Postgres {
+            return;
+        }
+        let url = crate::test_postgres::server().database();
+        // No connection idles long enough to be pinged for that alone.
+        let store = Store::connect_pinging(&url, Duration::from_secs(3600)).await.unwrap();
+        let (mut one, mut two) = (store.reader().acquire().await.unwrap(), store.reader().acquire().await.unwrap());
+        sqlx::query(BACKEND_PID).execute(&mut *one).await.unwrap();
+        sqlx::query(BACKEND_PID).execute(&mut *two).await.unwrap();
+        drop((one, two));
+        end_connections(&store, &url, 2).await;
+        // The first statement may get a broken connection (unless another test of this process
+        // just found a database gone); the next one is handed a checked one.
+        let first = sqlx::query(BACKEND_PID).execute(store.reader()).await.map_err(StoreError::from);
+        if let Err(error) = &first {
+            assert!(error.is_unavailable(), "{error}");
+        }
+        let next = sqlx::query(BACKEND_PID).execute(store.reader()).await;
+        assert!(next.is_ok(), "{next:?} after {first:?}");
     }
 }
