@@ -37,7 +37,7 @@ use super::BuildUpdate;
 use crate::live::{self, Change, LiveBuilds, WireEvent};
 use crate::metrics::Metrics;
 use crate::store::events::{EventKind, EventRow, StoredEvent};
-use crate::store::hosts::{HostPhase, Provisioned};
+use crate::store::hosts::{HostPhase, Provisioned, StepTimes};
 use crate::store::reports::ReportRow;
 use crate::store::{self, to_ms, BuildId, HostRow, LogLine, NewTestCase, StepRow, Store, TestOutcome};
 
@@ -69,6 +69,8 @@ struct BuildLog {
     last_seq: i64,
     /// The last line number of each step.
     step_lines: Vec<i64>,
+    /// When each step started, as its row says.
+    step_started: Vec<Option<i64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,7 +104,15 @@ pub(super) async fn persist(
     live: LiveBuilds,
     metrics: Arc<Metrics>,
 ) -> Persisted {
-    let mut log = BuildLog { build, host_ids, steps: Vec::new(), last_seq, step_lines: Vec::new(), metrics };
+    let mut log = BuildLog {
+        build,
+        host_ids,
+        steps: Vec::new(),
+        last_seq,
+        step_lines: Vec::new(),
+        step_started: Vec::new(),
+        metrics,
+    };
     let mut batch = Vec::new();
     let mut lost = 0u64;
     while let Some(first) = events.recv().await {
@@ -114,7 +124,7 @@ pub(super) async fn persist(
             .with_max_times(retries)
             .build();
         loop {
-            let (last_seq, step_lines) = (log.last_seq, log.step_lines.clone());
+            let (last_seq, step_lines, step_started) = (log.last_seq, log.step_lines.clone(), log.step_started.clone());
             let error = match log.write(&store, &batch).await {
                 Ok(written) => {
                     publish(&live, build, written);
@@ -122,7 +132,7 @@ pub(super) async fn persist(
                 }
                 Err(error) => error,
             };
-            (log.last_seq, log.step_lines) = (last_seq, step_lines);
+            (log.last_seq, log.step_lines, log.step_started) = (last_seq, step_lines, step_started);
             match waits.next() {
                 Some(wait) => {
                     tracing::warn!(build = %build, %error, events = batch.len(), "storing build events failed; trying again");
@@ -218,8 +228,10 @@ impl BuildLog {
     async fn write(&mut self, store: &Store, batch: &[BuildEvent]) -> store::Result<Written> {
         let mut written = Written::default();
         let mut writer = store.event_writer().await?;
-        for event in batch {
-            self.apply(&mut writer, event, &mut written).await?;
+        // The provision and teardown steps whose times this batch already wrote to their host.
+        let mut timed = Vec::new();
+        for (i, event) in batch.iter().enumerate() {
+            self.apply(&mut writer, event, &batch[i + 1..], &mut timed, &mut written).await?;
         }
         // The other servers sharing the database relay the batch to their own listeners, once
         // it is stored.
@@ -272,12 +284,31 @@ impl BuildLog {
         }
     }
 
+    /// The end and duration of the step of `kind` of the host `role` when `later` (the rest of
+    /// the batch) finishes it: its index, end and duration.
+    fn host_step_end(&self, later: &[BuildEvent], kind: StepKind, role: &str) -> Option<(usize, i64, i64)> {
+        later.iter().find_map(|event| match event {
+            BuildEvent::StepFinished { step, at, .. }
+                if self.steps.get(*step).is_some_and(|s| s.kind == kind && s.host == role) =>
+            {
+                let at = to_ms(*at);
+                let started = self.step_started.get(*step).copied().flatten().unwrap_or(at);
+                Some((*step, at, at - started))
+            }
+            _ => None,
+        })
+    }
+
     /// Write one event; log lines are collected into `written` and inserted together at the end
-    /// of the batch.
+    /// of the batch. `later` is the rest of the batch: a host's provisioning or teardown and the
+    /// end of its step, which follows it, are one update of the host's row when both are in the
+    /// batch (`timed` lists those steps).
     async fn apply(
         &mut self,
         conn: &mut store::Connection,
         event: &BuildEvent,
+        later: &[BuildEvent],
+        timed: &mut Vec<usize>,
         written: &mut Written,
     ) -> store::Result<()> {
         let build = self.build;
@@ -302,6 +333,10 @@ impl BuildLog {
             }
             BuildEvent::StepStarted { step, at } => {
                 let row = store::steps::start(conn, build, *step, to_ms(*at)).await?;
+                if self.step_started.len() <= *step {
+                    self.step_started.resize(step + 1, None);
+                }
+                self.step_started[*step] = row.as_ref().and_then(|row| row.started_at);
                 self.record_step(written, row.as_ref());
             }
             BuildEvent::StepFinished { step, at, status, exit_code } => {
@@ -318,7 +353,7 @@ impl BuildLog {
                     Some(StepKind::Teardown) => Some(HostPhase::Teardown),
                     _ => None,
                 };
-                if let Some(phase) = phase {
+                if let Some(phase) = phase.filter(|_| !timed.contains(step)) {
                     let role = self.steps[*step].host.clone();
                     let took = started.map(|started| at - started);
                     let row = store::hosts::record_step_times(conn, build, &role, phase, at, took).await?;
@@ -327,19 +362,23 @@ impl BuildLog {
             }
             BuildEvent::HostProvisioned { role, address, provider_id, isolation } => {
                 let host = Provisioned { address: *address, provider_id, isolation };
-                let row = store::hosts::mark_provisioned(conn, build, role, host).await?;
+                let times = self.host_step_end(later, StepKind::Provision, role).map(|(step, finished_at, took_ms)| {
+                    timed.push(step);
+                    StepTimes { finished_at, took_ms }
+                });
+                let row = store::hosts::mark_provisioned(conn, build, role, host, times).await?;
                 self.record_host(written, row.as_ref());
             }
             BuildEvent::HostTornDown { role, error } => match self.host_ids.get(role) {
                 Some(host_id) => {
-                    let row = store::hosts::mark_torn_down(
-                        conn,
-                        &host_id.0,
-                        error.as_deref(),
-                        to_ms(SystemTime::now()),
-                        None,
-                    )
-                    .await?;
+                    let (at, took) = match self.host_step_end(later, StepKind::Teardown, role) {
+                        Some((step, at, took)) => {
+                            timed.push(step);
+                            (at, Some(took))
+                        }
+                        None => (to_ms(SystemTime::now()), None),
+                    };
+                    let row = store::hosts::mark_torn_down(conn, &host_id.0, error.as_deref(), at, took).await?;
                     self.record_host(written, row.as_ref());
                 }
                 None => tracing::warn!(build = %build, %role, "teardown reported for an unknown host"),
@@ -382,9 +421,77 @@ fn test_cases(content: &[u8]) -> Vec<NewTestCase> {
 
 #[cfg(test)]
 mod tests {
-    use gantry_event::Stream;
+    use gantry_event::{StepStatus, Stream};
 
     use super::*;
+    use crate::store::testing;
+    use crate::store::HostState;
+
+    /// A one-host build's provisioning and teardown, each as its step's start, the host's event
+    /// and its step's end.
+    fn host_lifecycle() -> [Vec<BuildEvent>; 2] {
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let end = |step, ms| BuildEvent::StepFinished { step, at: at(ms), status: StepStatus::Passed, exit_code: None };
+        let provision = vec![
+            BuildEvent::StepStarted { step: 0, at: at(1_000) },
+            BuildEvent::HostProvisioned {
+                role: "app".into(),
+                address: "127.0.10.9".parse().unwrap(),
+                provider_id: "p".into(),
+                isolation: "i".into(),
+            },
+            end(0, 1_004),
+        ];
+        let teardown = vec![
+            BuildEvent::StepStarted { step: 2, at: at(1_010) },
+            BuildEvent::HostTornDown { role: "app".into(), error: None },
+            end(2, 1_017),
+        ];
+        [provision, teardown]
+    }
+
+    #[tokio::test]
+    async fn a_hosts_event_and_its_steps_end_in_one_batch_are_one_update_with_the_same_outcome() {
+        let (store, _dir) = testing::store_with_repo().await;
+        let mut outcomes = Vec::new();
+        for together in [true, false] {
+            let build = store.insert_build(&testing::main_push()).await.unwrap();
+            let host_id = HostId(format!("b{}-app", build.id));
+            let mut conn = store.writer().acquire().await.unwrap();
+            store::hosts::insert_requested(&mut conn, build.id, &[("app", &host_id.0)], "local").await.unwrap();
+            drop(conn);
+            let mut log = BuildLog {
+                build: build.id,
+                host_ids: BTreeMap::from([("app".to_string(), host_id)]),
+                steps: Vec::new(),
+                last_seq: 0,
+                step_lines: Vec::new(),
+                step_started: Vec::new(),
+                metrics: Arc::new(Metrics::new()),
+            };
+            let steps = vec![
+                StepId::host_step(StepKind::Provision, "app"),
+                StepId { kind: StepKind::Stage, name: "test".into(), host: "app".into() },
+                StepId::host_step(StepKind::Teardown, "app"),
+            ];
+            log.write(&store, &[BuildEvent::Planned { steps }]).await.unwrap();
+            let mut host_events = 0;
+            for phase in host_lifecycle() {
+                let batches: Vec<Vec<BuildEvent>> =
+                    if together { vec![phase] } else { phase.into_iter().map(|event| vec![event]).collect() };
+                for batch in batches {
+                    let written = log.write(&store, &batch).await.unwrap();
+                    host_events += written.others.iter().filter(|e| e.kind == EventKind::Host).count();
+                }
+            }
+            let host = store.hosts_of_build(build.id).await.unwrap().remove(0);
+            outcomes.push((host.state, host.provisioned_at, host.provision_ms, host.torn_down_at, host.teardown_ms));
+            // Apart, each phase updates the host twice: its event, then its step's times.
+            assert_eq!(host_events, if together { 2 } else { 4 });
+        }
+        assert_eq!(outcomes[0], (HostState::TornDown, Some(1_004), Some(4), Some(1_017), Some(7)));
+        assert_eq!(outcomes[0], outcomes[1]);
+    }
 
     fn line(bytes: usize) -> BuildEvent {
         BuildEvent::Log { step: 0, at: SystemTime::UNIX_EPOCH, stream: Stream::Stdout, text: "x".repeat(bytes) }

@@ -179,7 +179,9 @@ async fn a_build_runs_and_every_event_is_stored() {
     let provision = steps.iter().find(|s| s.name == "provision:app").unwrap();
     assert_eq!(hosts[0].provision_ms, provision.duration_ms());
     assert_eq!(hosts[0].provisioned_at, provision.finished_at);
-    assert!(hosts[0].teardown_ms.is_some() && hosts[0].torn_down_at.is_some());
+    let teardown = steps.iter().find(|s| s.name == "teardown:app").unwrap();
+    assert_eq!(hosts[0].teardown_ms, teardown.duration_ms());
+    assert_eq!(hosts[0].torn_down_at, teardown.finished_at);
     assert!(hosts[0].address.is_some_and(|a| a.to_string() != "127.0.0.1"));
     assert!(h.host_dirs().is_empty());
 }

@@ -127,29 +127,40 @@ pub struct Provisioned<'a> {
     pub isolation: &'a str,
 }
 
-/// The provider created the host. `provisioned_at` is refined by [`record_step_times`] when the
-/// provision step's end arrives.
+/// The provider created the host, its provision step ending as `times` says when that is known
+/// already; otherwise [`record_step_times`] records the step's times when its end arrives.
 /// Returns the host's row.
 pub async fn mark_provisioned(
     conn: &mut Connection,
     build: BuildId,
     role: &str,
     host: Provisioned<'_>,
+    times: Option<StepTimes>,
 ) -> Result<Option<HostRow>> {
     let row = sqlx::query(concat!(
         "UPDATE hosts SET state = 'provisioned', address = $1, provider_id = $2, isolation = $3, \
-         provisioned_at = COALESCE(provisioned_at, $4) WHERE build_id = $5 AND role = $6 RETURNING ",
+         provisioned_at = COALESCE($4, provisioned_at, $5), provision_ms = COALESCE($6, provision_ms) \
+         WHERE build_id = $7 AND role = $8 RETURNING ",
         host_columns!()
     ))
     .bind(host.address.to_string())
     .bind(host.provider_id)
     .bind(host.isolation)
+    .bind(times.map(|t| t.finished_at))
     .bind(now_ms())
+    .bind(times.map(|t| t.took_ms))
     .bind(build.0)
     .bind(role)
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(host_from_row).transpose()
+}
+
+/// A host's provision or teardown step's end and how long it took, as the executor timed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTimes {
+    pub finished_at: i64,
+    pub took_ms: i64,
 }
 
 /// Which of a host's lifecycle steps [`record_step_times`] records.
@@ -182,8 +193,9 @@ pub async fn record_step_times(
     row.as_ref().map(host_from_row).transpose()
 }
 
-/// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later.
-/// Times already recorded from the teardown step are kept.
+/// The host is gone (`error` is `None`) or its teardown failed and it must be reaped later, at
+/// `at` after `teardown_ms` (its teardown step's times, when known). Times already recorded from
+/// the teardown step are kept.
 pub async fn mark_torn_down(
     conn: &mut Connection,
     host_id: &str,
@@ -238,6 +250,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_host_provisioned_with_its_steps_times_records_them_in_the_same_update() {
+        let (store, _dir, build) = testing::store_with_build().await;
+        let mut conn = store.writer().acquire().await.unwrap();
+        insert_requested(&mut conn, build.id, &[("web", &format!("b{}-web", build.id))], "local").await.unwrap();
+        let provisioned = Provisioned { address: "127.0.10.8".parse().unwrap(), provider_id: "p", isolation: "i" };
+        let times = StepTimes { finished_at: 9, took_ms: 4 };
+        let row = mark_provisioned(&mut conn, build.id, "web", provisioned, Some(times)).await.unwrap().unwrap();
+        assert_eq!((row.state, row.provisioned_at, row.provision_ms), (HostState::Provisioned, Some(9), Some(4)));
+    }
+
+    #[tokio::test]
     async fn a_host_is_recorded_before_it_exists_and_reaped_until_gone() {
         let (store, _dir, build) = testing::store_with_build().await;
         let host_id = format!("b{}-web", build.id);
@@ -251,7 +274,7 @@ mod tests {
         let address: IpAddr = "127.0.10.7".parse().unwrap();
         let isolation = "user gantry-host-3, network namespace of b1";
         let provisioned = Provisioned { address, provider_id: "/data/hosts/b1-web", isolation };
-        mark_provisioned(&mut conn, build.id, "web", provisioned).await.unwrap();
+        mark_provisioned(&mut conn, build.id, "web", provisioned, None).await.unwrap();
         record_step_times(&mut conn, build.id, "web", HostPhase::Provision, 5, Some(3)).await.unwrap();
         drop(conn);
         store.set_host_torn_down(&format!("b{}-db", build.id), Some("kill failed"), None).await.unwrap();
