@@ -1,5 +1,5 @@
-//! `cargo bench -p gantry --bench builds -- --auth [--baseline-bin PATH]`: what signing in and API
-//! tokens cost.
+//! `cargo bench -p gantry --bench builds -- --auth [--postgres] [--baseline-bin PATH]`: what
+//! signing in and API tokens cost.
 //!
 //! 1. `POST /login`: the median of [`SIGN_INS`] sign-ins through the form (each after its own
 //!    `GET /login`, which is not timed): mostly one argon2id verification.
@@ -7,13 +7,16 @@
 //!    lookup of the token and its owner), against the same request without one, on the same
 //!    binary with `public_read = true` and, given `--baseline-bin`, on a gantry from before users
 //!    existed. The servers run side by side and are measured in alternating rounds, so all see the
-//!    same machine.
+//!    same machine. A baseline that has users is asked with its own token instead.
+//!
+//! With `--postgres` every server stores on a fresh database of the test suite's PostgreSQL
+//! server (`tests/support/postgres.rs`) instead of SQLite.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{git, ms, percentile, Server, ADMIN, ADMIN_PASSWORD, BUILD_DEADLINE, POLL_EVERY};
+use super::{git, ms, percentile, postgres, Server, ADMIN, ADMIN_PASSWORD, BUILD_DEADLINE, POLL_EVERY};
 
 /// Sign-ins timed.
 const SIGN_INS: usize = 20;
@@ -87,17 +90,23 @@ async fn latencies(http: &reqwest::Client, url: &str, count: usize, into: &mut V
     }
 }
 
-pub async fn auth_bench(baseline_bin: Option<&Path>) {
+pub async fn auth_bench(baseline_bin: Option<&Path>, on_postgres: bool) {
     let dir = tempfile::TempDir::new().unwrap();
     let repo = repo(dir.path());
     let own = Path::new(env!("CARGO_BIN_EXE_gantry"));
-    let server = Server::start_with(dir.path(), &repo, 4, "", own).await;
-    let open = Server::start_with(dir.path(), &repo, 4, "[auth]\npublic_read = true\n", own).await;
+    // Where each server stores: its own PostgreSQL database, or SQLite in its data directory.
+    let database = || match on_postgres {
+        true => format!("database_url = \"{}\"\n", postgres::server().database()),
+        false => String::new(),
+    };
+    let server = Server::start_with(dir.path(), &repo, 4, &database(), own).await;
+    let public = format!("{}[auth]\npublic_read = true\n", database());
+    let open = Server::start_with(dir.path(), &repo, 4, &public, own).await;
     let baseline = match baseline_bin {
         Some(binary) => {
             let version = Command::new(binary).arg("--version").output().unwrap();
             assert!(version.status.success(), "{} does not run", binary.display());
-            Some(Server::start_with(dir.path(), &repo, 4, "", binary).await)
+            Some(Server::start_with(dir.path(), &repo, 4, &database(), binary).await)
         }
         None => None,
     };
@@ -124,11 +133,12 @@ pub async fn auth_bench(baseline_bin: Option<&Path>) {
     ];
     if let Some(baseline) = &baseline {
         let id = finished_build(baseline).await;
-        targets.push((
-            "without (binary before users)",
-            anonymous.clone(),
-            format!("{}/api/builds/{id}", baseline.api.base),
-        ));
+        let what = match baseline.token.is_empty() {
+            true => "without (binary before users)",
+            false => "with a bearer token (--baseline-bin)",
+        };
+        // Its client sends its token when it has one.
+        targets.push((what, baseline.api.http.clone(), format!("{}/api/builds/{id}", baseline.api.base)));
     }
     assert!(!server.token.is_empty());
     for (_, http, url) in &targets {
@@ -141,6 +151,7 @@ pub async fn auth_bench(baseline_bin: Option<&Path>) {
         }
     }
 
+    println!("stored on {}", if on_postgres { "PostgreSQL" } else { "SQLite" });
     println!("| measure | median | p90 | p99 | ratio of medians |");
     println!("|---|---|---|---|---|");
     let (login50, login90, login99) =

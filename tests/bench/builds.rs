@@ -23,8 +23,8 @@
 //! 2. trivial builds completed per second, `--builds` queued at once through the API;
 //! 3. the server's resident memory idle and while `--concurrent` builds run at once.
 //!
-//! With `--auth` (see [`auth_bench`]): the time `POST /login` takes, and the latency of
-//! `GET /api/builds/{id}` with a bearer token against the same request without one.
+//! With `--auth [--postgres]` (see [`auth_bench`]): the time `POST /login` takes, and the latency
+//! of `GET /api/builds/{id}` with a bearer token against the same request without one.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy. The server's API
 //! token is made with the real `gantry user add` and `gantry token create`.
@@ -72,6 +72,8 @@ struct Args {
     remote_delay: Duration,
     /// Measure signing in and tokens instead of builds.
     auth: bool,
+    /// With `--auth`: every server on a database of its own of the test suite's PostgreSQL.
+    postgres: bool,
     /// Measure build logs instead.
     logs: bool,
     /// Measure floods of forged webhooks and idle connections instead of builds.
@@ -101,6 +103,7 @@ fn parse_args() -> Args {
         roundtrips: 200,
         remote_delay: Duration::from_secs(5),
         auth: false,
+        postgres: false,
         logs: false,
         flood: false,
         runs: None,
@@ -121,6 +124,7 @@ fn parse_args() -> Args {
                     Duration::from_millis(it.next().and_then(|v| v.parse().ok()).expect("--remote-delay-ms MS"))
             }
             "--auth" => args.auth = true,
+            "--postgres" => args.postgres = true,
             "--logs" => args.logs = true,
             "--history" => args.history = true,
             "--flood" => args.flood = true,
@@ -223,8 +227,9 @@ impl Server {
         Server::start_with(dir, repo, max_concurrent, "", &gantry_bin()).await
     }
 
-    /// Start `binary` with a configuration ending in `extra`; a binary with users gets an admin
-    /// and an API token first, made with `gantry user add` and `gantry token create`.
+    /// Start `binary` with `extra` in its configuration (top-level keys, then tables); a binary
+    /// with users gets an admin and an API token first, made with `gantry user add` and `gantry
+    /// token create`.
     async fn start_with(dir: &Path, repo: &Path, max_concurrent: usize, extra: &str, binary: &Path) -> Server {
         Server::start_full(dir, repo.to_str().unwrap(), max_concurrent, extra, binary, None).await
     }
@@ -250,9 +255,9 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{listen}\"\ndata_dir = {:?}\nmax_concurrent_builds = {max_concurrent}\n\
+                "listen = \"{listen}\"\ndata_dir = {:?}\nmax_concurrent_builds = {max_concurrent}\n{extra}\n\
                  [provider.local]\naddresses = \"127.90.0.0/22\"\n\
-                 [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n{extra}",
+                 [[repo]]\nname = \"bench\"\nurl = {:?}\nsecret = \"{SECRET}\"\ncancel_superseded = false\n",
                 data.to_str().unwrap(),
                 url
             ),
@@ -438,7 +443,7 @@ async fn roundtrips(dir: &Path, repo: &Path, count: usize, delay: Duration) -> V
 async fn main() {
     let args = parse_args();
     if args.auth {
-        return auth::auth_bench(args.baseline_bin.as_deref()).await;
+        return auth::auth_bench(args.baseline_bin.as_deref(), args.postgres).await;
     }
     if args.logs {
         return logs::logs_bench().await;
