@@ -95,9 +95,12 @@ pub async fn auth_bench(baseline_bin: Option<&Path>, on_postgres: bool) {
     let repo = repo(dir.path());
     let own = Path::new(env!("CARGO_BIN_EXE_gantry"));
     // Where each server stores: its own PostgreSQL database, or SQLite in its data directory.
-    let database = || match on_postgres {
-        true => format!("database_url = \"{}\"\n", postgres::server().database()),
-        false => String::new(),
+    let database = || {
+        if on_postgres {
+            format!("database_url = \"{}\"\n", postgres::server().database())
+        } else {
+            String::new()
+        }
     };
     let server = Server::start_with(dir.path(), &repo, 4, &database(), own).await;
     let public = format!("{}[auth]\npublic_read = true\n", database());
@@ -133,9 +136,10 @@ pub async fn auth_bench(baseline_bin: Option<&Path>, on_postgres: bool) {
     ];
     if let Some(baseline) = &baseline {
         let id = finished_build(baseline).await;
-        let what = match baseline.token.is_empty() {
-            true => "without (binary before users)",
-            false => "with a bearer token (--baseline-bin)",
+        let what = if baseline.token.is_empty() {
+            "without (binary before users)"
+        } else {
+            "with a bearer token (--baseline-bin)"
         };
         // Its client sends its token when it has one.
         targets.push((what, baseline.api.http.clone(), format!("{}/api/builds/{id}", baseline.api.base)));
