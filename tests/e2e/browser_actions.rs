@@ -25,7 +25,7 @@ const MEMBER_PASSWORD: &str = "pw-dev-0123";
 /// A server with the repository `shop` and the member [`MEMBER`], signed in in `browser`.
 async fn shop_signed_in(browser: &Client, repo: &TestRepo) -> TestApp {
     let app = spawn_app(&[RepoConfig::new("shop", repo)]).await;
-    add_user_with_token(&app.database(), MEMBER, Role::Member, MEMBER_PASSWORD).await;
+    add_user_with_token(app.database(), MEMBER, Role::Member, MEMBER_PASSWORD).await;
     sign_in(browser, &app, MEMBER, MEMBER_PASSWORD).await;
     app
 }

@@ -4,7 +4,6 @@
 //! Tests that only need a page as Chromium renders it use `--dump-dom` (`browser::render`) instead.
 
 use std::ops::Deref;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -196,5 +195,5 @@ pub(crate) async fn screenshot(browser: &Client, name: &str) {
     let dir = workspace_path("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = browser.screenshot().await.unwrap();
-    std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }

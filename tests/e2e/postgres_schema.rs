@@ -24,10 +24,16 @@ struct Table {
     primary_key: Vec<String>,
     /// Column, referenced table, referenced column, ON DELETE.
     foreign_keys: BTreeSet<(String, String, String, String)>,
-    /// Name (None for a UNIQUE constraint's, which each backend names its own way), columns,
-    /// unique, partial index predicate.
-    indexes: BTreeSet<(Option<String>, Vec<String>, bool, Option<String>)>,
+    indexes: BTreeSet<Index>,
 }
+
+/// Name (None for a UNIQUE constraint's, which each backend names its own way), columns, unique,
+/// partial index predicate.
+type Index = (Option<String>, Vec<String>, bool, Option<String>);
+
+/// An index as PostgreSQL's catalog lists it: name, unique, made by a UNIQUE constraint, columns,
+/// partial index predicate.
+type PgIndex = (String, bool, bool, Vec<String>, Option<String>);
 
 #[tokio::test]
 async fn the_postgres_schema_is_the_sqlite_schema() {
@@ -164,7 +170,7 @@ async fn pg_tables(db: &mut PgConnection) -> Vec<Table> {
         .fetch_all(&mut *db)
         .await
         .unwrap();
-        let indexes: Vec<(String, bool, bool, Vec<String>, Option<String>)> = sqlx::query_as(
+        let indexes: Vec<PgIndex> = sqlx::query_as(
             "SELECT i.relname::text, ix.indisunique, \
                     EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid AND c.contype = 'u'), \
                     ARRAY(SELECT a.attname::text FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, n) \

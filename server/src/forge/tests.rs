@@ -58,7 +58,8 @@ fn fixture_field(name: &str, field: &str) -> String {
 fn each_forge_push_of_a_branch() {
     // Fixture, the field that names the head commit, the forge's headers, the forge Gantry sees
     // (Forgejo speaks Gitea's dialect), the delivery id in those headers.
-    let cases: [(&str, &str, fn(&[u8]) -> HeaderMap, Forge, &str); 4] = [
+    type Case = (&'static str, &'static str, fn(&[u8]) -> HeaderMap, Forge, &'static str);
+    let cases: [Case; 4] = [
         ("github-push.json", "after", |b| github("push", b), Forge::GitHub, "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
         (
             "gitlab-push.json",

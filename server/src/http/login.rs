@@ -104,7 +104,7 @@ pub fn client_address(auth: &AuthConfig, peer: IpAddr, headers: &HeaderMap) -> I
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .last()
+        .next_back()
         .unwrap_or(peer)
 }
 

@@ -26,6 +26,7 @@ pub enum Cancelled {
 
 /// The outcome of [`Scheduler::rerun`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "one is returned per request, never stored in bulk")]
 pub enum Rerun {
     /// The new build, queued.
     Queued(BuildRow),

@@ -115,6 +115,7 @@ pub enum BuildUpdate {
 
 /// The outcome of [`Scheduler::enqueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "one is returned per request, never stored in bulk")]
 pub enum Enqueued {
     Queued(BuildRow),
     /// The webhook delivery id was seen before: nothing was queued.

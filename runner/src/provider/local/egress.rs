@@ -202,7 +202,8 @@ async fn connect(host: &str, port: u16, build: &Build) -> Result<TcpStream, Refu
         .map_err(|e| Refusal::bad_gateway(format!("cannot resolve {name}: {e}")))?
         .collect();
     let own = own_addresses();
-    let (allowed, refused): (Vec<(SocketAddr, Route)>, Vec<(SocketAddr, Route)>) = resolved
+    type Routed = Vec<(SocketAddr, Route)>;
+    let (allowed, refused): (Routed, Routed) = resolved
         .into_iter()
         .map(|address| (address, route(address.ip(), &own)))
         .partition(|(_, route)| *route != Route::Refused);
