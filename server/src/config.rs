@@ -319,7 +319,7 @@ pub struct Overrides {
     /// Whether each build's local hosts get a network namespace of their own (true or false).
     #[arg(long, env = "GANTRY_LOCAL_ISOLATE_NETWORK")]
     pub local_isolate_network: Option<bool>,
-    /// Where people and forges reach this server, e.g. https://ci.example.com.
+    /// Where people and forges reach this server, e.g. <https://ci.example.com>.
     #[arg(long, env = "GANTRY_PUBLIC_URL")]
     pub public_url: Option<PublicUrl>,
     /// Whether pages and GET /api/* may be read without signing in (true or false).

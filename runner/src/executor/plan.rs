@@ -43,7 +43,8 @@ pub struct BuildPlan {
     pub log_limits: super::LogLimits,
 }
 
-/// The steps of a build, in the order [`BuildEvent::Planned`] announces them.
+/// The steps of a build, in the order [`BuildEvent::Planned`](crate::event::BuildEvent::Planned)
+/// announces them.
 pub fn plan_steps(pipeline: &Pipeline) -> Vec<StepId> {
     let mut steps = Vec::new();
     for host in &pipeline.hosts {

@@ -1,4 +1,4 @@
-//! Password hashing: argon2id with [`ARGON2_PARAMS`], stored as PHC strings
+//! Password hashing: argon2id with the `ARGON2_*` parameters below, stored as PHC strings
 //! (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
 //!
 //! Hashing and verifying take tens of milliseconds of one core on purpose; callers on the async

@@ -11,7 +11,7 @@
 //!
 //! Both backends run the same SQL through sqlx's `Any` driver: placeholders are `$1`, `$2`, …
 //! (SQLite reads them by number too), every integer is a 64-bit `BIGINT`, and a query that needs
-//! a list of binds uses [`sql::Builder`] rather than sqlx's `QueryBuilder` (which writes `?`).
+//! a list of binds uses `sql::Builder` rather than sqlx's `QueryBuilder` (which writes `?`).
 //! What only one backend has (SQLite's `PRAGMA`s, `VACUUM INTO`) asks [`Store::backend`] first.
 //!
 //! On SQLite the store holds two pools on one WAL database: a writer pool of exactly one
@@ -146,7 +146,8 @@ impl Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Made by `From`, which notes an unavailable database (see [`idled_through_an_outage`]).
+    /// Made by `From`, which notes when the database was last found unavailable (the pool then
+    /// checks the connections that idled since).
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     #[error("database migration failed: {0}")]

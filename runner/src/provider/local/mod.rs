@@ -5,7 +5,7 @@
 //! 127.0.0.0/8 address without configuration), never the network or broadcast address and never
 //! `127.0.0.1`; two live hosts never share one. When the server runs as root, the hosts of
 //! different builds are kept apart: each live host runs as a user of its own, leased from a pool
-//! ([`users`]), in a home only that user may enter ([`homes`]), and all hosts of one build share a
+//! ([`users`]), in a home only that user may enter (`homes`), and all hosts of one build share a
 //! network namespace of their own ([`netns`]) in which their addresses answer and nothing else
 //! does but the build's way out, an HTTP proxy ([`egress`]) that reaches the world beyond the
 //! machine for downloads. [`ProvisionedHost::isolation`] says which of these a host got. Teardown kills every
