@@ -88,7 +88,7 @@ async fn a_two_host_build_runs_on_ec2_instances_and_leaves_nothing_behind() {
     let server = ServerProcess::start_with_env(&config, &free_loopback_port(), AWS_ENV).await;
 
     let id = trigger(&server).await;
-    let (build, vms) = tokio::join!(server.wait_final(id), cloud.serve_instances(2));
+    let (build, vms) = tokio::join!(server.wait_for_build(id), cloud.serve_instances(2));
     let log =
         server.client.get(format!("{}/api/builds/{id}/log", server.base)).send().await.unwrap().text().await.unwrap();
     assert_eq!(build["status"], "passed", "{build:#}\n{log}");
@@ -162,7 +162,7 @@ async fn an_error_from_aws_ends_the_build_as_errored_with_aws_words_on_its_page(
     let server = ServerProcess::start_with_env(&config, &free_loopback_port(), AWS_ENV).await;
 
     let id = trigger(&server).await;
-    let build = server.wait_final(id).await;
+    let build = server.wait_for_build(id).await;
     assert_eq!(build["status"], "errored", "{build:#}");
     let error = build["error"].as_str().unwrap_or_default();
     assert!(error.contains("RunInstances: InvalidAMIID.NotFound"), "{build:#}");

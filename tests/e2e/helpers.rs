@@ -343,28 +343,8 @@ impl TestApp {
         Client { http: self.client.clone(), base: format!("http://{}", self.address) }
     }
 
-    pub async fn build(&self, id: i64) -> Value {
-        self.get_json(&format!("/api/builds/{id}")).await
-    }
-
     pub async fn builds(&self, repo: &str) -> Vec<Value> {
         self.get_json(&format!("/api/repos/{repo}/builds?limit=100")).await.as_array().unwrap().clone()
-    }
-
-    /// Poll the API until `check` accepts the build, or fail after `deadline`.
-    pub async fn wait_build_until(
-        &self,
-        id: i64,
-        deadline: Duration,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        poll_build(id, deadline, what, check, || self.build(id)).await
-    }
-
-    /// Wait for the build to reach a final status and return it.
-    pub async fn wait_for_build(&self, id: i64) -> Value {
-        self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
     }
 
     pub async fn log(&self, id: i64, stage: Option<&str>) -> String {
@@ -421,23 +401,41 @@ impl TestApp {
     }
 }
 
-/// Read build `id` with `fetch` until `check` accepts it, or fail after `deadline` saying it
-/// never did `what`.
-async fn poll_build<F: std::future::Future<Output = Value>>(
-    id: i64,
-    deadline: Duration,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-    fetch: impl Fn() -> F,
-) -> Value {
-    let start = Instant::now();
-    loop {
-        let build = fetch().await;
-        if check(&build) {
-            return build;
+/// A Gantry that answers `GET /api/builds/{id}`: the in-process [`TestApp`] or a
+/// [`ServerProcess`]. Waiting for a build is the same poll of that JSON for both.
+#[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be `Send`
+pub trait BuildsApi {
+    /// The build's JSON (an error's, when the server answers one).
+    async fn build(&self, id: i64) -> Value;
+
+    /// Poll the API until `check` accepts the build, or fail after `deadline`.
+    async fn wait_build_until(&self, id: i64, deadline: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let build = self.build(id).await;
+            if check(&build) {
+                return build;
+            }
+            assert!(start.elapsed() < deadline, "build {id} never {what}: {build:#}");
+            tokio::time::sleep(POLL_EVERY).await;
         }
-        assert!(start.elapsed() < deadline, "build {id} never {what}: {build:#}");
-        tokio::time::sleep(POLL_EVERY).await;
+    }
+
+    /// The build once it has a final status, failing after [`BUILD_DEADLINE`].
+    async fn wait_for_build(&self, id: i64) -> Value {
+        self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
+    }
+}
+
+impl BuildsApi for TestApp {
+    async fn build(&self, id: i64) -> Value {
+        self.get_json(&format!("/api/builds/{id}")).await
+    }
+}
+
+impl BuildsApi for ServerProcess {
+    async fn build(&self, id: i64) -> Value {
+        self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 }
 
@@ -631,26 +629,6 @@ impl ServerProcess {
             tokio::time::sleep(POLL_EVERY).await;
         }
         server
-    }
-
-    pub async fn build(&self, id: i64) -> Value {
-        self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
-    }
-
-    /// Poll the API until `check` accepts the build, or fail after `deadline`.
-    pub async fn wait_build_until(
-        &self,
-        id: i64,
-        deadline: Duration,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        poll_build(id, deadline, what, check, || self.build(id)).await
-    }
-
-    /// Build `id` once it has a final status, failing after [`BUILD_DEADLINE`].
-    pub async fn wait_final(&self, id: i64) -> Value {
-        self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
     }
 
     /// The server process's id, to read its `/proc` entries.

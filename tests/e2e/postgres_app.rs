@@ -238,7 +238,7 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
     assert_eq!(status, 503, "{answer}");
 
     gated.link.restore();
-    let build = gated.server.wait_final(gated.id).await;
+    let build = gated.server.wait_for_build(gated.id).await;
     assert_eq!(build["status"], "errored", "a build with lost events is not shown as passed: {build:#}");
     let error = build["error"].as_str().unwrap_or_default();
     assert!(error.contains("could not be recorded"), "the build says why: {build:#}");
@@ -249,7 +249,7 @@ async fn a_build_whose_events_were_lost_with_the_database_ends_errored_once_it_i
 
     // The server carries on: the next build runs and passes.
     let next = gated.api.trigger("shop", "main").await;
-    assert_eq!(gated.server.wait_final(next).await["status"], "passed");
+    assert_eq!(gated.server.wait_for_build(next).await["status"], "passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +263,7 @@ async fn a_database_back_within_seconds_loses_none_of_a_builds_events() {
     // The first refusal, then the database is back while the batch is being tried again.
     wait_logged(&gated.log, "storing build events failed; trying again").await;
     gated.link.restore();
-    let build = gated.server.wait_final(gated.id).await;
+    let build = gated.server.wait_for_build(gated.id).await;
     assert_eq!(build["status"], "passed", "{build:#}");
     assert!(!logged(&gated.log, "they are lost"), "nothing was dropped");
     let log = gated.server.client.get(format!("{}/api/builds/{}/log", gated.server.base, gated.id)).send().await;
