@@ -3,8 +3,9 @@
 //!
 //! This module owns the one rule for showing such a URL. [`RepoUrl`]'s `Display` and `Debug`
 //! put `***` in place of the credentials, so formatting one anywhere (a page, the API, an error,
-//! the log) cannot leak them; [`RepoUrl::expose`] hands the URL as written to git and is called
-//! nowhere else (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a text
+//! the log) cannot leak them; [`RepoUrl::expose`] hands the URL as written to libgit2 and
+//! [`RepoUrl::for_git_command`] its parts to the `git` command, and neither is called outside
+//! `server/src/git/` (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a text
 //! that may quote the URL, such as libgit2's error messages; [`redact_urls`] takes those of any
 //! `scheme://user:password@…` out of a text, such as a configuration file's parse error that
 //! quotes the line. Nothing here logs, stores or fetches.
@@ -27,7 +28,7 @@ pub const REDACTED: &str = "***";
 /// keys, so `ssh://git@host/…` shows its user.
 const SSH_SCHEMES: [&str; 3] = ["ssh", "git+ssh", "ssh+git"];
 
-/// A repo's URL: anything git2 can fetch, a local path included. Shown, it never carries its
+/// A repo's URL: anything git can fetch, a local path included. Shown, it never carries its
 /// credentials.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -45,6 +46,40 @@ impl RepoUrl {
 
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
+    }
+
+    /// Whether git reads this repository on this machine: a path, or a `file://` URL. Anything
+    /// else names a host (`https://`, `ssh://`, `git://`, scp-like `user@host:path`), by git's own
+    /// rule: a colon with no slash before it makes an ssh address.
+    pub fn is_on_this_machine(&self) -> bool {
+        if let Some(scheme_end) = self.0.find("://") {
+            return self.0[..scheme_end].eq_ignore_ascii_case("file");
+        }
+        match self.0.find(':') {
+            Some(colon) => self.0[..colon].contains('/'),
+            None => true,
+        }
+    }
+
+    /// The URL as the `git` command gets it, and the login to hand it apart from the URL (so the
+    /// secret is in no process's argv): an http(s) URL loses its whole userinfo, which becomes
+    /// the login (a bare token is the user name, with an empty password, as libgit2 sent it); an
+    /// ssh address keeps its user name and loses its password, ssh authenticating with keys only.
+    pub fn for_git_command(&self) -> (String, Option<Login>) {
+        let Some(credentials) = self.credentials() else { return (self.0.clone(), None) };
+        let (before, after) = (&self.0[..credentials.start], &self.0[credentials.end..]);
+        let decoded = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let (user, password) = match credentials.userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (credentials.userinfo, None),
+        };
+        let ssh = userinfo_span(&self.0).is_some_and(|(_, _, ssh)| ssh);
+        if ssh {
+            return (format!("{before}{user}{after}"), None);
+        }
+        // `after` starts at the `@` that ended the userinfo.
+        let login = Login { username: decoded(user), password: password.map(decoded).unwrap_or_default() };
+        (format!("{before}{}", &after[1..]), Some(login))
     }
 
     /// Whether the URL carries credentials that are hidden when it is shown.
@@ -117,6 +152,19 @@ pub fn redact_urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A URL's user name and password, percent-decoded, for git's credential helper. `Debug` hides
+/// them.
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Login(***)")
+    }
 }
 
 /// The credentials of a URL: where they are in it and what they are.
@@ -212,6 +260,50 @@ mod tests {
         }
         let parsed: Repo = toml::from_str("url = \"https://T@h/x\"").unwrap();
         assert_eq!(parsed.url.expose(), "https://T@h/x");
+    }
+
+    #[test]
+    fn paths_and_file_urls_are_on_this_machine_and_everything_else_names_a_host() {
+        for local in ["/srv/git/shop.git", "relative/dir", "./a:b", "dir/x@y:z", "file:///srv/git/a.git", "FILE:///x"] {
+            assert!(RepoUrl::new(local).is_on_this_machine(), "{local}");
+        }
+        for remote in [
+            "https://git.example.com/a.git",
+            "http://127.0.0.1:1/x.git",
+            "ssh://git@host/a.git",
+            "git://127.0.0.1:9418/a",
+            "git@github.com:acme/shop.git",
+            "host:repo.git",
+        ] {
+            assert!(!RepoUrl::new(remote).is_on_this_machine(), "{remote}");
+        }
+    }
+
+    #[test]
+    fn the_git_command_gets_the_url_without_its_secret_and_the_login_apart() {
+        let split = |url: &str| {
+            let (url, login) = RepoUrl::new(url).for_git_command();
+            (url, login.map(|l| (l.username, l.password)))
+        };
+        let login = |user: &str, password: &str| Some((user.to_string(), password.to_string()));
+        assert_eq!(
+            split("https://bot:p%40ss@git.example.com/a.git"),
+            ("https://git.example.com/a.git".to_string(), login("bot", "p@ss"))
+        );
+        assert_eq!(
+            split("http://TOKEN@127.0.0.1:3000/x.git"),
+            ("http://127.0.0.1:3000/x.git".to_string(), login("TOKEN", ""))
+        );
+        // The userinfo ends at the authority's last `@`.
+        assert_eq!(split("https://a@b:c@host/x.git"), ("https://host/x.git".to_string(), login("a@b", "c")));
+        // ssh keeps its login name and drops the password: keys only.
+        assert_eq!(split("ssh://deploy:hunter2@host:2222/a.git"), ("ssh://deploy@host:2222/a.git".to_string(), None));
+        assert_eq!(split("user:hunter2@host:a/b.git"), ("user@host:a/b.git".to_string(), None));
+        for plain in ["ssh://git@host/a.git", "git@github.com:acme/shop.git", "https://host/a.git", "/srv/a@b"] {
+            assert_eq!(split(plain), (plain.to_string(), None));
+        }
+        let (_, login) = RepoUrl::new("https://bot:s3cret@host/x").for_git_command();
+        assert_eq!(format!("{login:?}"), "Some(Login(***))");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A git remote on loopback that takes as long as a test wants to answer: `git daemon` serving a
 //! directory of repositories, behind a TCP proxy that holds every connection for a delay before
-//! passing it on. libgit2 fetches `git://127.0.0.1:PORT/NAME` from it like from any git server,
-//! so a fetch takes at least the delay. Included by path from `tests/e2e/main.rs` and
+//! passing it on. Gantry fetches `git://127.0.0.1:PORT/NAME` from it (with the `git` command,
+//! as any repository on a host) like from any git server, so a fetch takes at least the delay. Included by path from `tests/e2e/main.rs` and
 //! `tests/bench/builds.rs`.
 
 use std::os::unix::process::CommandExt;

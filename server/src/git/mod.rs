@@ -1,44 +1,38 @@
 //! Local bare mirrors of the configured repositories, under `data_dir/repos/<name>.git`.
 //!
 //! This module owns fetching (always from the URL in the server's configuration, never from a URL
-//! in a webhook payload), finding commits and branch heads, and reading a file at a commit. git2
-//! is blocking, so every operation runs on a blocking thread; fetches of one repo are serialized
-//! by a lock per repo. It records nothing in the database: callers decide what a fetch error
-//! means (a repo page's `last_error`, an errored build). A URL may carry credentials: this is the
-//! one place that exposes them (to libgit2), and its errors name the repo, never the URL, with
-//! the credentials scrubbed out of libgit2's own messages.
+//! in a webhook payload; how, in [`fetch`]), finding commits and branch heads, and reading a file
+//! at a commit. git2 is blocking, so every read runs on a blocking thread; fetches of one repo are
+//! serialized by a lock per repo. It records nothing in the database: callers decide what a fetch
+//! error means (a repo page's `last_error`, an errored build). A URL may carry credentials: this
+//! module is the one place that hands them on (to git), and its errors name the repo, never the
+//! URL, with the credentials scrubbed out of git's own messages.
+
+mod fetch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gantry_runner::source::{GitCommitSource, Source};
-use git2::{
-    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune, Oid, RemoteCallbacks, Repository,
-};
+use git2::{ErrorCode, Oid, Repository};
 
 use crate::repo_url::RepoUrl;
+use fetch::FetchError;
 
 /// The refspecs of a mirror: every branch and every tag, force-updated.
 const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
-/// A fetch still transferring after this long is aborted.
+/// Why a request's head is not in it, when the request's ref does not exist.
+const NO_SUCH_REF: &str = "the repository has no such ref";
+
+/// A fetch still running after this long is stopped.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// How many times a fetch asks for credentials before giving up (libgit2 asks again after each
-/// rejected one).
-const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
-
-/// libgit2's connect timeout for remote fetches, set once before the first fetch.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// libgit2's timeout for a stalled read or write on a remote, set once before the first fetch.
-pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    /// `message` is libgit2's, with the URL's credentials scrubbed out.
+    /// `message` is git's, with the URL's credentials scrubbed out.
     #[error("fetching repo {repo:?} failed: {message}")]
     Fetch { repo: String, message: String },
     #[error("commit {commit} is not in repo {repo:?}")]
@@ -56,44 +50,29 @@ pub enum GitError {
     Task(String),
 }
 
-/// Set libgit2's process-wide network timeouts, once, before the process's first fetch.
-///
-/// Lazy on purpose: the first git2 call initializes libgit2 (and OpenSSL with it), about 4 MiB a
-/// server that builds nothing yet does not need to hold; doing it in `main` cost every idle server
-/// that. Every fetch of the process goes through [`fetch_blocking`], which calls this first.
-fn set_network_timeouts() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: git2 marks these setters unsafe because they write two libgit2 globals without
-        // synchronization. Those globals are read only by libgit2's network streams, that is by
-        // fetches, and every fetch of this process runs after this initializer: `Once` runs it
-        // exactly once (no two writes race) and makes its writes happen before every later
-        // `call_once` returns, so before any fetch reads them. Other git2 calls that may run
-        // meanwhile on other threads (reading trees, checking ref names) never touch them, and
-        // libgit2's own initialization, which the setters do first, is itself behind a `Once`.
-        let set = unsafe {
-            git2::opts::set_server_connect_timeout_in_milliseconds(millis(CONNECT_TIMEOUT))
-                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(millis(NETWORK_TIMEOUT)))
-        };
-        if let Err(error) = set {
-            tracing::warn!(%error, "could not set git's network timeouts");
-        }
-    });
-}
-
 /// Every mirror of this server.
 #[derive(Debug)]
 pub struct Mirrors {
     root: PathBuf,
     /// One lock per repo, so two fetches of one repo never run at once.
     fetch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    fetch_timeout: Duration,
 }
 
 impl Mirrors {
     /// Mirrors live in `root` (`data_dir/repos`), created on first use.
     pub fn new(root: PathBuf) -> Mirrors {
-        Mirrors { root, fetch_locks: Mutex::new(HashMap::new()) }
+        Mirrors { root, fetch_locks: Mutex::new(HashMap::new()), fetch_timeout: FETCH_TIMEOUT }
+    }
+
+    /// Fetch `refspecs` of `url` into `repo`'s mirror; a remote without a ref the refspecs name
+    /// gives `NoSuchRef`.
+    async fn fetch_refspecs(&self, repo: &str, url: &RepoUrl, refspecs: &[&str]) -> Result<(), FetchError> {
+        let result = fetch::fetch(&self.path(repo), url, refspecs, self.fetch_timeout).await;
+        if let Err(error) = &result {
+            tracing::debug!(%repo, ?error, "fetch failed");
+        }
+        result
     }
 
     /// The bare repository of `repo`.
@@ -110,8 +89,7 @@ impl Mirrors {
     pub async fn fetch(&self, repo: &str, url: &RepoUrl) -> Result<(), GitError> {
         let lock = self.fetch_lock(repo);
         let _guard = lock.lock().await;
-        let (path, repo, url) = (self.path(repo), repo.to_string(), url.clone());
-        blocking(move || fetch_blocking(&path, &repo, &url, &MIRROR_REFSPECS)).await
+        self.fetch_refspecs(repo, url, &MIRROR_REFSPECS).await.map_err(|e| fetch_error(repo, e))
     }
 
     /// Make sure `commit`, the head of a pull (merge) request, is in the mirror, reachable
@@ -132,21 +110,22 @@ impl Mirrors {
         }
         let lock = self.fetch_lock(repo);
         let _guard = lock.lock().await;
-        let (path, name, url, head_ref) = (self.path(repo), repo.to_string(), url.clone(), head_ref.to_string());
+        let not_in_request = {
+            let (head_ref, repo) = (head_ref.to_string(), repo.to_string());
+            move |reason: String| GitError::NotInRequest { commit: oid.to_string(), head_ref, repo, reason }
+        };
+        let refspec = format!("+{head_ref}:{head_ref}");
+        match self.fetch_refspecs(repo, url, &[refspec.as_str()]).await {
+            Ok(()) => {}
+            Err(FetchError::NoSuchRef) => return Err(not_in_request(NO_SUCH_REF.to_string())),
+            Err(error) => return Err(fetch_error(repo, error)),
+        }
+        let (path, name, head_ref) = (self.path(repo), repo.to_string(), head_ref.to_string());
         blocking(move || {
-            let refspec = format!("+{head_ref}:{head_ref}");
-            fetch_blocking(&path, &name, &url, &[refspec.as_str()])?;
-            let not_in_request = |reason: String| GitError::NotInRequest {
-                commit: oid.to_string(),
-                head_ref: head_ref.clone(),
-                repo: name.clone(),
-                reason,
-            };
-            let mirror =
-                Repository::open_bare(&path).map_err(|source| GitError::Mirror { repo: name.clone(), source })?;
+            let mirror = Repository::open_bare(&path).map_err(|source| GitError::Mirror { repo: name, source })?;
             let target = match mirror.find_reference(&head_ref).and_then(|r| r.peel_to_commit()) {
                 Ok(commit) => commit.id(),
-                Err(_) => return Err(not_in_request("the repository has no such ref".to_string())),
+                Err(_) => return Err(not_in_request(NO_SUCH_REF.to_string())),
             };
             let reachable = target == oid || mirror.graph_descendant_of(target, oid).unwrap_or(false);
             if reachable {
@@ -170,8 +149,7 @@ impl Mirrors {
         if let Some(oid) = self.find_commit(repo, commit).await? {
             return Ok(oid);
         }
-        let (path, name, url) = (self.path(repo), repo.to_string(), url.clone());
-        blocking(move || fetch_blocking(&path, &name, &url, &MIRROR_REFSPECS)).await?;
+        self.fetch_refspecs(repo, url, &MIRROR_REFSPECS).await.map_err(|e| fetch_error(repo, e))?;
         self.find_commit(repo, commit)
             .await?
             .ok_or_else(|| GitError::CommitNotFound { commit: commit.to_string(), repo: repo.to_string() })
@@ -293,40 +271,13 @@ fn absent_as_none<T>(result: Result<T, git2::Error>, repo: &str, absent: &[Error
     }
 }
 
-/// Fetch `refspecs` of `url` into the mirror at `path` (created on first use). Pruning applies to
-/// what the refspecs name: a branch or tag the remote deleted goes, other refs stay.
-fn fetch_blocking(path: &Path, repo: &str, url: &RepoUrl, refspecs: &[&str]) -> Result<(), GitError> {
-    set_network_timeouts();
-    let fetch_err = |e: git2::Error| GitError::Fetch { repo: repo.to_string(), message: url.scrub(e.message()) };
-    let mirror = match Repository::open_bare(path) {
-        Ok(mirror) => mirror,
-        Err(_) => Repository::init_bare(path).map_err(fetch_err)?,
+/// A fetch's error as the callers see it, naming the repo.
+fn fetch_error(repo: &str, error: FetchError) -> GitError {
+    let message = match error {
+        FetchError::NoSuchRef => "the remote has no such ref".to_string(),
+        FetchError::Failed(message) => message,
     };
-    let mut remote = mirror.remote_anonymous(url.expose()).map_err(fetch_err)?;
-    let started = Instant::now();
-    let mut callbacks = RemoteCallbacks::new();
-    // Returning false from the progress callback aborts a transfer that takes too long.
-    callbacks.transfer_progress(move |_| started.elapsed() < FETCH_TIMEOUT);
-    let mut attempts = 0;
-    callbacks.credentials(move |url, username, allowed| {
-        attempts += 1;
-        if attempts > MAX_CREDENTIAL_ATTEMPTS {
-            return Err(git2::Error::from_str("no credentials were accepted"));
-        }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            return Cred::ssh_key_from_agent(username.unwrap_or("git"));
-        }
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            let config = git2::Config::open_default()?;
-            return Cred::credential_helper(&config, url, username);
-        }
-        Cred::default()
-    });
-    let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks).prune(FetchPrune::On).download_tags(AutotagOption::None);
-    remote.fetch(refspecs, Some(&mut options), None).map_err(fetch_err)?;
-    tracing::debug!(%repo, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
-    Ok(())
+    GitError::Fetch { repo: repo.to_string(), message }
 }
 
 #[cfg(test)]
@@ -355,28 +306,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
 
-    /// The timeouts are not set at start (nothing in `main` touches libgit2 any more) but before
-    /// a fetch goes to the network.
-    #[tokio::test]
-    async fn a_fetch_sets_the_network_timeouts_first() {
-        let upstream = tempfile::tempdir().unwrap();
-        let data = tempfile::tempdir().unwrap();
-        testing::commit(upstream.path(), "main", &[("x", "1")]);
-        let mirrors = Mirrors::new(data.path().join("repos"));
-        mirrors.fetch("acme", &RepoUrl::new(upstream.path().to_str().unwrap())).await.unwrap();
-        // SAFETY: the getters read the two globals `set_network_timeouts` writes once; the fetch
-        // above went through its `Once`, so that write happened before these reads, and no other
-        // code of this process writes them.
-        let (connect, network) = unsafe {
-            (
-                git2::opts::get_server_connect_timeout_in_milliseconds().unwrap(),
-                git2::opts::get_server_timeout_in_milliseconds().unwrap(),
-            )
-        };
-        assert_eq!((connect, network), (15_000, 60_000));
-    }
+    use super::*;
 
     #[tokio::test]
     async fn a_mirror_follows_branches_tags_and_deletions() {
@@ -474,6 +406,196 @@ mod tests {
             assert!(shown.starts_with("fetching repo \"shop\" failed: "), "{shown}");
             assert!(!shown.contains(secret), "{shown}");
             assert!(!format!("{err:?}").contains(secret), "{err:?}");
+        }
+    }
+
+    /// A git server on loopback speaking git's "dumb" HTTP protocol (the files of a repository,
+    /// as `git update-server-info` lists them), with HTTP basic authentication when a login is
+    /// given: what a fetch over the network meets. While it answers a request, the fetch's
+    /// processes are alive: each request records the `Authorization` it came with and every
+    /// process whose arguments hold `secret`.
+    struct DumbHttp {
+        port: u16,
+        seen: Arc<Mutex<Seen>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        requests: usize,
+        authorizations: Vec<String>,
+        secret_in_argv: Vec<String>,
+    }
+
+    impl DumbHttp {
+        /// Serve the repository whose git directory is `git_dir` as `/x.git`, asking for `login`.
+        async fn start(git_dir: PathBuf, login: Option<&str>, secret: &str) -> DumbHttp {
+            use axum::http::{header, StatusCode};
+            use axum::response::IntoResponse;
+            use base64::Engine as _;
+            let expected = login.map(|l| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(l)));
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let (record, secret) = (Arc::clone(&seen), secret.to_string());
+            let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+                let (seen, expected, secret, git_dir) =
+                    (Arc::clone(&record), expected.clone(), secret.clone(), git_dir.clone());
+                async move {
+                    let given = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_string());
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        seen.requests += 1;
+                        seen.authorizations.extend(given.clone());
+                        seen.secret_in_argv.extend(processes_whose_argv_holds(&secret));
+                    }
+                    if expected.is_some() && given != expected {
+                        let challenge = [(header::WWW_AUTHENTICATE, "Basic realm=\"gantry-test\"")];
+                        return (StatusCode::UNAUTHORIZED, challenge).into_response();
+                    }
+                    let path = request.uri().path().strip_prefix("/x.git/").unwrap_or_default().to_string();
+                    match std::fs::read(git_dir.join(&path)) {
+                        Ok(bytes) if !path.contains("..") => bytes.into_response(),
+                        _ => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            DumbHttp { port, seen, server }
+        }
+    }
+
+    impl Drop for DumbHttp {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    /// List what a dumb HTTP server serves of the repo at `dir` (after each change to its refs).
+    fn update_server_info(dir: &Path) {
+        let status = std::process::Command::new("git").arg("-C").arg(dir).arg("update-server-info").status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Every process whose arguments hold `needle`, as `pid: argv`.
+    fn processes_whose_argv_holds(needle: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(argv) = std::fs::read(entry.path().join("cmdline")) {
+                let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+                if argv.contains(needle) {
+                    found.push(format!("{pid}: {argv}"));
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_fetch_over_http_sends_the_login_but_no_process_argv_holds_it() {
+        let upstream = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let first = testing::commit(upstream.path(), "main", &[("a", "1")]);
+        testing::commit(upstream.path(), "gone", &[("b", "2")]);
+        update_server_info(upstream.path());
+        let mirrors = Mirrors::new(data.path().join("repos"));
+
+        let remote = DumbHttp::start(upstream.path().join(".git"), Some("bot:s3cretPW"), "s3cretPW").await;
+        let url = RepoUrl::new(format!("http://bot:s3cretPW@127.0.0.1:{}/x.git", remote.port));
+        mirrors.fetch("acme", &url).await.unwrap();
+        assert_eq!(mirrors.resolve_branch("acme", "main").await.unwrap().map(|o| o.to_string()), Some(first));
+        assert!(mirrors.resolve_branch("acme", "gone").await.unwrap().is_some());
+        // A branch the remote deleted is pruned, a new commit arrives.
+        git2::Repository::open(upstream.path())
+            .unwrap()
+            .find_branch("gone", git2::BranchType::Local)
+            .unwrap()
+            .delete()
+            .unwrap();
+        let second = testing::commit(upstream.path(), "main", &[("a", "2")]);
+        update_server_info(upstream.path());
+        mirrors.fetch("acme", &url).await.unwrap();
+        assert_eq!(mirrors.branch_heads("acme").await.unwrap(), BTreeMap::from([("main".to_string(), second)]));
+        {
+            let seen = remote.seen.lock().unwrap();
+            assert!(seen.requests > 2, "the fetches asked for refs and objects");
+            assert!(seen.authorizations.contains(&"Basic Ym90OnMzY3JldFBX".to_string()), "bot:s3cretPW was sent");
+            assert_eq!(seen.secret_in_argv, Vec::<String>::new());
+        }
+
+        // A bare token is the user name, with an empty password.
+        let data = tempfile::tempdir().unwrap();
+        let mirrors = Mirrors::new(data.path().join("repos"));
+        let remote = DumbHttp::start(upstream.path().join(".git"), Some("TOKENxyz9:"), "TOKENxyz9").await;
+        let url = RepoUrl::new(format!("http://TOKENxyz9@127.0.0.1:{}/x.git", remote.port));
+        mirrors.fetch("acme", &url).await.unwrap();
+        {
+            let seen = remote.seen.lock().unwrap();
+            assert!(seen.authorizations.contains(&"Basic VE9LRU54eXo5Og==".to_string()));
+            assert_eq!(seen.secret_in_argv, Vec::<String>::new());
+        }
+
+        // A wrong password fails, once, without a prompt, and the error does not show it.
+        let url = RepoUrl::new(format!("http://TOKENxyz9:wr0ngPW@127.0.0.1:{}/x.git", remote.port));
+        let err = mirrors.fetch("acme", &url).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("fetching repo \"acme\" failed: "), "{shown}");
+        assert!(shown.contains("Authentication failed"), "{shown}");
+        assert!(!shown.contains("wr0ngPW") && !shown.contains("TOKENxyz9"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_network_is_fetched_through_its_ref() {
+        let upstream = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        testing::commit(upstream.path(), "main", &[("a", "1")]);
+        let head = testing::commit(upstream.path(), "fork-branch", &[("b", "2")]);
+        let stray = testing::commit(upstream.path(), "elsewhere", &[("c", "3")]);
+        let repo = git2::Repository::open(upstream.path()).unwrap();
+        repo.reference("refs/pull/5/head", head.parse().unwrap(), true, "forge").unwrap();
+        repo.find_branch("fork-branch", git2::BranchType::Local).unwrap().delete().unwrap();
+        update_server_info(upstream.path());
+        let remote = DumbHttp::start(upstream.path().join(".git"), None, "-").await;
+        let url = &RepoUrl::new(format!("http://127.0.0.1:{}/x.git", remote.port));
+        let mirrors = Mirrors::new(data.path().join("repos"));
+
+        let oid = mirrors.ensure_request_head("acme", url, "refs/pull/5/head", &head).await.unwrap();
+        assert_eq!(oid.to_string(), head);
+        let err = mirrors.ensure_request_head("acme", url, "refs/pull/5/head", &stray).await.unwrap_err();
+        assert!(err.to_string().contains("is not reachable through refs/pull/5/head"), "{err}");
+        // A ref the remote does not have is the request's problem, not the remote's.
+        let err = mirrors.ensure_request_head("acme", url, "refs/pull/6/head", &head).await.unwrap_err();
+        assert!(matches!(err, GitError::NotInRequest { .. }), "{err}");
+        assert!(err.to_string().ends_with(NO_SUCH_REF), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_outlives_its_timeout_is_stopped_with_every_process_it_started() {
+        let data = tempfile::tempdir().unwrap();
+        let mut mirrors = Mirrors::new(data.path().join("repos"));
+        mirrors.fetch_timeout = Duration::from_secs(1);
+        // A server that takes connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://127.0.0.1:{}/stalled.git", listener.local_addr().unwrap().port());
+        let watched = url.clone();
+        let stalled = tokio::spawn(async move {
+            let (connection, _) = listener.accept().await.unwrap();
+            // Seen from here, while git waits for an answer: its processes, the URL in their arguments.
+            let running = processes_whose_argv_holds(&watched);
+            (connection, running)
+        });
+        let err = mirrors.fetch("acme", &RepoUrl::new(url.clone())).await.unwrap_err();
+        assert!(err.to_string().ends_with("git fetch did not finish within 1s"), "{err}");
+        let (_connection, running) = stalled.await.unwrap();
+        assert!(running.iter().any(|p| p.contains("git-remote-http") || p.contains("remote-http")), "{running:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !processes_whose_argv_holds(&url).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "left running: {:?}", processes_whose_argv_holds(&url));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
