@@ -85,6 +85,8 @@ pub struct Config {
     /// ends its running builds as `interrupted` and tears down the hosts it can reach.
     #[serde(default = "default_server_timeout", with = "humantime_serde")]
     pub server_timeout: Duration,
+    /// How many builds of this server hold hosts at once: a build's slot is taken when it is
+    /// claimed and freed when its last host is torn down.
     #[serde(default = "default_max_concurrent_builds")]
     pub max_concurrent_builds: usize,
     #[serde(default, rename = "repo")]

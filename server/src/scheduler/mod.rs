@@ -589,8 +589,10 @@ impl Scheduler {
         }
     }
 
-    /// Run one claimed build to its final status. Holds its concurrency slot until done.
-    async fn run(self, build: BuildRow, _slot: OwnedSemaphorePermit) {
+    /// Run one claimed build to its final status. Its concurrency slot is its hosts': freed when
+    /// the executor has torn the last of them down (see `prepare_and_execute`), so storing the
+    /// build's last events and its final status does not hold the next build back.
+    async fn run(self, build: BuildRow, slot: OwnedSemaphorePermit) {
         let inner = &self.inner;
         let id = build.id;
         let cancel = CancellationToken::new();
@@ -617,7 +619,7 @@ impl Scheduler {
         }
 
         tracing::info!(build = %id, repo = %build.repo, number = build.number, "build started");
-        let (status, error, persisted) = match self.prepare_and_execute(&build, &cancel).await {
+        let (status, error, persisted) = match self.prepare_and_execute(&build, &cancel, slot).await {
             Ok((result, persisted)) => (result.status, result.error, persisted),
             Err(error) => (BuildStatus::Errored, Some(error), persist::Persisted::default()),
         };
@@ -764,6 +766,7 @@ impl Scheduler {
         &self,
         build: &BuildRow,
         cancel: &CancellationToken,
+        slot: OwnedSemaphorePermit,
     ) -> Result<(gantry_runner::BuildResult, persist::Persisted), String> {
         let inner = &self.inner;
         let repo: &RepoConfig =
@@ -824,6 +827,10 @@ impl Scheduler {
             Arc::clone(&inner.metrics),
         ));
         let result = execute(plan, provider, events, cancel.clone()).await;
+        // The executor returns after tearing down every host it asked for: the build holds
+        // nothing a slot stands for any more, and the next one may start while this one's last
+        // events and final status are stored.
+        drop(slot);
         // The executor dropped its sender: the persister ends once it has stored every event.
         let persisted = persister.await.unwrap_or_else(|e| {
             tracing::error!(build = %build.id, error = %e, "the event persister failed");
