@@ -84,3 +84,58 @@ async fn an_unreachable_repo_shows_its_fetch_error_and_the_server_keeps_serving(
     assert!(build["error"].as_str().unwrap().contains("fetching repo \"gone\" failed"), "{build:#}");
     app.stop().await;
 }
+
+/// A repository on a host behind ssh, as a team's self-hosted forge serves it: fetched by git
+/// over the suite's real sshd. With the server's own ssh settings (batch mode), a host key that
+/// is not in `known_hosts` fails the fetch at once, with ssh's reason on the repo; with the
+/// operator's `GIT_SSH_COMMAND` naming the key and the known host key, the repo builds.
+#[tokio::test]
+async fn a_repo_over_ssh_is_fetched_only_from_a_known_host_key() {
+    let repo = TestRepo::new();
+    repo.commit("main", &[(".gantry.yml", &one_stage_pipeline("echo over-ssh"))]);
+    let sshd = crate::sshd::Sshd::start();
+    let url = format!("ssh://{}@{}:{}{}", sshd.user, sshd.address, sshd.port, repo.path().display());
+    let config =
+        RepoConfig { url: url.clone().into(), poll_interval: Some("100ms"), ..RepoConfig::new("over-ssh", &repo) };
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("gantry.toml");
+    std::fs::write(&file, config_toml(dir.path(), std::slice::from_ref(&config), 2)).unwrap();
+    let server = ServerProcess::start(&file, &free_loopback_port()).await;
+    let start = Instant::now();
+    let error = loop {
+        let repos: serde_json::Value =
+            server.client.get(format!("{}/api/repos", server.base)).send().await.unwrap().json().await.unwrap();
+        if let Some(error) = repos[0]["last_error"].as_str() {
+            break error.to_string();
+        }
+        assert!(start.elapsed() < EVENT_DEADLINE, "no fetch error recorded: {repos:#}");
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    assert!(error.contains("Host key verification failed"), "{error}");
+    drop(server);
+
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("[{}]:{} {}\n", sshd.address, sshd.port, sshd.host_key_public)).unwrap();
+    let ssh = format!(
+        "ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {} -o UserKnownHostsFile={}",
+        sshd.client_key.display(),
+        known_hosts.display()
+    );
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("gantry.toml");
+    std::fs::write(&file, config_toml(dir.path(), &[config], 2)).unwrap();
+    let server =
+        ServerProcess::start_with_env(&file, &free_loopback_port(), &[("GIT_SSH_COMMAND", ssh.as_str())]).await;
+    let response = server
+        .client
+        .post(format!("{}/api/repos/over-ssh/builds", server.base))
+        .json(&serde_json::json!({ "branch": "main" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["build"].as_i64().unwrap();
+    let build = server.wait_for_build(id).await;
+    assert_eq!(build["status"], "passed", "{build:#}");
+}
