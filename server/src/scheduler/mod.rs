@@ -2,9 +2,10 @@
 //!
 //! This module owns a build's life on the server: [`Scheduler::enqueue`] writes it (superseding
 //! older builds of the same ref when the repo asks for it), a claim loop takes the oldest queued
-//! build in one statement whenever fewer than `max_concurrent_builds` run — woken at once by the
-//! enqueue, never by a polling delay — and runs it: the commit into the mirror, `.gantry.yml` from
-//! that exact commit through `pipeline::load`, one `hosts` row per role *before* the runner asks
+//! build in one statement whenever fewer than `max_concurrent_builds` hold a slot (from the claim
+//! to the last host's teardown) — woken at once by the enqueue, never by a polling delay — and
+//! runs it: the commit into the mirror, `.gantry.yml` from that exact commit through
+//! `pipeline::load`, one `hosts` row per role *before* the runner asks
 //! the provider for it, then `gantry_runner::execute` with the persister (see `persist`) storing
 //! and broadcasting its events. On shutdown it cancels what runs and waits (bounded) for the
 //! teardowns; at start-up [`Scheduler::recover`] interrupts what a crashed server left running
