@@ -5,8 +5,8 @@
 //! put `***` in place of the credentials, so formatting one anywhere (a page, the API, an error,
 //! the log) cannot leak them; [`RepoUrl::expose`] hands the URL as written to libgit2 and
 //! [`RepoUrl::for_git_command`] its parts to the `git` command, and neither is called outside
-//! `server/src/git/` (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a text
-//! that may quote the URL, such as libgit2's error messages; [`redact_urls`] takes those of any
+//! `server/src/git/` (a tidy test holds that). [`RepoUrl::scrub`] takes the credentials out of a
+//! text that may quote the URL, such as git's error messages; [`redact_urls`] takes those of any
 //! `scheme://user:password@…` out of a text, such as a configuration file's parse error that
 //! quotes the line. Nothing here logs, stores or fetches.
 //!

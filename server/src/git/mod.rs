@@ -3,10 +3,10 @@
 //! This module owns fetching (always from the URL in the server's configuration, never from a URL
 //! in a webhook payload; how, in its `fetch` module), finding commits and branch heads, and
 //! reading a file at a commit. git2 is blocking, so every read runs on a blocking thread; fetches
-//! of one repo are serialized by a lock per repo. It records nothing in the database: callers decide what a fetch
-//! error means (a repo page's `last_error`, an errored build). A URL may carry credentials: this
-//! module is the one place that hands them on (to git), and its errors name the repo, never the
-//! URL, with the credentials scrubbed out of git's own messages.
+//! of one repo are serialized by a lock per repo. It records nothing in the database: callers
+//! decide what a fetch error means (a repo page's `last_error`, an errored build). A URL may carry
+//! credentials: this module is the one place that hands them on (to git), and its errors name the
+//! repo, never the URL, with the credentials scrubbed out of git's own messages.
 
 mod fetch;
 
