@@ -593,6 +593,11 @@ pub fn cli_admin_token(config: &Path) -> String {
 }
 
 impl ServerProcess {
+    /// The calls the benchmark makes too (queue a build, deliver a webhook), on this server.
+    pub fn api(&self) -> Client {
+        Client { http: self.client.clone(), base: self.base.clone() }
+    }
+
     /// Start the real `gantry` binary and wait until it answers.
     pub async fn start(config: &Path, listen: &str) -> ServerProcess {
         ServerProcess::start_with_env(config, listen, &[]).await

@@ -127,15 +127,7 @@ async fn a_repo_over_ssh_is_fetched_only_from_a_known_host_key() {
     std::fs::write(&file, config_toml(dir.path(), &[config], 2)).unwrap();
     let server =
         ServerProcess::start_with_env(&file, &free_loopback_port(), &[("GIT_SSH_COMMAND", ssh.as_str())]).await;
-    let response = server
-        .client
-        .post(format!("{}/api/repos/over-ssh/builds", server.base))
-        .json(&serde_json::json!({ "branch": "main" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["build"].as_i64().unwrap();
+    let id = server.api().trigger("over-ssh", "main").await;
     let build = server.wait_for_build(id).await;
     assert_eq!(build["status"], "passed", "{build:#}");
 }
