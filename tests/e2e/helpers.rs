@@ -401,8 +401,8 @@ impl TestApp {
     }
 }
 
-/// A Gantry that answers `GET /api/builds/{id}`: the in-process [`TestApp`] or a
-/// [`ServerProcess`]. Waiting for a build is the same poll of that JSON for both.
+/// A Gantry that answers `GET /api/builds/{id}` and `GET /api/repos`: the in-process [`TestApp`]
+/// or a [`ServerProcess`]. Waiting for a build or a repo is the same poll of that JSON for both.
 #[allow(async_fn_in_trait)] // the tests' own trait: no caller needs its futures to be `Send`
 pub trait BuildsApi {
     /// The build's JSON (an error's, when the server answers one).
@@ -425,17 +425,48 @@ pub trait BuildsApi {
     async fn wait_for_build(&self, id: i64) -> Value {
         self.wait_build_until(id, BUILD_DEADLINE, "finished", |b| is_final(&b["status"])).await
     }
+
+    /// The repos' JSON list.
+    async fn repos(&self) -> Value;
+
+    /// Poll the repo list until `check` accepts it, or fail after [`EVENT_DEADLINE`] saying that
+    /// it never did `what`.
+    async fn wait_repos_until(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let repos = self.repos().await;
+            if check(&repos) {
+                return repos;
+            }
+            assert!(start.elapsed() < EVENT_DEADLINE, "the repos never {what}: {repos:#}");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// The first repo's fetch error, once one is recorded.
+    async fn wait_repo_error(&self) -> String {
+        let repos = self.wait_repos_until("recorded a fetch error", |r| r[0]["last_error"].is_string()).await;
+        repos[0]["last_error"].as_str().unwrap().to_string()
+    }
 }
 
 impl BuildsApi for TestApp {
     async fn build(&self, id: i64) -> Value {
         self.get_json(&format!("/api/builds/{id}")).await
     }
+
+    async fn repos(&self) -> Value {
+        self.get_json("/api/repos").await
+    }
 }
 
 impl BuildsApi for ServerProcess {
     async fn build(&self, id: i64) -> Value {
         self.client.get(format!("{}/api/builds/{id}", self.base)).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn repos(&self) -> Value {
+        self.client.get(format!("{}/api/repos", self.base)).send().await.unwrap().json().await.unwrap()
     }
 }
 

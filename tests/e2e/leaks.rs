@@ -136,16 +136,11 @@ async fn repo_url_credentials_appear_on_no_page_api_answer_error_or_log_line() {
         assert!(error.starts_with(&format!("fetching repo \"{name}\" failed: ")), "{error}");
     }
     // The poller has recorded a fetch error on every repo.
-    let start = Instant::now();
-    let listed = loop {
-        let listed: Value =
-            server.client.get(format!("{}/api/repos", server.base)).send().await.unwrap().json().await.unwrap();
-        if listed.as_array().unwrap().iter().all(|r| r["last_error"].is_string()) {
-            break listed;
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "the poller recorded no fetch error: {listed:#}");
-        tokio::time::sleep(POLL_EVERY).await;
-    };
+    let listed = server
+        .wait_repos_until("all recorded a fetch error", |l| {
+            l.as_array().unwrap().iter().all(|r| r["last_error"].is_string())
+        })
+        .await;
     // The URLs are shown, without their credentials.
     let shown: Vec<&str> = listed.as_array().unwrap().iter().map(|r| r["url"].as_str().unwrap()).collect();
     for expected in [

@@ -51,15 +51,7 @@ async fn an_unreachable_repo_shows_its_fetch_error_and_the_server_keeps_serving(
     };
     let app = spawn_app(&[config]).await;
 
-    let start = Instant::now();
-    let error = loop {
-        let repos = app.get_json("/api/repos").await;
-        if let Some(error) = repos[0]["last_error"].as_str() {
-            break error.to_string();
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "no fetch error recorded: {repos:#}");
-        tokio::time::sleep(POLL_EVERY).await;
-    };
+    let error = app.wait_repo_error().await;
     assert!(error.starts_with("fetching repo \"gone\" failed: "), "the error names what failed: {error}");
     let (status, page) = app.get_text("/repos/gone").await;
     assert_eq!(status, 200);
@@ -102,16 +94,7 @@ async fn a_repo_over_ssh_is_fetched_only_from_a_known_host_key() {
     let file = dir.path().join("gantry.toml");
     std::fs::write(&file, config_toml(dir.path(), std::slice::from_ref(&config), 2)).unwrap();
     let server = ServerProcess::start(&file, &free_loopback_port()).await;
-    let start = Instant::now();
-    let error = loop {
-        let repos: serde_json::Value =
-            server.client.get(format!("{}/api/repos", server.base)).send().await.unwrap().json().await.unwrap();
-        if let Some(error) = repos[0]["last_error"].as_str() {
-            break error.to_string();
-        }
-        assert!(start.elapsed() < EVENT_DEADLINE, "no fetch error recorded: {repos:#}");
-        tokio::time::sleep(POLL_EVERY).await;
-    };
+    let error = server.wait_repo_error().await;
     assert!(error.contains("Host key verification failed"), "{error}");
     drop(server);
 
